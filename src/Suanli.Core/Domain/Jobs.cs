@@ -1,0 +1,73 @@
+namespace Suanli.Core.Domain;
+
+/// <summary>
+/// Resources of one task of a job. <see cref="GpuMilli"/> is the share of each requested card (1000 = whole card; below
+/// 1000 only with <see cref="GpuCount"/> = 1, a sharing task). <see cref="AcceleratorModels"/> empty = any model.
+/// </summary>
+public sealed record TaskResources(
+    long MilliCpu,
+    long MemoryMiB,
+    int GpuCount = 0,
+    int GpuMilli = 0,
+    IReadOnlyList<string>? AcceleratorModels = null)
+{
+    /// <summary>Allowed accelerator models; empty = any.</summary>
+    public IReadOnlyList<string> Models => AcceleratorModels ?? [];
+
+    /// <summary>Total milli-GPU of the task (count × share).</summary>
+    public long TotalGpuMilli => (long)GpuCount * GpuMilli;
+
+    /// <summary>True when the task shares one card with others (one card, less than 1000 milli).</summary>
+    public bool IsSharing => GpuCount == 1 && GpuMilli is > 0 and < 1000;
+
+    /// <summary>Kind index used by GPU clustering: 0 = CPU only, 1 = sharing, 2 + min(count, 8) - 1 = whole-card count.</summary>
+    public int Kind => GpuCount == 0 || GpuMilli == 0 ? 0 : IsSharing ? 1 : 1 + Math.Min(GpuCount, 8);
+
+    /// <summary>Number of kind indices (see <see cref="Kind"/>).</summary>
+    public const int KindCount = 10;
+}
+
+/// <summary>Where and how a job may run, beyond its resources.</summary>
+public sealed record JobConstraints(
+    IReadOnlyList<string>? Regions = null,
+    IReadOnlyList<string>? Providers = null,
+    string? UserRegion = null,
+    int? MaxLatencyMs = null,
+    string? DataRegion = null)
+{
+    public static JobConstraints None { get; } = new();
+}
+
+/// <summary>
+/// A job as the scheduler sees it. It carries no actual run time: the scheduler is online and only knows the requested
+/// time limit. Times are seconds on the scheduler's clock (simulated or real epoch seconds). Money is decimal.
+/// </summary>
+public sealed record JobSpec(
+    long Id,
+    string Tenant,
+    TaskResources Task,
+    int Tasks,
+    long SubmitTime,
+    long RequestedSeconds,
+    int PriorityClass = 0,
+    long? Deadline = null,
+    JobConstraints? Constraints = null,
+    decimal? Budget = null)
+{
+    /// <summary>Constraints, never null.</summary>
+    public JobConstraints Where => Constraints ?? JobConstraints.None;
+
+    /// <summary>
+    /// Processor count used by the size-aware queue orders (SAF, F1): cards when the job asks for accelerators, else
+    /// whole cores (milli-CPU rounded up), times the task count.
+    /// </summary>
+    public long Processors => (long)Tasks * (Task.GpuCount > 0 ? Task.GpuCount : Math.Max(1, (Task.MilliCpu + 999) / 1000));
+}
+
+/// <summary>A tenant with sector tags, a fair-share weight and optional quotas (null = unlimited).</summary>
+public sealed record Tenant(
+    string Id,
+    IReadOnlyList<string> Sectors,
+    double Weight = 1.0,
+    long? QuotaMilliCpu = null,
+    long? QuotaGpuMilli = null);

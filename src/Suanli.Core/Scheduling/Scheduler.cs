@@ -1,0 +1,602 @@
+using Suanli.Core.Domain;
+
+namespace Suanli.Core.Scheduling;
+
+/// <summary>A job that holds resources, as the scheduler sees it: when it started and what it holds.</summary>
+public sealed record RunningJob(JobSpec Job, long StartTime, Allocation Allocation)
+{
+    /// <summary>
+    /// When the scheduler expects the resources back: start + requested time, or one second from now for a job that
+    /// has outrun its request (its real end is unknown).
+    /// </summary>
+    public long ExpectedEnd(long now) => Math.Max(StartTime + Job.RequestedSeconds, now + 1);
+}
+
+/// <summary>A future hold of resources for a blocked job, from <see cref="Start"/> to <see cref="End"/>.</summary>
+public sealed record Reservation(long JobId, long Start, long End, Allocation Allocation);
+
+/// <summary>Why a job did not start in a cycle.</summary>
+public enum WaitKind
+{
+    /// <summary>Not enough free resources now; it holds a reservation at <see cref="WaitReason.At"/>.</summary>
+    Reserved,
+
+    /// <summary>Strict order: it waits behind job <see cref="WaitReason.BlockingJob"/>.</summary>
+    BehindBlockedJob,
+
+    /// <summary>It fits now only by using resources reserved for job <see cref="WaitReason.BlockingJob"/>.</summary>
+    WouldDelayReservation,
+
+    /// <summary>Not enough free resources now; the reservation depth is used up.</summary>
+    NoCapacityNow,
+
+    /// <summary>Its tenant's quota is used up.</summary>
+    QuotaExceeded,
+
+    /// <summary>No node group can ever run it (every filter reason is in the explanation).</summary>
+    Infeasible,
+}
+
+/// <summary>A compact wait reason; <see cref="Scheduler.Explain"/> turns it into words.</summary>
+public readonly record struct WaitReason(WaitKind Kind, long BlockingJob = 0, long At = 0);
+
+/// <summary>A placement decision with the best candidate groups and their scores (for explain).</summary>
+public sealed record Placement(JobSpec Job, Allocation Allocation, IReadOnlyList<(int Group, double Score)> Candidates);
+
+/// <summary>The outcome of one scheduling cycle.</summary>
+public sealed class CycleResult
+{
+    /// <summary>Jobs started this cycle, in decision order. Their allocations are already applied to the state.</summary>
+    public List<Placement> Started { get; } = [];
+
+    /// <summary>Running jobs preempted to make room (their allocations are already released).</summary>
+    public List<RunningJob> Preempted { get; } = [];
+
+    /// <summary>Why each job that did not start is waiting.</summary>
+    public Dictionary<long, WaitReason> Waiting { get; } = [];
+
+    /// <summary>Reservations made this cycle (they are recomputed every cycle).</summary>
+    public List<Reservation> Reservations { get; } = [];
+}
+
+/// <summary>Everything a cycle reads. <see cref="Pending"/> need not be ordered; the policy orders it.</summary>
+public sealed record CycleInput(
+    long Now,
+    IReadOnlyCollection<JobSpec> Pending,
+    IReadOnlyList<RunningJob> Running,
+    IReadOnlyDictionary<string, Tenant>? Tenants = null,
+    FairShareLedger? FairShare = null);
+
+/// <summary>
+/// The scheduling core: one pure entry point, <see cref="RunCycle"/>, used by the live control plane and the simulator
+/// alike. No I/O, no clock (the time is an input), no randomness except what a plugin was seeded with: the same input
+/// gives the same decisions. The <see cref="ClusterState"/> is updated in place with the jobs it starts and preempts.
+/// </summary>
+public sealed class Scheduler
+{
+    private readonly Dictionary<JobSpec, int[]> _feasible = new(ReferenceEqualityComparer.Instance);
+    private readonly List<int> _candidates = [];
+    private readonly List<(int Group, double Score)> _scored = [];
+    private readonly double _poolCpu;
+    private readonly double _poolGpu;
+
+    /// <summary>Creates a scheduler for <paramref name="pool"/> under <paramref name="policy"/>.</summary>
+    public Scheduler(Pool pool, Policy policy)
+    {
+        Pool = pool;
+        Policy = policy;
+        _poolCpu = pool.Groups.Sum(g => (double)g.Shape.MilliCpu * g.NodeCount);
+        _poolGpu = pool.Groups.Sum(g => 1000.0 * g.Shape.AcceleratorCount * g.NodeCount);
+    }
+
+    /// <summary>The pool.</summary>
+    public Pool Pool { get; }
+
+    /// <summary>The policy.</summary>
+    public Policy Policy { get; }
+
+    /// <summary>Forgets cached filter results of a job that left the queue. Idempotent.</summary>
+    public void Forget(JobSpec job) => _feasible.Remove(job);
+
+    /// <summary>Groups whose filters all pass for <paramref name="job"/> (cached per job instance).</summary>
+    public IReadOnlyList<int> FeasibleGroups(JobSpec job)
+    {
+        if (_feasible.TryGetValue(job, out var groups))
+        {
+            return groups;
+        }
+
+        var list = new List<int>();
+        for (var g = 0; g < Pool.Groups.Count; g++)
+        {
+            if (FirstRejection(job, g) is null)
+            {
+                list.Add(g);
+            }
+        }
+
+        groups = [.. list];
+        _feasible[job] = groups;
+        return groups;
+    }
+
+    private Rejection? FirstRejection(JobSpec job, int group)
+    {
+        foreach (var f in Policy.Filters)
+        {
+            if (f.Filter(job, group, Pool) is { } r)
+            {
+                return r;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Orders the queue: priority class (higher first), policy key, submit time, id.</summary>
+    public List<JobSpec> Order(IEnumerable<JobSpec> pending, in QueueContext context)
+    {
+        var ctx = context;
+        var keyed = pending.Select(j => (Job: j, Key: Policy.Order.Key(j, ctx))).ToList();
+        keyed.Sort(static (a, b) => QueueOrdering.Compare(a.Job, a.Key, b.Job, b.Key));
+        return keyed.ConvertAll(k => k.Job);
+    }
+
+    /// <summary>Decayed usage per unit of weight for every tenant with queued or running work (the fair-share key).</summary>
+    public Dictionary<string, double> TenantShares(CycleInput input)
+    {
+        var shares = new Dictionary<string, double>(StringComparer.Ordinal);
+        if (!Policy.Order.IsDynamic)
+        {
+            return shares;
+        }
+
+        foreach (var r in input.Running)
+        {
+            var used = FairShareLedger.DominantShare(r.Job, _poolCpu, _poolGpu) * Math.Max(0, input.Now - r.StartTime);
+            shares[r.Job.Tenant] = shares.GetValueOrDefault(r.Job.Tenant) + used;
+        }
+
+        foreach (var j in input.Pending)
+        {
+            shares.TryAdd(j.Tenant, 0);
+        }
+
+        foreach (var t in shares.Keys.ToList())
+        {
+            var weight = input.Tenants?.GetValueOrDefault(t)?.Weight ?? 1.0;
+            shares[t] = (shares[t] + (input.FairShare?.Usage(t, input.Now) ?? 0)) / Math.Max(1e-9, weight);
+        }
+
+        return shares;
+    }
+
+    /// <summary>
+    /// Runs one scheduling cycle: orders the queue, starts every job that fits (respecting reservations), reserves
+    /// for blocked jobs as the backfill mode says, and preempts lower priority classes when the policy allows.
+    /// </summary>
+    public CycleResult RunCycle(CycleInput input, ClusterState state)
+    {
+        var result = new CycleResult();
+        var now = input.Now;
+        var ordered = Order(input.Pending, new QueueContext(now, TenantShares(input)));
+        var running = new List<RunningJob>(input.Running);
+        var quotaUse = Policy.EnforceQuotas && input.Tenants is { Count: > 0 } ? QuotaUse(input.Running) : null;
+        JobSpec? blocked = null;
+
+        foreach (var job in ordered)
+        {
+            if (blocked is not null && Policy.Backfill == BackfillMode.None)
+            {
+                result.Waiting[job.Id] = new(WaitKind.BehindBlockedJob, blocked.Id);
+                continue;
+            }
+
+            var groups = FeasibleGroups(job);
+            if (groups.Count == 0)
+            {
+                result.Waiting[job.Id] = new(WaitKind.Infeasible);
+                continue;
+            }
+
+            if (quotaUse is not null && !WithinQuota(job, input.Tenants!, quotaUse))
+            {
+                result.Waiting[job.Id] = new(WaitKind.QuotaExceeded);
+                continue;
+            }
+
+            var placed = TryPlace(job, groups, state, result.Reservations, now, now + job.RequestedSeconds);
+            if (placed is null && Policy.Preemption)
+            {
+                placed = TryPreempt(job, groups, state, running, result);
+            }
+
+            if (placed is not null)
+            {
+                result.Started.Add(placed);
+                running.Add(new RunningJob(job, now, placed.Allocation));
+                if (quotaUse is not null)
+                {
+                    AddQuota(quotaUse, job, +1);
+                }
+
+                continue;
+            }
+
+            if (Policy.Backfill == BackfillMode.None)
+            {
+                blocked = job;
+                result.Waiting[job.Id] = new(WaitKind.NoCapacityNow);
+                continue;
+            }
+
+            if (result.Reservations.Count < Policy.ReservationDepth)
+            {
+                var reservation = Reserve(job, groups, state, running, result.Reservations, now);
+                result.Reservations.Add(reservation);
+                result.Waiting[job.Id] = new(WaitKind.Reserved, At: reservation.Start);
+            }
+            else
+            {
+                var blocking = FitsIgnoringReservations(job, groups, state) ? result.Reservations[0].JobId : 0;
+                result.Waiting[job.Id] = blocking != 0 ? new(WaitKind.WouldDelayReservation, blocking) : new(WaitKind.NoCapacityNow);
+            }
+        }
+
+        return result;
+    }
+
+    private Dictionary<string, (long Cpu, long Gpu)> QuotaUse(IEnumerable<RunningJob> running)
+    {
+        var use = new Dictionary<string, (long, long)>(StringComparer.Ordinal);
+        foreach (var r in running)
+        {
+            AddQuota(use, r.Job, +1);
+        }
+
+        return use;
+    }
+
+    private static void AddQuota(Dictionary<string, (long Cpu, long Gpu)> use, JobSpec job, int sign)
+    {
+        var u = use.GetValueOrDefault(job.Tenant);
+        use[job.Tenant] = (u.Cpu + (sign * job.Task.MilliCpu * job.Tasks), u.Gpu + (sign * job.Task.TotalGpuMilliOrWhole() * job.Tasks));
+    }
+
+    private static bool WithinQuota(JobSpec job, IReadOnlyDictionary<string, Tenant> tenants, Dictionary<string, (long Cpu, long Gpu)> use)
+    {
+        if (!tenants.TryGetValue(job.Tenant, out var t))
+        {
+            return true;
+        }
+
+        var u = use.GetValueOrDefault(job.Tenant);
+        return (t.QuotaMilliCpu is not { } qc || u.Cpu + (job.Task.MilliCpu * job.Tasks) <= qc)
+            && (t.QuotaGpuMilli is not { } qg || u.Gpu + (job.Task.TotalGpuMilliOrWhole() * job.Tasks) <= qg);
+    }
+
+    /// <summary>
+    /// Places the job now if it fits with every reservation overlapping [from, to) held; applies the allocation.
+    /// </summary>
+    private Placement? TryPlace(JobSpec job, IReadOnlyList<int> groups, ClusterState state, List<Reservation> reservations, long from, long to)
+    {
+        var overlaid = Overlay(state, reservations, from, to, -1);
+        try
+        {
+            var (alloc, candidates) = PlaceBest(job, groups, state);
+            return alloc is null ? null : new Placement(job, alloc, candidates);
+        }
+        finally
+        {
+            if (overlaid)
+            {
+                Overlay(state, reservations, from, to, +1);
+            }
+        }
+    }
+
+    private static bool Overlay(ClusterState state, List<Reservation> reservations, long from, long to, int sign)
+    {
+        var any = false;
+        foreach (var r in reservations)
+        {
+            if (r.Start < to && r.End > from)
+            {
+                state.Apply(r.Allocation, sign);
+                any = true;
+            }
+        }
+
+        return any;
+    }
+
+    /// <summary>Scores the candidate groups that have room and places the job in the best one that takes it.</summary>
+    private (Allocation? Allocation, IReadOnlyList<(int, double)> Candidates) PlaceBest(JobSpec job, IReadOnlyList<int> groups, ClusterState state)
+    {
+        _candidates.Clear();
+        foreach (var g in groups)
+        {
+            if (AggregateFits(job, state.Group(g)))
+            {
+                _candidates.Add(g);
+            }
+        }
+
+        if (_candidates.Count == 0)
+        {
+            return (null, []);
+        }
+
+        _scored.Clear();
+        if (_candidates.Count == 1)
+        {
+            _scored.Add((_candidates[0], 100));
+        }
+        else
+        {
+            ScoreCandidates(job, state);
+        }
+
+        foreach (var (g, _) in _scored)
+        {
+            var alloc = PlaceInGroup(job, g, state, Policy.NodeScorer);
+            if (alloc is not null)
+            {
+                state.Allocate(alloc);
+                return (alloc, _scored.Count <= 3 ? [.. _scored] : _scored.GetRange(0, 3));
+            }
+        }
+
+        return (null, []);
+    }
+
+    private void ScoreCandidates(JobSpec job, ClusterState state)
+    {
+        Span<double> total = _candidates.Count <= 256 ? stackalloc double[_candidates.Count] : new double[_candidates.Count];
+        Span<double> raw = _candidates.Count <= 256 ? stackalloc double[_candidates.Count] : new double[_candidates.Count];
+        foreach (var ws in Policy.Scorers)
+        {
+            double min = double.MaxValue, max = double.MinValue;
+            for (var i = 0; i < _candidates.Count; i++)
+            {
+                raw[i] = ws.Scorer.Raw(job, _candidates[i], state);
+                min = Math.Min(min, raw[i]);
+                max = Math.Max(max, raw[i]);
+            }
+
+            var span = max - min;
+            for (var i = 0; i < _candidates.Count; i++)
+            {
+                var norm = span <= 0 ? 100 : 100 * (raw[i] - min) / span;
+                total[i] += ws.Weight * (ws.Scorer.HigherIsBetter ? norm : 100 - norm);
+            }
+        }
+
+        for (var i = 0; i < _candidates.Count; i++)
+        {
+            _scored.Add((_candidates[i], total[i]));
+        }
+
+        _scored.Sort(static (a, b) => b.Score != a.Score ? b.Score.CompareTo(a.Score) : a.Group.CompareTo(b.Group));
+    }
+
+    private static bool AggregateFits(JobSpec job, ClusterState.GroupState g) =>
+        job.Task.MilliCpu * job.Tasks <= g.SumFreeCpu
+        && job.Task.MemoryMiB * job.Tasks <= g.SumFreeMem
+        && job.Task.TotalGpuMilliOrWhole() * job.Tasks <= g.SumFreeGpu;
+
+    /// <summary>
+    /// Places every task of the gang in one group, or nothing (all-or-nothing). Nodes are ranked by the node scorer
+    /// (ties by index); a packing scorer fills each node before the next, a spreading one puts one task per node per
+    /// round. The returned allocation is not applied.
+    /// </summary>
+    public static Allocation? PlaceInGroup(JobSpec job, int group, ClusterState state, NodeScorer scorer)
+    {
+        var g = state.Group(group);
+        var t = job.Task;
+        var capacity = new int[g.Nodes];
+        var fitting = new List<(int Node, double Score)>();
+        long total = 0;
+        for (var n = 0; n < g.Nodes; n++)
+        {
+            var view = state.Node(group, n);
+            var c = NodeFit.Capacity(view, t, job.Tasks);
+            if (c > 0)
+            {
+                capacity[n] = c;
+                total += c;
+                fitting.Add((n, scorer.Score(view, t)));
+            }
+        }
+
+        if (total < job.Tasks)
+        {
+            return null;
+        }
+
+        fitting.Sort(static (a, b) => b.Score != a.Score ? b.Score.CompareTo(a.Score) : a.Node.CompareTo(b.Node));
+        var slices = new Slice[job.Tasks];
+        var placed = 0;
+        try
+        {
+            while (placed < job.Tasks)
+            {
+                var progress = false;
+                foreach (var (n, _) in fitting)
+                {
+                    var take = scorer.Packs ? capacity[n] : Math.Min(1, capacity[n]);
+                    for (var k = 0; k < take && placed < job.Tasks; k++)
+                    {
+                        if (NodeFit.SliceFor(state.Node(group, n), t, scorer) is not { } s)
+                        {
+                            break;
+                        }
+
+                        slices[placed++] = s;
+                        state.Apply(new Allocation(group, [s]), -1);
+                        capacity[n]--;
+                        progress = true;
+                    }
+
+                    if (placed == job.Tasks)
+                    {
+                        break;
+                    }
+                }
+
+                if (!progress)
+                {
+                    return null;
+                }
+            }
+
+            return new Allocation(group, slices);
+        }
+        finally
+        {
+            // Undo the tentative slices; the caller applies the allocation it keeps.
+            for (var i = 0; i < placed; i++)
+            {
+                state.Apply(new Allocation(group, [slices[i]]), +1);
+            }
+        }
+    }
+
+    private bool FitsIgnoringReservations(JobSpec job, IReadOnlyList<int> groups, ClusterState state)
+    {
+        foreach (var g in groups)
+        {
+            if (AggregateFits(job, state.Group(g)) && PlaceInGroup(job, g, state, Policy.NodeScorer) is not null)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// Earliest start for a blocked job: walk the running jobs by expected end, returning their resources, and take the
+    /// first time at which the job fits with every reservation that overlaps its run held back.
+    /// </summary>
+    private Reservation Reserve(JobSpec job, IReadOnlyList<int> groups, ClusterState state, List<RunningJob> running,
+        List<Reservation> reservations, long now)
+    {
+        var byEnd = running.OrderBy(r => r.ExpectedEnd(now)).ThenBy(r => r.Job.Id).ToList();
+        var times = byEnd.Select(r => r.ExpectedEnd(now)).Concat(reservations.Select(r => r.End)).Where(t => t > now).Distinct().Order().ToList();
+        var released = 0;
+        try
+        {
+            foreach (var t in times)
+            {
+                while (released < byEnd.Count && byEnd[released].ExpectedEnd(now) <= t)
+                {
+                    state.Release(byEnd[released].Allocation);
+                    released++;
+                }
+
+                var end = t + Math.Max(1, job.RequestedSeconds);
+                var overlaid = Overlay(state, reservations, t, end, -1);
+                try
+                {
+                    foreach (var g in groups)
+                    {
+                        if (AggregateFits(job, state.Group(g)) && PlaceInGroup(job, g, state, Policy.NodeScorer) is { } alloc)
+                        {
+                            return new Reservation(job.Id, t, end, alloc);
+                        }
+                    }
+                }
+                finally
+                {
+                    if (overlaid)
+                    {
+                        Overlay(state, reservations, t, end, +1);
+                    }
+                }
+            }
+        }
+        finally
+        {
+            for (var i = 0; i < released; i++)
+            {
+                state.Allocate(byEnd[i].Allocation);
+            }
+        }
+
+        // Unreachable for a job that passed the filters: once everything has ended and no reservation overlaps, it fits.
+        throw new InvalidOperationException($"job {job.Id}: no reservation found although the filters admit it");
+    }
+
+    /// <summary>
+    /// Preempts running jobs of lower priority class (lowest class first, most recently started first) until the job
+    /// fits; preempts nothing if it would not fit even then.
+    /// </summary>
+    private Placement? TryPreempt(JobSpec job, IReadOnlyList<int> groups, ClusterState state, List<RunningJob> running, CycleResult result)
+    {
+        var victims = running.Where(r => r.Job.PriorityClass < job.PriorityClass)
+            .OrderBy(r => r.Job.PriorityClass).ThenByDescending(r => r.StartTime).ThenByDescending(r => r.Job.Id).ToList();
+        var taken = 0;
+        foreach (var v in victims)
+        {
+            state.Release(v.Allocation);
+            taken++;
+            var (alloc, candidates) = PlaceBest(job, groups, state);
+            if (alloc is not null)
+            {
+                for (var i = 0; i < taken; i++)
+                {
+                    result.Preempted.Add(victims[i]);
+                    running.Remove(victims[i]);
+                }
+
+                return new Placement(job, alloc, candidates);
+            }
+        }
+
+        for (var i = 0; i < taken; i++)
+        {
+            state.Allocate(victims[i].Allocation);
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// Explains a job in words: for each node group the filter that rejects it, or its current room; and the wait
+    /// reason from the last cycle when given.
+    /// </summary>
+    public IReadOnlyList<string> Explain(JobSpec job, ClusterState state, WaitReason? reason = null)
+    {
+        var lines = new List<string>();
+        if (reason is { } r)
+        {
+            lines.Add(r.Kind switch
+            {
+                WaitKind.Reserved => $"waiting: reserved to start at t={r.At}",
+                WaitKind.BehindBlockedJob => $"waiting: strict order, behind blocked job {r.BlockingJob}",
+                WaitKind.WouldDelayReservation => $"waiting: fits now only on resources reserved for job {r.BlockingJob}",
+                WaitKind.NoCapacityNow => "waiting: not enough free resources now",
+                WaitKind.QuotaExceeded => $"waiting: tenant {job.Tenant} quota is used up",
+                _ => "rejected: no node group can run this job",
+            });
+        }
+
+        for (var g = 0; g < Pool.Groups.Count; g++)
+        {
+            var name = $"{Pool.Groups[g].ProviderId}/{Pool.Groups[g].Id}";
+            if (FirstRejection(job, g) is { } rej)
+            {
+                lines.Add($"{name}: filtered by {rej}");
+                continue;
+            }
+
+            var gs = state.Group(g);
+            lines.Add(AggregateFits(job, gs) && PlaceInGroup(job, g, state, Policy.NodeScorer) is not null
+                ? $"{name}: fits now"
+                : $"{name}: no room now (free {gs.SumFreeCpu} milli-CPU, {gs.SumFreeMem} MiB, {gs.SumFreeGpu} milli-GPU; job needs {job.Task.MilliCpu * job.Tasks}, {job.Task.MemoryMiB * job.Tasks}, {job.Task.TotalGpuMilliOrWhole() * job.Tasks})");
+        }
+
+        return lines;
+    }
+}
