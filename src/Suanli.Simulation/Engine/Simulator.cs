@@ -1,0 +1,145 @@
+using Suanli.Core.Domain;
+using Suanli.Core.Scheduling;
+using Suanli.Simulation.Traces;
+
+namespace Suanli.Simulation.Engine;
+
+/// <summary>One simulated job's outcome.</summary>
+public sealed record JobOutcome(long Id, string Tenant, string Provider, string Group, long Submit, long Start, long End, long Run, int Tasks, decimal? Cost)
+{
+    public long Wait => Start - Submit;
+
+    public double BoundedSlowdown => Math.Max((double)(Wait + Run) / Math.Max(Run, Simulator.Tau), 1.0);
+}
+
+/// <summary>A job the simulator did not run, with why.</summary>
+public sealed record SkippedJob(long Id, string Reason);
+
+/// <summary>
+/// Discrete-event replay of a trace through the scheduling core. Events at one timestamp are applied together
+/// (completions, then arrivals), then one <see cref="Scheduler.RunCycle"/> runs on a virtual clock. The scheduler never
+/// sees run times; the simulator ends each job at start + its actual run time.
+/// </summary>
+public sealed class Simulator
+{
+    /// <summary>Bounded-slowdown threshold in seconds.</summary>
+    public const long Tau = 10;
+
+    private readonly Pool _pool;
+    private readonly Scheduler _scheduler;
+    private readonly IReadOnlyDictionary<string, Tenant>? _tenants;
+
+    /// <summary>Creates a simulator of <paramref name="pool"/> under <paramref name="policy"/>.</summary>
+    public Simulator(Pool pool, Policy policy, IReadOnlyDictionary<string, Tenant>? tenants = null)
+    {
+        _pool = pool;
+        _scheduler = new Scheduler(pool, policy);
+        _tenants = tenants;
+    }
+
+    /// <summary>Outcome of a replay.</summary>
+    public sealed record Result(List<JobOutcome> Jobs, List<SkippedJob> Skipped, long Cycles, Pool Pool);
+
+    /// <summary>Replays <paramref name="jobs"/> (any order; arrivals are sorted by submit time, then id).</summary>
+    public Result Run(IEnumerable<TraceJob> jobs)
+    {
+        var arrivals = jobs.OrderBy(j => j.Spec.SubmitTime).ThenBy(j => j.Spec.Id).ToList();
+        var runTime = new Dictionary<long, long>(arrivals.Count);
+        var state = new ClusterState(_pool);
+        var pending = new HashSet<JobSpec>(ReferenceEqualityComparer.Instance);
+        var running = new List<RunningJob>();
+        var completions = new PriorityQueue<RunningJob, (long End, long Id)>();
+        var fairShare = new FairShareLedger();
+        var poolCpu = _pool.Groups.Sum(g => (double)g.Shape.MilliCpu * g.NodeCount);
+        var poolGpu = _pool.Groups.Sum(g => 1000.0 * g.Shape.AcceleratorCount * g.NodeCount);
+        var outcomes = new List<JobOutcome>(arrivals.Count);
+        var skipped = new List<SkippedJob>();
+        var next = 0;
+        long cycles = 0;
+        foreach (var j in arrivals)
+        {
+            runTime[j.Spec.Id] = j.RunSeconds;
+        }
+
+        while (next < arrivals.Count || completions.Count > 0)
+        {
+            var tArrival = next < arrivals.Count ? arrivals[next].Spec.SubmitTime : long.MaxValue;
+            var tDone = completions.TryPeek(out _, out var k) ? k.End : long.MaxValue;
+            var now = Math.Min(tArrival, tDone);
+            while (completions.TryPeek(out var r, out var key) && key.End == now)
+            {
+                completions.Dequeue();
+                state.Release(r.Allocation);
+                running.Remove(r);
+                fairShare.Charge(r.Job.Tenant, FairShareLedger.DominantShare(r.Job, poolCpu, poolGpu) * (now - r.StartTime), now);
+            }
+
+            while (next < arrivals.Count && arrivals[next].Spec.SubmitTime == now)
+            {
+                var spec = arrivals[next++].Spec;
+                if (_scheduler.FeasibleGroups(spec).Count == 0)
+                {
+                    skipped.Add(new SkippedJob(spec.Id, "infeasible: " + string.Join("; ", _scheduler.Explain(spec, state).Take(3))));
+                    _scheduler.Forget(spec);
+                    continue;
+                }
+
+                pending.Add(spec);
+            }
+
+            if (pending.Count == 0)
+            {
+                continue;
+            }
+
+            cycles++;
+            var result = _scheduler.RunCycle(new CycleInput(now, pending, running, _tenants, fairShare), state);
+            foreach (var p in result.Preempted)
+            {
+                // A preempted job goes back to the queue and later restarts from scratch (no checkpoint is assumed).
+                running.Remove(p);
+                RemoveCompletion(completions, p);
+                pending.Add(p.Job);
+            }
+
+            foreach (var placed in result.Started)
+            {
+                pending.Remove(placed.Job);
+                _scheduler.Forget(placed.Job);
+                var rj = new RunningJob(placed.Job, now, placed.Allocation);
+                running.Add(rj);
+                var run = runTime[placed.Job.Id];
+                completions.Enqueue(rj, (now + run, placed.Job.Id));
+                var g = _pool.Groups[placed.Allocation.Group];
+                var cost = Pricing.HourlyPrice(placed.Job, g) is { } h ? h * run / 3600m : (decimal?)null;
+                outcomes.Add(new JobOutcome(placed.Job.Id, placed.Job.Tenant, g.ProviderId, g.Id, placed.Job.SubmitTime, now, now + run, run, placed.Job.Tasks, cost));
+            }
+        }
+
+        foreach (var p in pending)
+        {
+            skipped.Add(new SkippedJob(p.Id, "never started"));
+        }
+
+        // A preempted job that restarted has two outcomes; keep its last run.
+        var last = outcomes.GroupBy(o => o.Id).Select(g => g.Last()).OrderBy(o => o.Submit).ThenBy(o => o.Id).ToList();
+        return new Result(last, skipped, cycles, _pool);
+    }
+
+    private static void RemoveCompletion(PriorityQueue<RunningJob, (long, long)> q, RunningJob job)
+    {
+        var keep = new List<(RunningJob, (long, long))>();
+        while (q.TryDequeue(out var r, out var key))
+        {
+            if (!ReferenceEquals(r, job))
+            {
+                keep.Add((r, key));
+            }
+        }
+
+        foreach (var (r, key) in keep)
+        {
+            q.Enqueue(r, key);
+        }
+    }
+}
