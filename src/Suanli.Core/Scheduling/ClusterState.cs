@@ -65,21 +65,30 @@ public sealed class ClusterState
         var g = _groups[allocation.Group];
         foreach (ref readonly var s in allocation.Raw.AsSpan())
         {
-            g.FreeCpu[s.Node] += sign * s.MilliCpu;
-            g.FreeMem[s.Node] += sign * s.MemoryMiB;
-            g.SumFreeCpu += sign * s.MilliCpu;
-            g.SumFreeMem += sign * s.MemoryMiB;
+            // Group sums count only non-negative free values, so an overlay that drives busy nodes negative never
+            // hides room that other nodes still have.
+            g.SumFreeCpu += Shift(ref g.FreeCpu[s.Node], sign * s.MilliCpu);
+            g.SumFreeMem += Shift(ref g.FreeMem[s.Node], sign * s.MemoryMiB);
             var mask = s.DeviceMask;
             while (mask != 0)
             {
                 var d = BitOperations.TrailingZeroCount(mask);
                 mask &= mask - 1;
-                g.FreeGpu[(s.Node * g.GpusPerNode) + d] += sign * s.GpuMilli;
-                g.SumFreeGpu += sign * s.GpuMilli;
+                ref var free = ref g.FreeGpu[(s.Node * g.GpusPerNode) + d];
+                var before = Math.Max(0, free);
+                free += sign * s.GpuMilli;
+                g.SumFreeGpu += Math.Max(0, free) - before;
             }
 
             g.KindCounts[(s.Node * TaskResources.KindCount) + s.Kind] -= (short)sign;
         }
+    }
+
+    private static long Shift(ref long free, long delta)
+    {
+        var before = Math.Max(0, free);
+        free += delta;
+        return Math.Max(0, free) - before;
     }
 
     /// <summary>Free milli-CPU of node <paramref name="node"/> in group <paramref name="group"/>.</summary>

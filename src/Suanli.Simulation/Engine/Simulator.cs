@@ -38,7 +38,7 @@ public sealed class Simulator
     }
 
     /// <summary>Outcome of a replay.</summary>
-    public sealed record Result(List<JobOutcome> Jobs, List<SkippedJob> Skipped, long Cycles, Pool Pool);
+    public sealed record Result(List<JobOutcome> Jobs, List<SkippedJob> Skipped, long Cycles, Pool Pool, IReadOnlyDictionary<long, long> FirstReservation);
 
     /// <summary>Replays <paramref name="jobs"/> (any order; arrivals are sorted by submit time, then id).</summary>
     public Result Run(IEnumerable<TraceJob> jobs)
@@ -54,6 +54,7 @@ public sealed class Simulator
         var poolGpu = _pool.Groups.Sum(g => 1000.0 * g.Shape.AcceleratorCount * g.NodeCount);
         var outcomes = new List<JobOutcome>(arrivals.Count);
         var skipped = new List<SkippedJob>();
+        var firstReservation = new Dictionary<long, long>();
         var next = 0;
         long cycles = 0;
         foreach (var j in arrivals)
@@ -94,6 +95,11 @@ public sealed class Simulator
 
             cycles++;
             var result = _scheduler.RunCycle(new CycleInput(now, pending, running, _tenants, fairShare), state);
+            foreach (var rsv in result.Reservations)
+            {
+                firstReservation.TryAdd(rsv.JobId, rsv.Start);
+            }
+
             foreach (var p in result.Preempted)
             {
                 // A preempted job goes back to the queue and later restarts from scratch (no checkpoint is assumed).
@@ -123,7 +129,7 @@ public sealed class Simulator
 
         // A preempted job that restarted has two outcomes; keep its last run.
         var last = outcomes.GroupBy(o => o.Id).Select(g => g.Last()).OrderBy(o => o.Submit).ThenBy(o => o.Id).ToList();
-        return new Result(last, skipped, cycles, _pool);
+        return new Result(last, skipped, cycles, _pool, firstReservation);
     }
 
     private static void RemoveCompletion(PriorityQueue<RunningJob, (long, long)> q, RunningJob job)

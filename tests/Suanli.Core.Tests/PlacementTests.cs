@@ -1,0 +1,90 @@
+using Suanli.Core.Domain;
+using Suanli.Core.Scheduling;
+using Suanli.Core.Units;
+
+namespace Suanli.Core.Tests;
+
+public class PlacementTests
+{
+    private static Pool TwoSites() => new(
+        [new Provider("east", "shanghai", "sh1"), new Provider("west", "guizhou", "gy1")],
+        [
+            new NodeGroup("a100", "east", new NodeShape(64000, 512000, "A100", 8), 2, 200m),
+            new NodeGroup("910b", "west", new NodeShape(64000, 512000, "Ascend910B", 8), 2, 120m),
+        ],
+        [("shanghai", "guizhou", 30)]);
+
+    private static JobSpec GpuJob(int gpus = 8, JobConstraints? where = null, decimal? budget = null, IReadOnlyList<string>? models = null) =>
+        new(1, "t", new TaskResources(8000, 64000, gpus, 1000, models), 1, 0, 3600, Constraints: where, Budget: budget);
+
+    [Theory]
+    [InlineData("price", "910b")]
+    [InlineData("latency", "a100")]
+    public void Placement_Scorer_PicksExpectedGroup(string placement, string expected)
+    {
+        var pool = TwoSites();
+        var s = new Scheduler(pool, PolicyRegistry.Build("fcfs", pool, placement));
+        var job = GpuJob(where: new JobConstraints(UserRegion: "shanghai"));
+        var res = s.RunCycle(new CycleInput(0, [job], []), new ClusterState(pool));
+        Assert.Equal(expected, pool.Groups[res.Started[0].Allocation.Group].Id);
+    }
+
+    [Theory]
+    [InlineData("model constraint", "A100", null, null, "910b", "task allows A100")]
+    [InlineData("latency bound", null, 10, null, "910b", "is 30 ms")]
+    [InlineData("budget cap", null, null, "150", "a100", "exceeds budget")]
+    public void Filter_RejectsGroup_WithReason(string name, string? model, int? maxLatency, string? budget, string rejected, string reason)
+    {
+        _ = name;
+        var pool = TwoSites();
+        var s = new Scheduler(pool, PolicyRegistry.Build("fcfs", pool));
+        var job = GpuJob(where: new JobConstraints(UserRegion: "shanghai", MaxLatencyMs: maxLatency),
+            budget: budget is null ? null : decimal.Parse(budget, System.Globalization.CultureInfo.InvariantCulture),
+            models: model is null ? null : [model]);
+        var lines = s.Explain(job, new ClusterState(pool));
+        Assert.Contains(lines, l => l.Contains(rejected, StringComparison.Ordinal) && l.Contains(reason, StringComparison.Ordinal));
+        Assert.Single(s.FeasibleGroups(job));
+    }
+
+    [Fact]
+    public void SharingTask_BestFit_TakesFullestCard()
+    {
+        var pool = new Pool([new Provider("p", "r", "s")], [new NodeGroup("g", "p", new NodeShape(64000, 1000, "T4", 2, GpuSharing: true), 1)]);
+        var state = new ClusterState(pool);
+        var max = MaxSpec.Of(pool);
+        var first = new JobSpec(1, "t", new TaskResources(1000, 0, 1, 600), 1, 0, 1);
+        state.Allocate(Scheduler.PlaceInGroup(first, 0, state, new BestFitNodeScorer(max))!);
+        var second = Scheduler.PlaceInGroup(new JobSpec(2, "t", new TaskResources(1000, 0, 1, 300), 1, 0, 1), 0, state, new BestFitNodeScorer(max))!;
+        Assert.Equal(1UL, second.Slices[0].DeviceMask); // card 0 has 400 free: the tightest fit
+    }
+
+    [Fact]
+    public void Fgd_Fragmentation_HandComputed()
+    {
+        // One typical kind: 1 card of 500 milli with 1 core. A node with cards at 300 and 1000 free:
+        // the 300 card cannot host the kind, so 300 milli is fragment (q2); frequency 1.
+        var fgd = new FgdNodeScorer([new TypicalTask(1000, 500, 1, "", 1.0)]);
+        Assert.Equal(300, fgd.Fragmentation(8000, [300, 1000], "T4"), 9);
+        Assert.Equal(1300, fgd.Fragmentation(0, [300, 1000], "T4"), 9); // no CPU: everything is fragment
+    }
+
+    [Fact]
+    public void StandardUnits_A100HalfCardTwoHours()
+    {
+        var q = StandardUnits.Convert(new ResourceUsage(7200, 4000, 500, "A100"), AcceleratorCatalogue.BuiltIn);
+        Assert.Equal(8m, q.CoreHours);
+        Assert.Equal(1m, q.CardHours);
+        Assert.Equal(312m, q.Fp16TflopsHours);
+        Assert.Equal(19.5m, q.Fp32TflopsHours);
+        Assert.Equal(9.7m, q.TflopsHours(Precision.Fp64));
+    }
+
+    [Fact]
+    public void Catalogue_HasNvidiaAndAscend()
+    {
+        var c = AcceleratorCatalogue.BuiltIn;
+        Assert.Equal(AcceleratorVendor.Huawei, c.Find("ascend910b")!.Vendor);
+        Assert.True(c.Find("Ascend910B")!.Domestic);
+        Assert.Equal(AcceleratorVendor.Nvidia, c.Find("H100")!.Vendor);
+    }
+}

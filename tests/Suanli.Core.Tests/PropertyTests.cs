@@ -1,0 +1,124 @@
+using FsCheck;
+using FsCheck.Fluent;
+using FsCheck.Xunit;
+using Suanli.Core.Domain;
+using Suanli.Core.Scheduling;
+
+namespace Suanli.Core.Tests;
+
+public class PropertyTests
+{
+    private static Pool RandomPool(System.Random rng)
+    {
+        var groups = new List<NodeGroup>();
+        var n = rng.Next(1, 4);
+        for (var g = 0; g < n; g++)
+        {
+            var gpus = rng.Next(0, 3) * 4;
+            groups.Add(new NodeGroup("g" + g, "p", new NodeShape(1000L * rng.Next(1, 17), 1024L * rng.Next(1, 9),
+                gpus > 0 ? "A100" : null, gpus, GpuSharing: gpus > 0), rng.Next(1, 9)));
+        }
+
+        return new Pool([new Provider("p", "r", "s")], groups);
+    }
+
+    private static List<JobSpec> RandomJobs(System.Random rng, int count)
+    {
+        var jobs = new List<JobSpec>();
+        for (var i = 0; i < count; i++)
+        {
+            var gpuCount = rng.Next(0, 3) == 0 ? rng.Next(1, 5) : 0;
+            var milli = gpuCount == 1 && rng.Next(2) == 0 ? 100 * rng.Next(1, 10) : 1000;
+            jobs.Add(new JobSpec(i, "t" + rng.Next(3), new TaskResources(500L * rng.Next(1, 9), 256L * rng.Next(0, 9), gpuCount, gpuCount > 0 ? milli : 0),
+                rng.Next(1, 6), rng.Next(0, 100), rng.Next(1, 500), rng.Next(0, 2)));
+        }
+
+        return jobs;
+    }
+
+    private static bool NoOverAllocation(ClusterState state, Pool pool)
+    {
+        for (var g = 0; g < pool.Groups.Count; g++)
+        {
+            for (var n = 0; n < pool.Groups[g].NodeCount; n++)
+            {
+                var v = state.Node(g, n);
+                if (v.FreeMilliCpu < 0 || v.FreeMemoryMiB < 0)
+                {
+                    return false;
+                }
+
+                foreach (var f in v.FreeGpu)
+                {
+                    if (f is < 0 or > 1000)
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+
+        return true;
+    }
+
+    [Property(MaxTest = 200)]
+    public Property Cycle_NeverOverAllocates_AndGangsAreWhole(int seed, bool conservative, bool preempt)
+    {
+        var rng = new System.Random(seed);
+        var pool = RandomPool(rng);
+        var policy = PolicyRegistry.Build(new[] { "fcfs", "sjf", "saf", "f1", "fair-share", "suanli" }[rng.Next(6)], pool,
+            backfill: conservative ? BackfillMode.Conservative : BackfillMode.Easy) with { Preemption = preempt };
+        var s = new Scheduler(pool, policy);
+        var state = new ClusterState(pool);
+        var running = new List<RunningJob>();
+        var pending = RandomJobs(rng, 30);
+        for (var t = 0; t < 5; t++)
+        {
+            var res = s.RunCycle(new CycleInput(100 * t, pending.ToList(), running.ToList()), state);
+            foreach (var p in res.Preempted)
+            {
+                running.Remove(p);
+            }
+
+            foreach (var p in res.Started)
+            {
+                if (p.Allocation.Slices.Count != p.Job.Tasks)
+                {
+                    return false.Label($"job {p.Job.Id} got {p.Allocation.Slices.Count} of {p.Job.Tasks} tasks");
+                }
+
+                pending.Remove(p.Job);
+                running.Add(new RunningJob(p.Job, 100 * t, p.Allocation));
+            }
+
+            if (!NoOverAllocation(state, pool))
+            {
+                return false.Label($"over-allocated after cycle {t}");
+            }
+
+            if (running.Count > 0)
+            {
+                state.Release(running[0].Allocation);
+                running.RemoveAt(0);
+            }
+        }
+
+        return true.ToProperty();
+    }
+
+    [Property(MaxTest = 50)]
+    public bool Cycle_SameInput_SameDecisions(int seed)
+    {
+        string Run()
+        {
+            var rng = new System.Random(seed);
+            var pool = RandomPool(rng);
+            var s = new Scheduler(pool, PolicyRegistry.Build("fair-share", pool, backfill: BackfillMode.Conservative));
+            var res = s.RunCycle(new CycleInput(50, RandomJobs(rng, 40), []), new ClusterState(pool));
+            return string.Join(";", res.Started.Select(p => $"{p.Job.Id}@{p.Allocation.Group}:{string.Join(',', p.Allocation.Slices.Select(x => $"{x.Node}/{x.DeviceMask}"))}"))
+                + "|" + string.Join(";", res.Waiting.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key}={kv.Value}"));
+        }
+
+        return Run() == Run();
+    }
+}
