@@ -24,7 +24,10 @@ public enum WaitKind
     /// <summary>Strict order: it waits behind job <see cref="WaitReason.BlockingJob"/>.</summary>
     BehindBlockedJob,
 
-    /// <summary>It fits now only by using resources reserved for job <see cref="WaitReason.BlockingJob"/>.</summary>
+    /// <summary>
+    /// It does not fit in what is left once the reservations overlapping its run (the first: job
+    /// <see cref="WaitReason.BlockingJob"/>) are held back; starting it could delay that job.
+    /// </summary>
     WouldDelayReservation,
 
     /// <summary>Not enough free resources now; the reservation depth is used up.</summary>
@@ -77,6 +80,7 @@ public sealed class Scheduler
     private readonly Dictionary<JobSpec, int[]> _feasible = new(ReferenceEqualityComparer.Instance);
     private readonly List<int> _candidates = [];
     private readonly List<(int Group, double Score)> _scored = [];
+    private readonly List<Reservation> _overlaid = [];
     private readonly double _poolCpu;
     private readonly double _poolGpu;
 
@@ -208,6 +212,7 @@ public sealed class Scheduler
             var placed = TryPlace(job, groups, state, result.Reservations, now, now + job.RequestedSeconds);
             if (placed is null && Policy.Preemption)
             {
+                ClearOverlay(state);
                 placed = TryPreempt(job, groups, state, running, result);
             }
 
@@ -232,17 +237,19 @@ public sealed class Scheduler
 
             if (result.Reservations.Count < Policy.ReservationDepth)
             {
+                ClearOverlay(state);
                 var reservation = Reserve(job, groups, state, running, result.Reservations, now);
                 result.Reservations.Add(reservation);
                 result.Waiting[job.Id] = new(WaitKind.Reserved, At: reservation.Start);
             }
             else
             {
-                var blocking = FitsIgnoringReservations(job, groups, state) ? result.Reservations[0].JobId : 0;
-                result.Waiting[job.Id] = blocking != 0 ? new(WaitKind.WouldDelayReservation, blocking) : new(WaitKind.NoCapacityNow);
+                // Tested with the reservations overlapping its run held back: name the first of them, if any.
+                result.Waiting[job.Id] = _overlaid.Count > 0 ? new(WaitKind.WouldDelayReservation, _overlaid[0].JobId) : new(WaitKind.NoCapacityNow);
             }
         }
 
+        ClearOverlay(state);
         return result;
     }
 
@@ -277,22 +284,46 @@ public sealed class Scheduler
 
     /// <summary>
     /// Places the job now if it fits with every reservation overlapping [from, to) held; applies the allocation.
+    /// Reservations are overlaid lazily: consecutive jobs that need the same overlay do not re-apply it.
     /// </summary>
     private Placement? TryPlace(JobSpec job, IReadOnlyList<int> groups, ClusterState state, List<Reservation> reservations, long from, long to)
     {
-        var overlaid = Overlay(state, reservations, from, to, -1);
-        try
+        SetOverlay(state, reservations, from, to);
+        var (alloc, candidates) = PlaceBest(job, groups, state);
+        return alloc is null ? null : new Placement(job, alloc, candidates);
+    }
+
+    /// <summary>Makes the overlaid reservations exactly those overlapping [from, to).</summary>
+    private void SetOverlay(ClusterState state, List<Reservation> reservations, long from, long to)
+    {
+        for (var i = _overlaid.Count - 1; i >= 0; i--)
         {
-            var (alloc, candidates) = PlaceBest(job, groups, state);
-            return alloc is null ? null : new Placement(job, alloc, candidates);
-        }
-        finally
-        {
-            if (overlaid)
+            var r = _overlaid[i];
+            if (!(r.Start < to && r.End > from))
             {
-                Overlay(state, reservations, from, to, +1);
+                state.Apply(r.Allocation, +1);
+                _overlaid.RemoveAt(i);
             }
         }
+
+        foreach (var r in reservations)
+        {
+            if (r.Start < to && r.End > from && !_overlaid.Contains(r))
+            {
+                state.Apply(r.Allocation, -1);
+                _overlaid.Add(r);
+            }
+        }
+    }
+
+    private void ClearOverlay(ClusterState state)
+    {
+        foreach (var r in _overlaid)
+        {
+            state.Apply(r.Allocation, +1);
+        }
+
+        _overlaid.Clear();
     }
 
     private static bool Overlay(ClusterState state, List<Reservation> reservations, long from, long to, int sign)
@@ -462,19 +493,6 @@ public sealed class Scheduler
         }
     }
 
-    private bool FitsIgnoringReservations(JobSpec job, IReadOnlyList<int> groups, ClusterState state)
-    {
-        foreach (var g in groups)
-        {
-            if (AggregateFits(job, state.Group(g)) && PlaceInGroup(job, g, state, Policy.NodeScorer) is not null)
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
-
     /// <summary>
     /// Earliest start for a blocked job: walk the running jobs by expected end, returning their resources, and take the
     /// first time at which the job fits with every reservation that overlaps its run held back.
@@ -575,7 +593,7 @@ public sealed class Scheduler
             {
                 WaitKind.Reserved => $"waiting: reserved to start at t={r.At}",
                 WaitKind.BehindBlockedJob => $"waiting: strict order, behind blocked job {r.BlockingJob}",
-                WaitKind.WouldDelayReservation => $"waiting: fits now only on resources reserved for job {r.BlockingJob}",
+                WaitKind.WouldDelayReservation => $"waiting: does not fit beside the resources reserved for job {r.BlockingJob} (starting it could delay that job)",
                 WaitKind.NoCapacityNow => "waiting: not enough free resources now",
                 WaitKind.QuotaExceeded => $"waiting: tenant {job.Tenant} quota is used up",
                 _ => "rejected: no node group can run this job",
