@@ -425,6 +425,11 @@ public sealed class Scheduler
     {
         var g = state.Group(group);
         var t = job.Task;
+        if (job.Tasks == 1)
+        {
+            return PlaceSingle(t, group, g.Nodes, state, scorer);
+        }
+
         var capacity = new int[g.Nodes];
         var fitting = new List<(int Node, double Score)>();
         long total = 0;
@@ -491,6 +496,28 @@ public sealed class Scheduler
                 state.Apply(new Allocation(group, [slices[i]]), +1);
             }
         }
+    }
+
+    /// <summary>One task: a single pass keeps the best-scoring node (ties to the lowest index), no sorting.</summary>
+    private static Allocation? PlaceSingle(TaskResources t, int group, int nodes, ClusterState state, NodeScorer scorer)
+    {
+        var best = -1;
+        var bestScore = double.MinValue;
+        for (var n = 0; n < nodes; n++)
+        {
+            var view = state.Node(group, n);
+            if (NodeFit.Capacity(view, t, 1) > 0)
+            {
+                var score = scorer.Score(view, t);
+                if (score > bestScore)
+                {
+                    best = n;
+                    bestScore = score;
+                }
+            }
+        }
+
+        return best >= 0 && NodeFit.SliceFor(state.Node(group, best), t, scorer) is { } slice ? new Allocation(group, [slice]) : null;
     }
 
     /// <summary>
