@@ -49,7 +49,7 @@ public static class RlSchedulerProtocol
 
             var needNodes = (int)((procs + ppn - 1) / ppn);
             var spec = new JobSpec(jobs.Count, "u" + r.User, new TaskResources(ppn * 1000, 0), Math.Max(1, needNodes), r.Submit, req);
-            jobs.Add(new ProtocolJob(spec with { Tasks = Math.Max(1, needNodes) }, run, needNodes));
+            jobs.Add(new ProtocolJob(spec, run, needNodes));
         }
 
         return new ProtocolLog(nodes, ppn, jobs, log.Diagnostics);
