@@ -113,8 +113,10 @@ internal static class SimulateCommand
         var typical = placement == "fgd" && format == TraceFormat.Pai
             ? FgdProtocol.TypicalTasks(PaiReader.ReadTasks(tracePath, new Trace())) : null;
         var policy = PolicyRegistry.Build(policyName, pool, placement, mode, typical: typical);
+        var loaded = sw.Elapsed.TotalSeconds;
         var result = new Simulator(pool, policy).Run(trace.Jobs);
-        var report = SimulationReport.Build(result, trace, sw.Elapsed.TotalSeconds);
+        var simulated = sw.Elapsed.TotalSeconds - loaded;
+        var report = SimulationReport.Build(result, trace, sw.Elapsed.TotalSeconds, loaded, simulated);
         if (jobsOut is not null)
         {
             WriteJobs(jobsOut, result.Jobs);

@@ -55,33 +55,73 @@ public sealed class ClusterState
     public int GroupCount => _groups.Length;
 
     /// <summary>Takes the resources of <paramref name="allocation"/>.</summary>
-    public void Allocate(Allocation allocation) => Apply(allocation, -1);
+    public void Allocate(Allocation allocation)
+    {
+        Version++;
+        ApplyBase(allocation, -1);
+        Apply(allocation, -1);
+    }
 
     /// <summary>Returns the resources of <paramref name="allocation"/>.</summary>
-    public void Release(Allocation allocation) => Apply(allocation, +1);
+    public void Release(Allocation allocation)
+    {
+        Version++;
+        ApplyBase(allocation, +1);
+        Apply(allocation, +1);
+    }
+
+    /// <summary>
+    /// Keeps the group's base sums: free resources counting allocations only, never the scheduler's reservation
+    /// overlays. Base per-node values never go negative (an allocation only takes what is free even under an overlay),
+    /// so the base sums need no clamping and move by exactly the allocation.
+    /// </summary>
+    private void ApplyBase(Allocation allocation, int sign)
+    {
+        var g = _groups[allocation.Group];
+        foreach (ref readonly var s in allocation.Raw.AsSpan())
+        {
+            g.BaseFreeCpu += sign * s.MilliCpu;
+            g.BaseFreeMem += sign * s.MemoryMiB;
+            g.BaseFreeGpu += sign * (long)BitOperations.PopCount(s.DeviceMask) * s.GpuMilli;
+        }
+    }
+
+    /// <summary>
+    /// Counts <see cref="Allocate"/> and <see cref="Release"/> calls: equal versions mean no allocation changed in
+    /// between (the scheduler's transient reservation overlays do not count; they are always undone).
+    /// </summary>
+    public long Version { get; private set; }
 
     internal void Apply(Allocation allocation, int sign)
     {
         var g = _groups[allocation.Group];
         foreach (ref readonly var s in allocation.Raw.AsSpan())
         {
-            // Group sums count only non-negative free values, so an overlay that drives busy nodes negative never
-            // hides room that other nodes still have.
-            g.SumFreeCpu += Shift(ref g.FreeCpu[s.Node], sign * s.MilliCpu);
-            g.SumFreeMem += Shift(ref g.FreeMem[s.Node], sign * s.MemoryMiB);
-            var mask = s.DeviceMask;
-            while (mask != 0)
-            {
-                var d = BitOperations.TrailingZeroCount(mask);
-                mask &= mask - 1;
-                ref var free = ref g.FreeGpu[(s.Node * g.GpusPerNode) + d];
-                var before = Math.Max(0, free);
-                free += sign * s.GpuMilli;
-                g.SumFreeGpu += Math.Max(0, free) - before;
-            }
-
-            g.KindCounts[(s.Node * TaskResources.KindCount) + s.Kind] -= (short)sign;
+            Apply(g, s, sign);
         }
+    }
+
+    /// <summary>Applies one slice of group <paramref name="group"/> (no allocation object needed).</summary>
+    internal void Apply(int group, in Slice slice, int sign) => Apply(_groups[group], slice, sign);
+
+    private static void Apply(GroupState g, in Slice s, int sign)
+    {
+        // Group sums count only non-negative free values, so an overlay that drives busy nodes negative never
+        // hides room that other nodes still have.
+        g.SumFreeCpu += Shift(ref g.FreeCpu[s.Node], sign * s.MilliCpu);
+        g.SumFreeMem += Shift(ref g.FreeMem[s.Node], sign * s.MemoryMiB);
+        var mask = s.DeviceMask;
+        while (mask != 0)
+        {
+            var d = BitOperations.TrailingZeroCount(mask);
+            mask &= mask - 1;
+            ref var free = ref g.FreeGpu[(s.Node * g.GpusPerNode) + d];
+            var before = Math.Max(0, free);
+            free += sign * s.GpuMilli;
+            g.SumFreeGpu += Math.Max(0, free) - before;
+        }
+
+        g.KindCounts[(s.Node * TaskResources.KindCount) + s.Kind] -= (short)sign;
     }
 
     private static long Shift(ref long free, long delta)
@@ -126,6 +166,9 @@ public sealed class ClusterState
             SumFreeCpu = g.Shape.MilliCpu * Nodes;
             SumFreeMem = g.Shape.MemoryMiB * Nodes;
             SumFreeGpu = 1000L * GpusPerNode * Nodes;
+            BaseFreeCpu = SumFreeCpu;
+            BaseFreeMem = SumFreeMem;
+            BaseFreeGpu = SumFreeGpu;
         }
 
         public NodeGroup Spec { get; }
@@ -147,6 +190,15 @@ public sealed class ClusterState
         public long SumFreeMem { get; set; }
 
         public long SumFreeGpu { get; set; }
+
+        /// <summary>Free milli-CPU ignoring reservation overlays.</summary>
+        public long BaseFreeCpu { get; set; }
+
+        /// <summary>Free MiB ignoring reservation overlays.</summary>
+        public long BaseFreeMem { get; set; }
+
+        /// <summary>Free milli-GPU ignoring reservation overlays.</summary>
+        public long BaseFreeGpu { get; set; }
     }
 }
 

@@ -1,3 +1,4 @@
+using System.Buffers;
 using Suanli.Core.Domain;
 
 namespace Suanli.Core.Scheduling;
@@ -49,6 +50,23 @@ public sealed record Placement(JobSpec Job, Allocation Allocation, IReadOnlyList
 /// <summary>The outcome of one scheduling cycle.</summary>
 public sealed class CycleResult
 {
+    /// <summary>Creates an empty result sized for <paramref name="pending"/> queued jobs.</summary>
+    public CycleResult(int pending = 0) => Waiting = new Dictionary<long, WaitReason>(pending);
+
+    /// <summary>How many jobs did not start this cycle (whether or not their reasons were recorded).</summary>
+    public int WaitingCount { get; private set; }
+
+    internal void CountWaiting(int jobs) => WaitingCount += jobs;
+
+    internal void Wait(long job, WaitReason reason, bool record)
+    {
+        WaitingCount++;
+        if (record)
+        {
+            Waiting[job] = reason;
+        }
+    }
+
     /// <summary>Jobs started this cycle, in decision order. Their allocations are already applied to the state.</summary>
     public List<Placement> Started { get; } = [];
 
@@ -56,19 +74,24 @@ public sealed class CycleResult
     public List<RunningJob> Preempted { get; } = [];
 
     /// <summary>Why each job that did not start is waiting.</summary>
-    public Dictionary<long, WaitReason> Waiting { get; } = [];
+    public Dictionary<long, WaitReason> Waiting { get; }
 
     /// <summary>Reservations made this cycle (they are recomputed every cycle).</summary>
     public List<Reservation> Reservations { get; } = [];
 }
 
-/// <summary>Everything a cycle reads. <see cref="Pending"/> need not be ordered; the policy orders it.</summary>
+/// <summary>
+/// Everything a cycle reads. <see cref="Pending"/> need not be ordered; the policy orders it. With
+/// <see cref="RecordWaits"/> false the cycle decides the same but leaves <see cref="CycleResult.Waiting"/> empty and only
+/// counts the waiting jobs (the simulator, which never explains, saves a dictionary per cycle).
+/// </summary>
 public sealed record CycleInput(
     long Now,
     IReadOnlyCollection<JobSpec> Pending,
     IReadOnlyList<RunningJob> Running,
     IReadOnlyDictionary<string, Tenant>? Tenants = null,
-    FairShareLedger? FairShare = null);
+    FairShareLedger? FairShare = null,
+    bool RecordWaits = true);
 
 /// <summary>
 /// The scheduling core: one pure entry point, <see cref="RunCycle"/>, used by the live control plane and the simulator
@@ -77,10 +100,13 @@ public sealed record CycleInput(
 /// </summary>
 public sealed class Scheduler
 {
-    private readonly Dictionary<JobSpec, int[]> _feasible = new(ReferenceEqualityComparer.Instance);
+    // Caches keyed by job id; the stored spec reference guards against a different job reusing an id.
+    private readonly Dictionary<long, (JobSpec Job, int[] Groups)> _feasible = [];
+    private readonly QueueCache _queue = new();
     private readonly List<int> _candidates = [];
     private readonly List<(int Group, double Score)> _scored = [];
     private readonly List<Reservation> _overlaid = [];
+    private ReserveMemo? _memo;
     private readonly double _poolCpu;
     private readonly double _poolGpu;
 
@@ -100,14 +126,20 @@ public sealed class Scheduler
     public Policy Policy { get; }
 
     /// <summary>Forgets cached filter results of a job that left the queue. Idempotent.</summary>
-    public void Forget(JobSpec job) => _feasible.Remove(job);
+    public void Forget(JobSpec job)
+    {
+        if (_feasible.TryGetValue(job.Id, out var f) && ReferenceEquals(f.Job, job))
+        {
+            _feasible.Remove(job.Id);
+        }
+    }
 
     /// <summary>Groups whose filters all pass for <paramref name="job"/> (cached per job instance).</summary>
     public IReadOnlyList<int> FeasibleGroups(JobSpec job)
     {
-        if (_feasible.TryGetValue(job, out var groups))
+        if (_feasible.TryGetValue(job.Id, out var cached) && ReferenceEquals(cached.Job, job))
         {
-            return groups;
+            return cached.Groups;
         }
 
         var list = new List<int>();
@@ -119,8 +151,8 @@ public sealed class Scheduler
             }
         }
 
-        groups = [.. list];
-        _feasible[job] = groups;
+        int[] groups = [.. list];
+        _feasible[job.Id] = (job, groups);
         return groups;
     }
 
@@ -138,12 +170,25 @@ public sealed class Scheduler
     }
 
     /// <summary>Orders the queue: priority class (higher first), policy key, submit time, id.</summary>
-    public List<JobSpec> Order(IEnumerable<JobSpec> pending, in QueueContext context)
+    public List<JobSpec> Order(IReadOnlyCollection<JobSpec> pending, in QueueContext context) =>
+        OrderKeyed(pending, context).ConvertAll(static k => k.Job);
+
+    /// <summary>The ordered queue with keys; for static orders the list is the cache's own (valid until the next call).</summary>
+    private List<(JobSpec Job, double Key)> OrderKeyed(IReadOnlyCollection<JobSpec> pending, in QueueContext context)
     {
-        var ctx = context;
-        var keyed = pending.Select(j => (Job: j, Key: Policy.Order.Key(j, ctx))).ToList();
+        if (!Policy.Order.IsDynamic)
+        {
+            return _queue.Order(pending, Policy.Order, context);
+        }
+
+        var keyed = new List<(JobSpec Job, double Key)>(pending.Count);
+        foreach (var j in pending)
+        {
+            keyed.Add((j, Policy.Order.Key(j, context)));
+        }
+
         keyed.Sort(static (a, b) => QueueOrdering.Compare(a.Job, a.Key, b.Job, b.Key));
-        return keyed.ConvertAll(k => k.Job);
+        return keyed;
     }
 
     /// <summary>Decayed usage per unit of weight for every tenant with queued or running work (the fair-share key).</summary>
@@ -181,35 +226,47 @@ public sealed class Scheduler
     /// </summary>
     public CycleResult RunCycle(CycleInput input, ClusterState state)
     {
-        var result = new CycleResult();
+        var result = new CycleResult(input.RecordWaits ? input.Pending.Count : 0);
+        var record = input.RecordWaits;
         var now = input.Now;
-        var ordered = Order(input.Pending, new QueueContext(now, TenantShares(input)));
+        var ordered = OrderKeyed(input.Pending, new QueueContext(now, TenantShares(input)));
         var running = new List<RunningJob>(input.Running);
         var quotaUse = Policy.EnforceQuotas && input.Tenants is { Count: > 0 } ? QuotaUse(input.Running) : null;
         JobSpec? blocked = null;
 
-        foreach (var job in ordered)
+        for (var i = 0; i < ordered.Count; i++)
         {
+            var job = ordered[i].Job;
             if (blocked is not null && Policy.Backfill == BackfillMode.None)
             {
-                result.Waiting[job.Id] = new(WaitKind.BehindBlockedJob, blocked.Id);
+                if (!record)
+                {
+                    // Strict order: everything behind the blocked job waits; only the count is wanted.
+                    result.CountWaiting(ordered.Count - i);
+                    break;
+                }
+
+                result.Wait(job.Id, new(WaitKind.BehindBlockedJob, blocked.Id), record);
                 continue;
             }
 
             var groups = FeasibleGroups(job);
             if (groups.Count == 0)
             {
-                result.Waiting[job.Id] = new(WaitKind.Infeasible);
+                result.Wait(job.Id, new(WaitKind.Infeasible), record);
                 continue;
             }
 
             if (quotaUse is not null && !WithinQuota(job, input.Tenants!, quotaUse))
             {
-                result.Waiting[job.Id] = new(WaitKind.QuotaExceeded);
+                result.Wait(job.Id, new(WaitKind.QuotaExceeded), record);
                 continue;
             }
 
-            var placed = TryPlace(job, groups, state, result.Reservations, now, now + job.RequestedSeconds);
+            // Overlays only take resources away: a job that does not fit the un-overlaid free resources of any group
+            // cannot fit with them either, so it skips the overlay work (which may toggle a large reservation).
+            var fitsBase = BaseFits(job, groups, state);
+            var placed = fitsBase ? TryPlace(job, groups, state, result.Reservations, now, now + job.RequestedSeconds) : null;
             if (placed is null && Policy.Preemption)
             {
                 ClearOverlay(state);
@@ -231,21 +288,21 @@ public sealed class Scheduler
             if (Policy.Backfill == BackfillMode.None)
             {
                 blocked = job;
-                result.Waiting[job.Id] = new(WaitKind.NoCapacityNow);
+                result.Wait(job.Id, new(WaitKind.NoCapacityNow), record);
                 continue;
             }
 
             if (result.Reservations.Count < Policy.ReservationDepth)
             {
                 ClearOverlay(state);
-                var reservation = Reserve(job, groups, state, running, result.Reservations, now);
+                var reservation = ReserveMemoized(job, groups, state, running, result.Reservations, now);
                 result.Reservations.Add(reservation);
-                result.Waiting[job.Id] = new(WaitKind.Reserved, At: reservation.Start);
+                result.Wait(job.Id, new(WaitKind.Reserved, At: reservation.Start), record);
             }
             else
             {
                 // Tested with the reservations overlapping its run held back: name the first of them, if any.
-                result.Waiting[job.Id] = _overlaid.Count > 0 ? new(WaitKind.WouldDelayReservation, _overlaid[0].JobId) : new(WaitKind.NoCapacityNow);
+                result.Wait(job.Id, fitsBase && _overlaid.Count > 0 ? new(WaitKind.WouldDelayReservation, _overlaid[0].JobId) : new(WaitKind.NoCapacityNow), record);
             }
         }
 
@@ -411,6 +468,21 @@ public sealed class Scheduler
         _scored.Sort(static (a, b) => b.Score != a.Score ? b.Score.CompareTo(a.Score) : a.Group.CompareTo(b.Group));
     }
 
+    private static bool BaseFits(JobSpec job, IReadOnlyList<int> groups, ClusterState state)
+    {
+        long cpu = job.Task.MilliCpu * job.Tasks, mem = job.Task.MemoryMiB * job.Tasks, gpu = job.Task.TotalGpuMilliOrWhole() * job.Tasks;
+        foreach (var g in groups)
+        {
+            var gs = state.Group(g);
+            if (cpu <= gs.BaseFreeCpu && mem <= gs.BaseFreeMem && gpu <= gs.BaseFreeGpu)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
     private static bool AggregateFits(JobSpec job, ClusterState.GroupState g) =>
         job.Task.MilliCpu * job.Tasks <= g.SumFreeCpu
         && job.Task.MemoryMiB * job.Tasks <= g.SumFreeMem
@@ -430,18 +502,34 @@ public sealed class Scheduler
             return PlaceSingle(t, group, g.Nodes, state, scorer);
         }
 
-        var capacity = new int[g.Nodes];
-        var fitting = new List<(int Node, double Score)>();
+        var capacity = ArrayPool<int>.Shared.Rent(g.Nodes);
+        var fittingBuffer = ArrayPool<(int Node, double Score)>.Shared.Rent(g.Nodes);
+        try
+        {
+            return PlaceGang(job, group, state, scorer, capacity, fittingBuffer);
+        }
+        finally
+        {
+            ArrayPool<int>.Shared.Return(capacity);
+            ArrayPool<(int Node, double Score)>.Shared.Return(fittingBuffer);
+        }
+    }
+
+    private static Allocation? PlaceGang(JobSpec job, int group, ClusterState state, NodeScorer scorer, int[] capacity, (int Node, double Score)[] fittingBuffer)
+    {
+        var g = state.Group(group);
+        var t = job.Task;
+        var count = 0;
         long total = 0;
         for (var n = 0; n < g.Nodes; n++)
         {
             var view = state.Node(group, n);
             var c = NodeFit.Capacity(view, t, job.Tasks);
+            capacity[n] = c;
             if (c > 0)
             {
-                capacity[n] = c;
                 total += c;
-                fitting.Add((n, scorer.Score(view, t)));
+                fittingBuffer[count++] = (n, scorer.Score(view, t));
             }
         }
 
@@ -450,6 +538,7 @@ public sealed class Scheduler
             return null;
         }
 
+        var fitting = fittingBuffer.AsSpan(0, count);
         fitting.Sort(static (a, b) => b.Score != a.Score ? b.Score.CompareTo(a.Score) : a.Node.CompareTo(b.Node));
         var slices = new Slice[job.Tasks];
         var placed = 0;
@@ -469,7 +558,7 @@ public sealed class Scheduler
                         }
 
                         slices[placed++] = s;
-                        state.Apply(new Allocation(group, [s]), -1);
+                        state.Apply(group, s, -1);
                         capacity[n]--;
                         progress = true;
                     }
@@ -493,7 +582,7 @@ public sealed class Scheduler
             // Undo the tentative slices; the caller applies the allocation it keeps.
             for (var i = 0; i < placed; i++)
             {
-                state.Apply(new Allocation(group, [slices[i]]), +1);
+                state.Apply(group, slices[i], +1);
             }
         }
     }
@@ -520,6 +609,43 @@ public sealed class Scheduler
         return best >= 0 && NodeFit.SliceFor(state.Node(group, best), t, scorer) is { } slice ? new Allocation(group, [slice]) : null;
     }
 
+    /// <summary>The last first-reservation and what it was computed from.</summary>
+    private sealed record ReserveMemo(JobSpec Job, ClusterState State, long Version, int Running, long Now, Reservation Result);
+
+    /// <summary>
+    /// <see cref="Reserve"/>, reusing the previous cycle's answer when nothing it read has changed: same job, no
+    /// reservation ahead of it, no allocation changed since (state version), the same number of running jobs, and no
+    /// running job past its requested end (so expected ends do not move with the clock). A cycle triggered only by
+    /// arrivals then skips the walk over the running jobs; the reservation is the same one a fresh walk would find.
+    /// </summary>
+    private Reservation ReserveMemoized(JobSpec job, IReadOnlyList<int> groups, ClusterState state, List<RunningJob> running,
+        List<Reservation> reservations, long now)
+    {
+        var cacheable = reservations.Count == 0;
+        if (cacheable && _memo is { } m && ReferenceEquals(m.Job, job) && ReferenceEquals(m.State, state)
+            && m.Version == state.Version && m.Running == running.Count && m.Result.Start > now && NoneOverran(running, now))
+        {
+            return m.Result;
+        }
+
+        var r = Reserve(job, groups, state, running, reservations, now);
+        _memo = cacheable && NoneOverran(running, now) ? new ReserveMemo(job, state, state.Version, running.Count, now, r) : null;
+        return r;
+    }
+
+    private static bool NoneOverran(List<RunningJob> running, long now)
+    {
+        foreach (var r in running)
+        {
+            if (r.StartTime + r.Job.RequestedSeconds <= now)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
     /// <summary>
     /// Earliest start for a blocked job: walk the running jobs by expected end, returning their resources, and take the
     /// first time at which the job fits with every reservation that overlaps its run held back.
@@ -527,16 +653,40 @@ public sealed class Scheduler
     private Reservation Reserve(JobSpec job, IReadOnlyList<int> groups, ClusterState state, List<RunningJob> running,
         List<Reservation> reservations, long now)
     {
-        var byEnd = running.OrderBy(r => r.ExpectedEnd(now)).ThenBy(r => r.Job.Id).ToList();
-        var times = byEnd.Select(r => r.ExpectedEnd(now)).Concat(reservations.Select(r => r.End)).Where(t => t > now).Distinct().Order().ToList();
+        var byEnd = new (long End, RunningJob Job)[running.Count];
+        for (var i = 0; i < running.Count; i++)
+        {
+            byEnd[i] = (running[i].ExpectedEnd(now), running[i]);
+        }
+
+        Array.Sort(byEnd, static (a, b) => a.End != b.End ? a.End.CompareTo(b.End) : a.Job.Job.Id.CompareTo(b.Job.Job.Id));
+        var times = new long[byEnd.Length + reservations.Count];
+        var n = 0;
+        foreach (var (end, _) in byEnd)
+        {
+            times[n++] = end;
+        }
+
+        foreach (var r in reservations)
+        {
+            times[n++] = r.End;
+        }
+
+        Array.Sort(times);
         var released = 0;
         try
         {
-            foreach (var t in times)
+            for (var ti = 0; ti < times.Length; ti++)
             {
-                while (released < byEnd.Count && byEnd[released].ExpectedEnd(now) <= t)
+                var t = times[ti];
+                if (t <= now || (ti > 0 && times[ti - 1] == t))
                 {
-                    state.Release(byEnd[released].Allocation);
+                    continue;
+                }
+
+                while (released < byEnd.Length && byEnd[released].End <= t)
+                {
+                    state.Release(byEnd[released].Job.Allocation);
                     released++;
                 }
 
@@ -565,7 +715,7 @@ public sealed class Scheduler
         {
             for (var i = 0; i < released; i++)
             {
-                state.Allocate(byEnd[i].Allocation);
+                state.Allocate(byEnd[i].Job.Allocation);
             }
         }
 

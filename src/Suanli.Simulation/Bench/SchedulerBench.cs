@@ -78,7 +78,7 @@ public static class SchedulerBench
             var t0 = Stopwatch.GetTimestamp();
             var result = scheduler.RunCycle(input, state);
             times.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
-            decisions += result.Started.Count + result.Waiting.Count;
+            decisions += result.Started.Count + result.WaitingCount;
             started += result.Started.Count;
             foreach (var p in result.Started)
             {

@@ -3,7 +3,10 @@ namespace Suanli.Simulation.Engine;
 /// <summary>Aggregate statistics of a group of jobs.</summary>
 public sealed record Breakdown(int Jobs, double AvgWaitSeconds, double AvgBoundedSlowdown, double AvgJctSeconds, decimal? Cost);
 
-/// <summary>The simulator's summary: the fields of the CLI contract plus breakdowns.</summary>
+/// <summary>
+/// The simulator's summary: the fields of the CLI contract plus breakdowns. <see cref="WallSeconds"/> is the whole
+/// command; <see cref="LoadSeconds"/> reading and parsing the trace; <see cref="SimulateSeconds"/> the replay itself.
+/// </summary>
 public sealed record SimulationReport(
     int Jobs,
     long Skipped,
@@ -19,6 +22,8 @@ public sealed record SimulationReport(
     decimal? Cost,
     long Cycles,
     double WallSeconds,
+    double LoadSeconds,
+    double SimulateSeconds,
     IReadOnlyDictionary<string, Breakdown> PerTenant,
     IReadOnlyDictionary<string, Breakdown> PerProvider,
     IReadOnlyDictionary<string, long> SkippedByReason,
@@ -28,7 +33,7 @@ public sealed record SimulationReport(
     /// Summarises outcomes. Utilization is busy capacity over (last end − first submit) × capacity, on cards when the
     /// pool has accelerators, else on CPU.
     /// </summary>
-    public static SimulationReport Build(Simulator.Result r, Traces.Trace trace, double wallSeconds)
+    public static SimulationReport Build(Simulator.Result r, Traces.Trace trace, double wallSeconds, double loadSeconds = 0, double simulateSeconds = 0)
     {
         var jobs = r.Jobs;
         var waits = jobs.Select(j => (double)j.Wait).Order().ToArray();
@@ -69,6 +74,8 @@ public sealed record SimulationReport(
             jobs.Any(j => j.Cost is not null) ? jobs.Sum(j => j.Cost ?? 0) : null,
             r.Cycles,
             wallSeconds,
+            loadSeconds,
+            simulateSeconds,
             By(jobs, j => j.Tenant),
             By(jobs, j => j.Provider),
             skippedReasons,

@@ -46,7 +46,7 @@ public sealed class Simulator
         var arrivals = jobs.OrderBy(j => j.Spec.SubmitTime).ThenBy(j => j.Spec.Id).ToList();
         var runTime = new Dictionary<long, long>(arrivals.Count);
         var state = new ClusterState(_pool);
-        var pending = new HashSet<JobSpec>(ReferenceEqualityComparer.Instance);
+        var pending = new Dictionary<long, JobSpec>();
         var running = new List<RunningJob>();
         var completions = new PriorityQueue<RunningJob, (long End, long Id)>();
         var fairShare = new FairShareLedger();
@@ -57,9 +57,13 @@ public sealed class Simulator
         var firstReservation = new Dictionary<long, long>();
         var next = 0;
         long cycles = 0;
+        var duplicates = new HashSet<TraceJob>(ReferenceEqualityComparer.Instance);
         foreach (var j in arrivals)
         {
-            runTime[j.Spec.Id] = j.RunSeconds;
+            if (!runTime.TryAdd(j.Spec.Id, j.RunSeconds))
+            {
+                duplicates.Add(j);
+            }
         }
 
         while (next < arrivals.Count || completions.Count > 0)
@@ -77,7 +81,14 @@ public sealed class Simulator
 
             while (next < arrivals.Count && arrivals[next].Spec.SubmitTime == now)
             {
-                var spec = arrivals[next++].Spec;
+                var arrival = arrivals[next++];
+                var spec = arrival.Spec;
+                if (duplicates.Count > 0 && duplicates.Contains(arrival))
+                {
+                    skipped.Add(new SkippedJob(spec.Id, "duplicate job id"));
+                    continue;
+                }
+
                 if (_scheduler.FeasibleGroups(spec).Count == 0)
                 {
                     skipped.Add(new SkippedJob(spec.Id, "infeasible: " + string.Join("; ", _scheduler.Explain(spec, state).Take(3))));
@@ -85,7 +96,7 @@ public sealed class Simulator
                     continue;
                 }
 
-                pending.Add(spec);
+                pending.Add(spec.Id, spec);
             }
 
             if (pending.Count == 0)
@@ -94,7 +105,7 @@ public sealed class Simulator
             }
 
             cycles++;
-            var result = _scheduler.RunCycle(new CycleInput(now, pending, running, _tenants, fairShare), state);
+            var result = _scheduler.RunCycle(new CycleInput(now, pending.Values, running, _tenants, fairShare, RecordWaits: false), state);
             foreach (var rsv in result.Reservations)
             {
                 firstReservation.TryAdd(rsv.JobId, rsv.Start);
@@ -105,12 +116,12 @@ public sealed class Simulator
                 // A preempted job goes back to the queue and later restarts from scratch (no checkpoint is assumed).
                 running.Remove(p);
                 RemoveCompletion(completions, p);
-                pending.Add(p.Job);
+                pending.Add(p.Job.Id, p.Job);
             }
 
             foreach (var placed in result.Started)
             {
-                pending.Remove(placed.Job);
+                pending.Remove(placed.Job.Id);
                 _scheduler.Forget(placed.Job);
                 var rj = new RunningJob(placed.Job, now, placed.Allocation);
                 running.Add(rj);
@@ -122,7 +133,7 @@ public sealed class Simulator
             }
         }
 
-        foreach (var p in pending)
+        foreach (var p in pending.Values)
         {
             skipped.Add(new SkippedJob(p.Id, "never started"));
         }
