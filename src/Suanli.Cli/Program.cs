@@ -37,6 +37,7 @@ scheduler.SetAction(r => SimulateCommand.Guard(() =>
 }));
 bench.Subcommands.Add(scheduler);
 root.Subcommands.Add(bench);
+PlatformCommands.AddTo(root, bench);
 
 var policies = new Command("policies", "List scheduling policies and placements / 列出调度策略");
 policies.SetAction(_ =>

@@ -1,0 +1,185 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+
+namespace Suanli.Agent;
+
+/// <summary>What the agent needs to start one job (from the lease).</summary>
+public sealed record JobLaunch(long Id, int Attempt, IReadOnlyList<string>? Command, string? Script, IReadOnlyDictionary<string, string> Env,
+    decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds);
+
+/// <summary>A job process the backend runs.</summary>
+public sealed class RunningProcess
+{
+    internal RunningProcess(JobLaunch job, Process process, string key)
+    {
+        Job = job;
+        Process = process;
+        Key = key;
+    }
+
+    public JobLaunch Job { get; }
+
+    internal Process Process { get; }
+
+    internal string Key { get; }
+
+    /// <summary>Set when the agent stopped it (cancel, time limit, self-fencing).</summary>
+    public string? StoppedBecause { get; internal set; }
+
+    /// <summary>Completes with the exit code when the process and its output are done.</summary>
+    public Task<int> Exited { get; internal set; } = Task.FromResult(0);
+}
+
+/// <summary>
+/// Runs jobs as child processes on this machine: each in its own session and process group (setsid), inside a
+/// control group with its declared CPU and memory where the machine allows (<see cref="ResourceLimiter"/>), with
+/// stdout and stderr streamed to a callback. Stopping a job kills its whole process group and control group.
+/// </summary>
+public sealed class LocalBackend(ResourceLimiter limiter, string workRoot)
+{
+    public ResourceLimiter Limiter { get; } = limiter;
+
+    /// <summary>Starts a job; <paramref name="output"/> receives its output in order.</summary>
+    public RunningProcess Start(JobLaunch job, Func<string, Task> output)
+    {
+        var key = $"job-{job.Id}-{job.Attempt}";
+        var dir = Path.Combine(workRoot, key);
+        Directory.CreateDirectory(dir);
+        var argv = job.Command is { Count: > 0 } c ? c : ["/bin/sh", "-c", job.Script ?? "true"];
+        var cores = job.Cpu * job.Tasks;
+        var memory = job.MemoryMiB * job.Tasks;
+        var prelude = string.Join("; ", Limiter.Prelude(key, cores, memory));
+        var psi = new ProcessStartInfo("/usr/bin/setsid")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+            WorkingDirectory = dir,
+        };
+        psi.ArgumentList.Add("/bin/sh");
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add($"{prelude}; exec \"$@\"");
+        psi.ArgumentList.Add("suanli-job");
+        foreach (var a in argv)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        psi.Environment.Clear();
+        psi.Environment["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        psi.Environment["HOME"] = dir;
+        psi.Environment["SUANLI_JOB_ID"] = job.Id.ToString(CultureInfo.InvariantCulture);
+        psi.Environment["SUANLI_ATTEMPT"] = job.Attempt.ToString(CultureInfo.InvariantCulture);
+        psi.Environment["SUANLI_TASKS"] = job.Tasks.ToString(CultureInfo.InvariantCulture);
+        foreach (var (k, v) in job.Env)
+        {
+            psi.Environment[k] = v;
+        }
+
+        var p = Process.Start(psi) ?? throw new InvalidOperationException($"job {job.Id}: the process did not start");
+        p.StandardInput.Close();
+        var rp = new RunningProcess(job, p, key);
+        var gate = new SemaphoreSlim(1, 1);
+        async Task Pump(StreamReader r)
+        {
+            var buf = new char[8192];
+            int n;
+            while ((n = await r.ReadAsync(buf)) > 0)
+            {
+                await gate.WaitAsync();
+                try
+                {
+                    await output(new string(buf, 0, n));
+                }
+                finally
+                {
+                    gate.Release();
+                }
+            }
+        }
+
+        var outTask = Pump(p.StandardOutput);
+        var errTask = Pump(p.StandardError);
+        rp.Exited = Task.Run(async () =>
+        {
+            using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(job.TimeLimitSeconds));
+            try
+            {
+                await p.WaitForExitAsync(limit.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                Stop(rp, $"time limit of {job.TimeLimitSeconds} s reached");
+                await p.WaitForExitAsync();
+            }
+
+            // Kill what the job left behind in its group before reading the last output.
+            KillGroup(rp);
+            await Task.WhenAll(outTask, errTask).WaitAsync(TimeSpan.FromSeconds(5)).ContinueWith(_ => { }, TaskScheduler.Default);
+            Limiter.Cleanup(key);
+            TryDelete(dir);
+            return p.ExitCode;
+        });
+        return rp;
+    }
+
+    /// <summary>Stops a job's whole process tree (process group and control group).</summary>
+    public void Stop(RunningProcess rp, string why)
+    {
+        rp.StoppedBecause ??= why;
+        KillGroup(rp);
+        Limiter.Cleanup(rp.Key);
+    }
+
+    private static void KillGroup(RunningProcess rp)
+    {
+        try
+        {
+            // setsid made the job a session and group leader: its pid is the group id.
+            _ = Native.kill(-rp.Process.Id, Native.SIGKILL);
+        }
+        catch (InvalidOperationException)
+        {
+            // Never started.
+        }
+    }
+
+    private static void TryDelete(string dir)
+    {
+        try
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+        catch (IOException)
+        {
+            // Left for the operator; harmless.
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+
+    /// <summary>This machine's capacity: cores and memory (MiB).</summary>
+    public static (long MilliCpu, long MemoryMiB) MachineCapacity()
+    {
+        var mem = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / (1024 * 1024);
+        try
+        {
+            var line = File.ReadLines("/proc/meminfo").FirstOrDefault(l => l.StartsWith("MemTotal:", StringComparison.Ordinal));
+            if (line is not null && long.TryParse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture, out var kb))
+            {
+                mem = kb / 1024;
+            }
+        }
+        catch (IOException)
+        {
+        }
+
+        return (Environment.ProcessorCount * 1000L, mem);
+    }
+
+    internal static string Utf8Clip(string s, int maxBytes) =>
+        Encoding.UTF8.GetByteCount(s) <= maxBytes ? s : s[..Math.Min(s.Length, maxBytes / 3)];
+}

@@ -1,0 +1,353 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+
+namespace Suanli.Agent;
+
+/// <summary>A node group the agent offers.</summary>
+public sealed record GroupOffer(string Id, long MilliCpu, long MemoryMiB, string? Accelerator, int Accelerators, int Nodes, decimal? PricePerNodeHour, bool GpuSharing = false);
+
+/// <summary>Agent settings.</summary>
+public sealed record AgentOptions(Uri Server, string Key, string? Region, IReadOnlyList<GroupOffer> Groups, string WorkDir)
+{
+    /// <summary>Expected provider name (checked against the key's provider when given).</summary>
+    public string? Name { get; init; }
+}
+
+/// <summary>The agent's fencing state was lost (stale epoch, or no heartbeat within the lease): it must re-register.</summary>
+public sealed class FencedException(string message) : Exception(message);
+
+/// <summary>
+/// A pull-based provider agent (the executor pattern of Armada): registers its node groups under a new fencing epoch,
+/// heartbeats, long-polls for leased jobs, runs them on its backend and reports state, exit codes and output. Every
+/// report carries the epoch, so a superseded instance can change nothing. When it cannot renew its lease (no accepted
+/// heartbeat within the lease timeout, or the server says its epoch is stale) it stops all its jobs — self-fencing —
+/// and registers again.
+/// </summary>
+public sealed class ProviderAgent : IAsyncDisposable
+{
+    private static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web);
+    private readonly AgentOptions _options;
+    private readonly HttpClient _http;
+    private readonly LocalBackend _backend;
+    private readonly ConcurrentDictionary<long, RunningProcess> _running = new();
+    private readonly Action<string> _log;
+    private long _epoch;
+    private TimeSpan _heartbeat = TimeSpan.FromSeconds(5);
+    private TimeSpan _leaseTimeout = TimeSpan.FromSeconds(30);
+    private DateTimeOffset _lastRenewed;
+
+    public ProviderAgent(AgentOptions options, LocalBackend backend, Action<string>? log = null)
+    {
+        _options = options;
+        _backend = backend;
+        _log = log ?? (_ => { });
+        _http = new HttpClient { BaseAddress = options.Server, Timeout = TimeSpan.FromSeconds(60) };
+        _http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", options.Key);
+    }
+
+    /// <summary>The current fencing epoch (0 before registering).</summary>
+    public long Epoch => Interlocked.Read(ref _epoch);
+
+    /// <summary>Ids of the jobs whose processes run now.</summary>
+    public IReadOnlyCollection<long> Running => [.. _running.Keys];
+
+    private sealed record Registered(long ProviderId, string Name, long Epoch, double HeartbeatSeconds, double LeaseTimeoutSeconds);
+
+    private sealed record HeartbeatReply(List<long> Stop);
+
+    private sealed record Leased(long Id, int Attempt, string Name, List<string>? Command, string? Script, Dictionary<string, string> Env,
+        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch);
+
+    private sealed record LeasePage(List<Leased> Items);
+
+    /// <summary>Runs until cancelled: register, then heartbeat and lease loops; re-registers after fencing.</summary>
+    public async Task RunAsync(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                await RegisterAsync(ct);
+                using var fenced = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                var hb = HeartbeatLoop(fenced);
+                var lease = LeaseLoop(fenced.Token);
+                await Task.WhenAny(hb, lease);
+                await fenced.CancelAsync();
+                await Task.WhenAll(hb.ContinueWith(_ => { }, TaskScheduler.Default), lease.ContinueWith(_ => { }, TaskScheduler.Default));
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (HttpRequestException e)
+            {
+                _log($"server unreachable: {e.Message}; retrying");
+            }
+
+            if (!ct.IsCancellationRequested)
+            {
+                SelfFence("lost the lease");
+                try
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(500), ct);
+                }
+                catch (OperationCanceledException)
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    private async Task RegisterAsync(CancellationToken ct)
+    {
+        using var resp = await _http.PostAsJsonAsync("/api/v1/agent/register", new { region = _options.Region, groups = _options.Groups }, Web, ct);
+        if (!resp.IsSuccessStatusCode)
+        {
+            var body = await resp.Content.ReadAsStringAsync(ct);
+            throw new InvalidOperationException($"register: {(int)resp.StatusCode} {body}");
+        }
+
+        var r = (await resp.Content.ReadFromJsonAsync<Registered>(Web, ct))!;
+        if (_options.Name is not null && _options.Name != r.Name)
+        {
+            throw new InvalidOperationException($"--name: this key belongs to provider '{r.Name}', not '{_options.Name}'");
+        }
+
+        Interlocked.Exchange(ref _epoch, r.Epoch);
+        _heartbeat = TimeSpan.FromSeconds(r.HeartbeatSeconds);
+        _leaseTimeout = TimeSpan.FromSeconds(r.LeaseTimeoutSeconds);
+        _lastRenewed = DateTimeOffset.UtcNow;
+        _log($"registered as provider {r.Name} (epoch {r.Epoch}); limits: {_backend.Limiter.Describe}");
+    }
+
+    private async Task HeartbeatLoop(CancellationTokenSource fenced)
+    {
+        var ct = fenced.Token;
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                using var resp = await _http.PostAsJsonAsync("/api/v1/agent/heartbeat", new { epoch = Epoch, running = Running }, Web, ct);
+                if (resp.StatusCode == HttpStatusCode.Conflict)
+                {
+                    _log("heartbeat refused: stale epoch");
+                    return;
+                }
+
+                if (resp.IsSuccessStatusCode)
+                {
+                    _lastRenewed = DateTimeOffset.UtcNow;
+                    var reply = await resp.Content.ReadFromJsonAsync<HeartbeatReply>(Web, ct);
+                    foreach (var id in reply?.Stop ?? [])
+                    {
+                        if (_running.TryGetValue(id, out var rp))
+                        {
+                            _backend.Stop(rp, "cancelled");
+                        }
+                    }
+                }
+            }
+            catch (HttpRequestException e)
+            {
+                _log($"heartbeat failed: {e.Message}");
+            }
+            catch (TaskCanceledException) when (!ct.IsCancellationRequested)
+            {
+                _log("heartbeat timed out");
+            }
+
+            if (DateTimeOffset.UtcNow - _lastRenewed > _leaseTimeout)
+            {
+                _log($"no heartbeat accepted for {_leaseTimeout.TotalSeconds:F0} s: self-fencing");
+                return;
+            }
+
+            await Task.Delay(_heartbeat, ct);
+        }
+    }
+
+    private async Task LeaseLoop(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            HttpResponseMessage resp;
+            try
+            {
+                resp = await _http.PostAsJsonAsync("/api/v1/agent/lease", new { epoch = Epoch, waitSeconds = 10 }, Web, ct);
+            }
+            catch (HttpRequestException)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(500), ct);
+                continue;
+            }
+
+            using (resp)
+            {
+                if (resp.StatusCode == HttpStatusCode.Conflict)
+                {
+                    return;
+                }
+
+                if (!resp.IsSuccessStatusCode)
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(500), ct);
+                    continue;
+                }
+
+                var page = await resp.Content.ReadFromJsonAsync<LeasePage>(Web, ct);
+                foreach (var l in page?.Items ?? [])
+                {
+                    if (l.Epoch == Epoch && !_running.ContainsKey(l.Id))
+                    {
+                        Launch(l);
+                    }
+                }
+            }
+        }
+    }
+
+    private void Launch(Leased l)
+    {
+        var epoch = Epoch;
+        var job = new JobLaunch(l.Id, l.Attempt, l.Command, l.Script, l.Env, l.Cpu, l.MemoryMiB, l.Tasks, l.TimeLimitSeconds);
+        var logs = new LogShipper(this, l.Id, epoch);
+        RunningProcess rp;
+        try
+        {
+            rp = _backend.Start(job, logs.Add);
+        }
+        catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception or IOException)
+        {
+            _ = ReportAsync(l.Id, epoch, "failed", 127, $"could not start: {e.Message}");
+            return;
+        }
+
+        _running[l.Id] = rp;
+        _ = Task.Run(async () =>
+        {
+            await ReportAsync(l.Id, epoch, "running", null, $"started on {Environment.MachineName} (pid {rp.Process.Id})");
+            var code = await rp.Exited;
+            await logs.FlushAsync();
+            logs.Dispose();
+            _running.TryRemove(l.Id, out _);
+            if (epoch != Epoch)
+            {
+                return; // Fenced: the new epoch does not know this job.
+            }
+
+            var state = code == 0 && rp.StoppedBecause is null ? "succeeded" : "failed";
+            await ReportAsync(l.Id, epoch, state, code, rp.StoppedBecause ?? $"exit {code}");
+        });
+    }
+
+    /// <summary>Reports a state change, retrying transient failures; a refusal (409/404) is final.</summary>
+    private async Task ReportAsync(long id, long epoch, string state, int? exitCode, string message)
+    {
+        for (var attempt = 0; attempt < 20; attempt++)
+        {
+            try
+            {
+                using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/report", new { epoch, state, exitCode, message }, Web);
+                if (resp.IsSuccessStatusCode || (int)resp.StatusCode is 404 or 409 or 400)
+                {
+                    return;
+                }
+            }
+            catch (HttpRequestException)
+            {
+                // Retry below.
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(250 * (attempt + 1)));
+        }
+    }
+
+    internal async Task ShipLogAsync(long id, long epoch, string data)
+    {
+        try
+        {
+            using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/logs", new { epoch, data }, Web);
+        }
+        catch (HttpRequestException)
+        {
+            // Output is best effort while the server is unreachable.
+        }
+    }
+
+    private void SelfFence(string why)
+    {
+        foreach (var rp in _running.Values)
+        {
+            _backend.Stop(rp, $"agent self-fenced: {why}");
+        }
+
+        _running.Clear();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        SelfFence("agent stopping");
+        _http.Dispose();
+        await Task.CompletedTask;
+    }
+
+    /// <summary>Batches a job's output: sends at most every 100 ms or 64 KiB.</summary>
+    private sealed class LogShipper(ProviderAgent agent, long id, long epoch) : IDisposable
+    {
+        private readonly StringBuilder _buffer = new();
+        private readonly Lock _gate = new();
+        private readonly SemaphoreSlim _send = new(1, 1);
+        private Task _pending = Task.CompletedTask;
+
+        public Task Add(string text)
+        {
+            lock (_gate)
+            {
+                _buffer.Append(text);
+                if (_buffer.Length >= 65536 || _pending.IsCompleted)
+                {
+                    _pending = SendSoon();
+                }
+            }
+
+            return Task.CompletedTask;
+        }
+
+        private async Task SendSoon()
+        {
+            await Task.Delay(100);
+            await FlushAsync();
+        }
+
+        public async Task FlushAsync()
+        {
+            // One send at a time, so chunks arrive in order.
+            await _send.WaitAsync();
+            try
+            {
+                string data;
+                lock (_gate)
+                {
+                    data = _buffer.ToString();
+                    _buffer.Clear();
+                }
+
+                if (data.Length > 0)
+                {
+                    await agent.ShipLogAsync(id, epoch, data);
+                }
+            }
+            finally
+            {
+                _send.Release();
+            }
+        }
+
+        public void Dispose() => _send.Dispose();
+    }
+}

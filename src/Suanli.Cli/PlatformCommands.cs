@@ -1,0 +1,689 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.DependencyInjection;
+using Suanli.Agent;
+using Suanli.Server;
+using Suanli.Server.Storage;
+
+namespace Suanli.Cli;
+
+/// <summary>The platform commands: <c>up</c>, <c>agent</c> and the API client commands.</summary>
+internal static class PlatformCommands
+{
+    public const int JobUnsuccessful = 4;
+    public const int Unreachable = 5;
+    private static readonly JsonSerializerOptions Pretty = new(JsonSerializerDefaults.Web) { WriteIndented = true };
+
+    private static readonly Option<string?> ServerOpt = new("--server") { Description = "Control plane URL (or SUANLI_SERVER) / 控制面地址" };
+    private static readonly Option<string?> KeyOpt = new("--key") { Description = "API key (or SUANLI_KEY) / API 密钥" };
+    private static readonly Option<bool> JsonOpt = new("--json") { Description = "Print JSON for scripts / 输出 JSON" };
+
+    public static void AddTo(RootCommand root, Command bench)
+    {
+        root.Subcommands.Add(Up());
+        root.Subcommands.Add(AgentCommand());
+        root.Subcommands.Add(Submit());
+        root.Subcommands.Add(Jobs());
+        root.Subcommands.Add(Simple("job", "Show a job / 查看作业", "/api/v1/jobs/{0}", PrintJob));
+        root.Subcommands.Add(Logs());
+        root.Subcommands.Add(Cancel());
+        root.Subcommands.Add(Simple("explain", "Why a job waits / 解释作业等待原因", "/api/v1/jobs/{0}/explain",
+            n => Console.WriteLine(string.Join('\n', n["lines"]!.AsArray().Select(l => l!.GetValue<string>())))));
+        root.Subcommands.Add(Providers());
+        root.Subcommands.Add(Usage());
+        root.Subcommands.Add(Tenants());
+        root.Subcommands.Add(Keys());
+        bench.Subcommands.Add(BenchSubmit());
+        bench.Subcommands.Add(BenchLatency());
+    }
+
+    /// <summary>Runs a client command with the shared error handling and exit codes.</summary>
+    private static int Client(ParseResult r, Func<ApiClient, Task<int>> body) => SimulateCommand.Guard(() =>
+    {
+        using var api = ApiClient.From(r.GetValue(ServerOpt), r.GetValue(KeyOpt));
+        try
+        {
+            return body(api).GetAwaiter().GetResult();
+        }
+        catch (ApiException e)
+        {
+            Console.Error.WriteLine($"{Messages.Error}: {e.Message}{(e.Status > 0 ? $" ({e.Status} {e.Code})" : "")}");
+            return e.Status == 0 ? Unreachable : e.Status is >= 400 and < 500 ? ExitCodes.BadInput : ExitCodes.Internal;
+        }
+    });
+
+    private static Command WithClientOptions(Command c)
+    {
+        c.Options.Add(ServerOpt);
+        c.Options.Add(KeyOpt);
+        c.Options.Add(JsonOpt);
+        return c;
+    }
+
+    private static void Print(ParseResult r, JsonNode node, Action<JsonNode> human)
+    {
+        if (r.GetValue(JsonOpt))
+        {
+            Console.WriteLine(node.ToJsonString(Pretty));
+        }
+        else
+        {
+            human(node);
+        }
+    }
+
+    // ------------------------------------------------------------------ up
+    private static Command Up()
+    {
+        var urls = new Option<string>("--urls") { Description = "Listen address / 监听地址", DefaultValueFactory = _ => "http://127.0.0.1:8080" };
+        var data = new Option<string>("--data") { Description = "Data folder (SQLite) / 数据目录", DefaultValueFactory = _ => "./.suanli" };
+        var noLocal = new Option<bool>("--no-local-provider") { Description = "Do not run the in-process local provider / 不启动本地提供方" };
+        var lostAfter = new Option<double>("--lost-after") { Description = "Seconds without heartbeat before a provider is lost / 心跳超时秒数", DefaultValueFactory = _ => 30 };
+        var policy = new Option<string>("--policy") { Description = "Queue order / 排队策略", DefaultValueFactory = _ => "fair-share" };
+        var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台") { urls, data, noLocal, lostAfter, policy };
+        cmd.SetAction(r => SimulateCommand.Guard(() =>
+        {
+            if (r.GetValue(lostAfter) is < 1 or > 3600)
+            {
+                throw new ArgumentException("--lost-after: must be from 1 to 3600 seconds");
+            }
+
+            if (!Core.Scheduling.PolicyRegistry.PolicyNames.Contains(r.GetValue(policy)!))
+            {
+                throw new ArgumentException($"--policy: choose one of {string.Join(", ", Core.Scheduling.PolicyRegistry.PolicyNames)}");
+            }
+
+            return RunUp(r.GetValue(urls)!, Path.GetFullPath(r.GetValue(data)!), !r.GetValue(noLocal),
+                new ControlPlaneOptions { LostAfter = TimeSpan.FromSeconds(r.GetValue(lostAfter)), Policy = r.GetValue(policy)! }).GetAwaiter().GetResult();
+        }));
+        return cmd;
+    }
+
+    private static async Task<int> RunUp(string urls, string dataDir, bool localProvider, ControlPlaneOptions cp)
+    {
+        var app = await ServerHost.BuildAsync(new ServerOptions(urls, dataDir, cp));
+        await app.StartAsync();
+        var address = urls.Split(';')[0].Replace("0.0.0.0", "127.0.0.1", StringComparison.Ordinal).Replace("[::]", "[::1]", StringComparison.Ordinal);
+        Console.WriteLine(Messages.T($"Suanli control plane on {address}", $"算力控制面已启动：{address}"));
+        Console.WriteLine(Messages.T($"operator key: {Path.Combine(dataDir, ServerHost.AdminKeyFile)}", $"管理员密钥文件：{Path.Combine(dataDir, ServerHost.AdminKeyFile)}"));
+        Console.WriteLine(Messages.T($"API reference: {address}/docs   OpenAPI: {address}/openapi/v1.json", $"API 文档：{address}/docs   OpenAPI：{address}/openapi/v1.json"));
+        using var stop = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) =>
+        {
+            e.Cancel = true;
+            stop.Cancel();
+        };
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.Cancel();
+        Task agentTask = Task.CompletedTask;
+        ProviderAgent? agent = null;
+        if (localProvider)
+        {
+            var store = app.Services.GetRequiredService<IControlStore>();
+            var keys = app.Services.GetRequiredService<KeyService>();
+            var plane = app.Services.GetRequiredService<ControlPlane>();
+            var provider = await store.FindProviderAsync("local") ?? await store.CreateProviderAsync("local", "local", TimeProvider.System.GetUtcNow().ToUnixTimeMilliseconds());
+            plane.ProviderCreated(provider);
+            var keyFile = Path.Combine(dataDir, "local-provider.key");
+            var secret = File.Exists(keyFile) ? (await File.ReadAllTextAsync(keyFile)).Trim() : null;
+            if (secret is null || await store.FindKeyAsync(KeyService.Hash(secret)) is null)
+            {
+                (_, secret) = await keys.CreateAsync(Roles.Provider, null, provider.Id);
+                await ServerHost.WriteSecretAsync(keyFile, secret);
+            }
+
+            var (cpu, mem) = LocalBackend.MachineCapacity();
+            var backend = new LocalBackend(ResourceLimiter.Detect(), Path.Combine(dataDir, "work"));
+            agent = new ProviderAgent(new AgentOptions(new Uri(address), secret, "local", [new Suanli.Agent.GroupOffer("local", cpu, mem, null, 0, 1, null)], Path.Combine(dataDir, "work")),
+                backend, m => Console.WriteLine($"[local provider] {m}"));
+            agentTask = agent.RunAsync(stop.Token);
+        }
+
+        try
+        {
+            await Task.Delay(Timeout.Infinite, stop.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            // Shutting down.
+        }
+
+        await agentTask;
+        if (agent is not null)
+        {
+            await agent.DisposeAsync();
+        }
+
+        await app.StopAsync();
+        await ((IAsyncDisposable)app.Services.GetRequiredService<IControlStore>()).DisposeAsync();
+        return ExitCodes.Ok;
+    }
+
+    // ------------------------------------------------------------------ agent
+    private static Command AgentCommand()
+    {
+        var server = new Option<string>("--server") { Description = "Control plane URL / 控制面地址", Required = true };
+        var key = new Option<string>("--key") { Description = "Provider key / 提供方密钥", Required = true };
+        var backendOpt = new Option<string>("--backend") { Description = "Backend: local / 后端", DefaultValueFactory = _ => "local" };
+        var name = new Option<string?>("--name") { Description = "Expected provider name (checked) / 提供方名称" };
+        var region = new Option<string?>("--region") { Description = "Region / 区域" };
+        var cpu = new Option<double?>("--cpu") { Description = "Cores offered (default: all) / 提供核数" };
+        var mem = new Option<long?>("--memory-mib") { Description = "Memory offered in MiB (default: all) / 提供内存" };
+        var price = new Option<decimal?>("--price") { Description = "Price per node-hour (CNY) / 每节点小时价格" };
+        var work = new Option<string>("--work-dir") { Description = "Job working folders / 作业工作目录", DefaultValueFactory = _ => Path.Combine(Path.GetTempPath(), "suanli-agent") };
+        var cmd = new Command("agent", "Run a provider agent / 运行提供方代理") { server, key, backendOpt, name, region, cpu, mem, price, work };
+        cmd.SetAction(r => SimulateCommand.Guard(() =>
+        {
+            if (r.GetValue(backendOpt) != "local")
+            {
+                throw new ArgumentException("--backend: only 'local' is available in this build");
+            }
+
+            var (machineCpu, machineMem) = LocalBackend.MachineCapacity();
+            var milli = r.GetValue(cpu) is { } c ? (long)(c * 1000) : machineCpu;
+            var mib = r.GetValue(mem) ?? machineMem;
+            if (milli < 1 || mib < 1)
+            {
+                throw new ArgumentException("--cpu/--memory-mib: must be positive");
+            }
+
+            var backend = new LocalBackend(ResourceLimiter.Detect(), r.GetValue(work)!);
+            var options = new AgentOptions(new Uri(r.GetValue(server)!), r.GetValue(key)!, r.GetValue(region),
+                [new Suanli.Agent.GroupOffer("local", milli, mib, null, 0, 1, r.GetValue(price))], r.GetValue(work)!) { Name = r.GetValue(name) };
+            using var stop = new CancellationTokenSource();
+            Console.CancelKeyPress += (_, e) =>
+            {
+                e.Cancel = true;
+                stop.Cancel();
+            };
+            AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.Cancel();
+            var agent = new ProviderAgent(options, backend, m => Console.WriteLine(m));
+            try
+            {
+                agent.RunAsync(stop.Token).GetAwaiter().GetResult();
+            }
+            catch (InvalidOperationException e)
+            {
+                Console.Error.WriteLine($"{Messages.Error}: {e.Message}");
+                return ExitCodes.BadInput;
+            }
+            finally
+            {
+                agent.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+
+            return ExitCodes.Ok;
+        }));
+        return cmd;
+    }
+
+    // ------------------------------------------------------------------ jobs
+    private static Command Submit()
+    {
+        var file = new Argument<string>("FILE") { Description = "Job file, YAML or JSON (- for stdin) / 作业文件" };
+        var wait = new Option<bool>("--wait") { Description = "Wait until the job ends, with a progress line / 等待作业结束" };
+        var idem = new Option<string?>("--idempotency-key") { Description = "Make a retried submit safe / 幂等键" };
+        var cmd = WithClientOptions(new Command("submit", "Submit a job / 提交作业") { file, wait, idem });
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            var path = r.GetValue(file)!;
+            if (path != "-" && !File.Exists(path))
+            {
+                throw new FileNotFoundException(Messages.T($"job file '{path}' does not exist", $"作业文件 '{path}' 不存在"));
+            }
+
+            var text = path == "-" ? await Console.In.ReadToEndAsync() : await File.ReadAllTextAsync(path);
+            var isJson = text.TrimStart().StartsWith('{');
+            var job = await api.PostTextAsync("/api/v1/jobs", text, isJson ? "application/json" : "application/yaml", r.GetValue(idem));
+            var id = job["id"]!.GetValue<long>();
+            if (!r.GetValue(wait))
+            {
+                Print(r, job, _ => Console.WriteLine(Messages.T($"submitted job {id}", $"已提交作业 {id}")));
+                return ExitCodes.Ok;
+            }
+
+            var sw = Stopwatch.StartNew();
+            var last = "";
+            while (true)
+            {
+                job = await api.GetAsync($"/api/v1/jobs/{id}");
+                var state = job["state"]!.GetValue<string>();
+                if (!r.GetValue(JsonOpt) && !Console.IsErrorRedirected)
+                {
+                    Console.Error.Write($"\r{Messages.T("job", "作业")} {id}: {state,-10} {sw.Elapsed.TotalSeconds,6:F1} s");
+                }
+                else if (state != last && !r.GetValue(JsonOpt))
+                {
+                    Console.Error.WriteLine($"{Messages.T("job", "作业")} {id}: {state}");
+                }
+
+                last = state;
+                if (JobStates.IsTerminal(state))
+                {
+                    break;
+                }
+
+                await Task.Delay(TimeSpan.FromMilliseconds(200));
+            }
+
+            if (!r.GetValue(JsonOpt) && !Console.IsErrorRedirected)
+            {
+                Console.Error.WriteLine();
+            }
+
+            Print(r, job, PrintJob);
+            return last == JobStates.Succeeded ? ExitCodes.Ok : JobUnsuccessful;
+        }));
+        return cmd;
+    }
+
+    private static void PrintJob(JsonNode j)
+    {
+        string S(string k) => j[k]?.ToString() ?? "-";
+        Console.WriteLine($"{Messages.T("job", "作业")} {S("id")}  {S("name")}");
+        Console.WriteLine($"  {Messages.T("state", "状态"),-10} {S("state")} ({Messages.T("attempt", "尝试")} {S("attempt")}/{S("maxAttempts")})");
+        Console.WriteLine($"  {Messages.T("tenant", "租户"),-10} {S("tenantId")}");
+        Console.WriteLine($"  {Messages.T("provider", "提供方"),-10} {S("providerId")} {S("group")}");
+        Console.WriteLine($"  {Messages.T("submitted", "提交"),-10} {S("submittedAt")}");
+        Console.WriteLine($"  {Messages.T("started", "开始"),-10} {S("startedAt")}");
+        Console.WriteLine($"  {Messages.T("ended", "结束"),-10} {S("endedAt")}  exit {S("exitCode")} {S("reason")}");
+    }
+
+    private static Command Jobs()
+    {
+        var state = new Option<string?>("--state") { Description = "Only jobs in this state / 按状态过滤" };
+        var limit = new Option<int>("--limit") { Description = "Page size / 每页条数", DefaultValueFactory = _ => 50 };
+        var after = new Option<string?>("--after") { Description = "Cursor of the next page / 下一页游标" };
+        var cmd = WithClientOptions(new Command("jobs", "List jobs / 列出作业") { state, limit, after });
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            var q = $"/api/v1/jobs?limit={r.GetValue(limit)}" + (r.GetValue(state) is { } s ? $"&state={Uri.EscapeDataString(s)}" : "")
+                + (r.GetValue(after) is { } a ? $"&after={Uri.EscapeDataString(a)}" : "");
+            var page = await api.GetAsync(q);
+            Print(r, page, p =>
+            {
+                Table([Messages.T("ID", "编号"), Messages.T("NAME", "名称"), Messages.T("TENANT", "租户"), Messages.T("STATE", "状态"), Messages.T("ATTEMPT", "尝试"), Messages.T("PROVIDER", "提供方"), Messages.T("SUBMITTED", "提交时间")],
+                    p["items"]!.AsArray().Select(j => new[] { j!["id"]!.ToString(), j["name"]!.ToString(), j["tenantId"]!.ToString(), j["state"]!.ToString(), j["attempt"]!.ToString(), j["providerId"]?.ToString() ?? "-", j["submittedAt"]!.ToString() }));
+                if (p["next"] is { } n)
+                {
+                    Console.WriteLine(Messages.T($"more: --after {n}", $"更多：--after {n}"));
+                }
+            });
+            return ExitCodes.Ok;
+        }));
+        return cmd;
+    }
+
+    private static Command Simple(string name, string description, string pathFormat, Action<JsonNode> human)
+    {
+        var id = new Argument<long>("ID") { Description = "Job id / 作业编号" };
+        var cmd = WithClientOptions(new Command(name, description) { id });
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            Print(r, await api.GetAsync(string.Format(CultureInfo.InvariantCulture, pathFormat, r.GetValue(id))), human);
+            return ExitCodes.Ok;
+        }));
+        return cmd;
+    }
+
+    private static Command Cancel()
+    {
+        var id = new Argument<long>("ID") { Description = "Job id / 作业编号" };
+        var cmd = WithClientOptions(new Command("cancel", "Cancel a job / 取消作业") { id });
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            var j = await api.PostAsync($"/api/v1/jobs/{r.GetValue(id)}/cancel", null);
+            Print(r, j, _ => Console.WriteLine(Messages.T($"job {r.GetValue(id)} cancelled", $"作业 {r.GetValue(id)} 已取消")));
+            return ExitCodes.Ok;
+        }));
+        return cmd;
+    }
+
+    private static Command Logs()
+    {
+        var id = new Argument<long>("ID") { Description = "Job id / 作业编号" };
+        var follow = new Option<bool>("--follow", "-f") { Description = "Keep printing until the job ends / 持续输出" };
+        var cmd = WithClientOptions(new Command("logs", "Print a job's output / 查看作业输出") { id, follow });
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            long after = 0;
+            var jid = r.GetValue(id);
+            while (true)
+            {
+                var page = await api.GetAsync($"/api/v1/jobs/{jid}/logs?after={after}");
+                foreach (var c in page["items"]!.AsArray())
+                {
+                    Console.Out.Write(c!["data"]!.GetValue<string>());
+                    after = c["seq"]!.GetValue<long>();
+                }
+
+                if (!r.GetValue(follow))
+                {
+                    break;
+                }
+
+                if (page["items"]!.AsArray().Count == 0)
+                {
+                    var state = (await api.GetAsync($"/api/v1/jobs/{jid}"))["state"]!.GetValue<string>();
+                    if (JobStates.IsTerminal(state))
+                    {
+                        // One last read: output shipped just before the final report.
+                        var tail = await api.GetAsync($"/api/v1/jobs/{jid}/logs?after={after}");
+                        foreach (var c in tail["items"]!.AsArray())
+                        {
+                            Console.Out.Write(c!["data"]!.GetValue<string>());
+                        }
+
+                        break;
+                    }
+
+                    await Task.Delay(TimeSpan.FromMilliseconds(300));
+                }
+            }
+
+            return ExitCodes.Ok;
+        }));
+        return cmd;
+    }
+
+    // ------------------------------------------------------------------ operator
+    private static Command Providers()
+    {
+        var cmd = WithClientOptions(new Command("providers", "List providers / 列出提供方"));
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            Print(r, await api.GetAsync("/api/v1/providers"), p => Table(
+                [Messages.T("ID", "编号"), Messages.T("NAME", "名称"), Messages.T("REGION", "区域"), Messages.T("STATE", "状态"), Messages.T("EPOCH", "纪元"), Messages.T("GROUPS", "节点组"), Messages.T("ACTIVE", "运行中")],
+                p["items"]!.AsArray().Select(x => new[]
+                {
+                    x!["id"]!.ToString(), x["name"]!.ToString(), x["region"]!.ToString(), x["state"]!.ToString(), x["epoch"]!.ToString(),
+                    string.Join(",", x["groups"]!.AsArray().Select(g => $"{g!["id"]}:{g["nodes"]}x{g["milliCpu"]!.GetValue<long>() / 1000}c")), x["activeJobs"]!.ToString(),
+                })));
+            return ExitCodes.Ok;
+        }));
+        var name = new Argument<string>("NAME");
+        var region = new Option<string?>("--region") { Description = "Region / 区域" };
+        var create = WithClientOptions(new Command("create", "Create a provider (operator) / 创建提供方") { name, region });
+        create.SetAction(r => Client(r, async api =>
+        {
+            var p = await api.PostAsync("/api/v1/providers", new JsonObject { ["name"] = r.GetValue(name), ["region"] = r.GetValue(region) ?? "default" });
+            Print(r, p, x => Console.WriteLine(Messages.T($"provider {x["id"]} created", $"已创建提供方 {x["id"]}")));
+            return ExitCodes.Ok;
+        }));
+        cmd.Subcommands.Add(create);
+        return cmd;
+    }
+
+    private static Command Tenants()
+    {
+        var cmd = WithClientOptions(new Command("tenants", "List tenants / 列出租户"));
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            Print(r, await api.GetAsync("/api/v1/tenants"), p => Table([Messages.T("ID", "编号"), Messages.T("NAME", "名称"), Messages.T("SECTOR", "行业"), Messages.T("WEIGHT", "权重")],
+                p["items"]!.AsArray().Select(t => new[] { t!["id"]!.ToString(), t["name"]!.ToString(), t["sector"]!.ToString(), t["weight"]!.ToString() })));
+            return ExitCodes.Ok;
+        }));
+        var name = new Argument<string>("NAME");
+        var sector = new Option<string?>("--sector") { Description = "Sector / 行业" };
+        var weight = new Option<double?>("--weight") { Description = "Fair-share weight / 公平份额权重" };
+        var create = WithClientOptions(new Command("create", "Create a tenant (operator) / 创建租户") { name, sector, weight });
+        create.SetAction(r => Client(r, async api =>
+        {
+            var body = new JsonObject { ["name"] = r.GetValue(name) };
+            if (r.GetValue(sector) is { } s)
+            {
+                body["sector"] = s;
+            }
+
+            if (r.GetValue(weight) is { } w)
+            {
+                body["weight"] = w;
+            }
+
+            var t = await api.PostAsync("/api/v1/tenants", body);
+            Print(r, t, x => Console.WriteLine(Messages.T($"tenant {x["id"]} created", $"已创建租户 {x["id"]}")));
+            return ExitCodes.Ok;
+        }));
+        cmd.Subcommands.Add(create);
+        return cmd;
+    }
+
+    private static Command Keys()
+    {
+        var cmd = WithClientOptions(new Command("keys", "List API keys / 列出密钥"));
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            Print(r, await api.GetAsync("/api/v1/keys"), p => Table([Messages.T("ID", "编号"), Messages.T("PREFIX", "前缀"), Messages.T("ROLE", "角色"), Messages.T("TENANT", "租户"), Messages.T("PROVIDER", "提供方"), Messages.T("REVOKED", "已吊销")],
+                p["items"]!.AsArray().Select(k => new[] { k!["id"]!.ToString(), k["prefix"]!.ToString(), k["role"]!.ToString(), k["tenantId"]?.ToString() ?? "-", k["providerId"]?.ToString() ?? "-", k["revokedMs"] is null ? "-" : "yes" })));
+            return ExitCodes.Ok;
+        }));
+        var tenant = new Option<long?>("--tenant") { Description = "Key for a member of this tenant / 租户成员密钥" };
+        var provider = new Option<long?>("--provider") { Description = "Key for this provider's agent / 提供方代理密钥" };
+        var create = WithClientOptions(new Command("create", "Create a key (the secret is shown once) / 创建密钥") { tenant, provider });
+        create.SetAction(r => Client(r, async api =>
+        {
+            var path = (r.GetValue(tenant), r.GetValue(provider)) switch
+            {
+                ({ } t, null) => $"/api/v1/tenants/{t}/keys",
+                (null, { } p) => $"/api/v1/providers/{p}/keys",
+                _ => throw new ArgumentException("--tenant/--provider: give exactly one"),
+            };
+            var k = await api.PostAsync(path, null);
+            Print(r, k, x => Console.WriteLine(x["key"]!.GetValue<string>()));
+            return ExitCodes.Ok;
+        }));
+        var id = new Argument<long>("ID");
+        var revoke = WithClientOptions(new Command("revoke", "Revoke a key / 吊销密钥") { id });
+        revoke.SetAction(r => Client(r, async api =>
+        {
+            await api.DeleteAsync($"/api/v1/keys/{r.GetValue(id)}");
+            Console.WriteLine(Messages.T($"key {r.GetValue(id)} revoked", $"密钥 {r.GetValue(id)} 已吊销"));
+            return ExitCodes.Ok;
+        }));
+        cmd.Subcommands.Add(create);
+        cmd.Subcommands.Add(revoke);
+        return cmd;
+    }
+
+    private static Command Usage()
+    {
+        var groupBy = new Option<string>("--group-by") { Description = "tenant | sector | provider", DefaultValueFactory = _ => "tenant" };
+        var bucket = new Option<string>("--bucket") { Description = "none | hour | day", DefaultValueFactory = _ => "none" };
+        var cmd = WithClientOptions(new Command("usage", "Metered use in standard units / 标准单位用量") { groupBy, bucket });
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            var page = await api.GetAsync($"/api/v1/usage?groupBy={Uri.EscapeDataString(r.GetValue(groupBy)!)}&bucket={Uri.EscapeDataString(r.GetValue(bucket)!)}");
+            Print(r, page, p => Table([Messages.T("KEY", "分组"), Messages.T("BUCKET", "时段"), Messages.T("JOBS", "作业"), Messages.T("CORE-H", "核时"), Messages.T("CARD-H", "卡时"), "FP16 TFLOPS·h", "FP32 TFLOPS·h", "FP64 TFLOPS·h"],
+                p["items"]!.AsArray().Select(u => new[]
+                {
+                    u!["key"]!.ToString(), u["bucket"]?.ToString() ?? "-", u["jobs"]!.ToString(), Num(u["coreHours"]), Num(u["cardHours"]), Num(u["fp16TflopsHours"]), Num(u["fp32TflopsHours"]), Num(u["fp64TflopsHours"]),
+                })));
+            return ExitCodes.Ok;
+        }));
+        return cmd;
+    }
+
+    private static string Num(JsonNode? n) => n is null ? "-" : n.GetValue<decimal>().ToString("0.######", CultureInfo.InvariantCulture);
+
+    /// <summary>Prints an aligned text table (column widths count East Asian wide characters as two).</summary>
+    internal static void Table(string[] header, IEnumerable<string[]> rows)
+    {
+        var all = new List<string[]> { header };
+        all.AddRange(rows);
+        var widths = header.Select((_, i) => all.Max(r => Width(r[i]))).ToArray();
+        var sb = new StringBuilder();
+        foreach (var row in all)
+        {
+            for (var i = 0; i < row.Length; i++)
+            {
+                sb.Append(row[i]);
+                if (i < row.Length - 1)
+                {
+                    sb.Append(' ', widths[i] - Width(row[i]) + 2);
+                }
+            }
+
+            sb.Append('\n');
+        }
+
+        Console.Write(sb.ToString());
+    }
+
+    private static int Width(string s) => s.EnumerateRunes().Sum(r => r.Value is >= 0x1100 and <= 0x115F or >= 0x2E80 and <= 0xA4CF or >= 0xAC00 and <= 0xD7A3 or >= 0xF900 and <= 0xFAFF or >= 0xFF00 and <= 0xFF60 or >= 0x20000 ? 2 : 1);
+
+    // ------------------------------------------------------------------ benchmarks
+    private static Command BenchSubmit()
+    {
+        var jobs = new Option<int>("--jobs") { Description = "Submissions / 提交数", DefaultValueFactory = _ => 10_000 };
+        var concurrency = new Option<int>("--concurrency") { Description = "Concurrent clients / 并发数", DefaultValueFactory = _ => 64 };
+        var tenant = new Option<string?>("--tenant") { Description = "Tenant to submit for when the key is an operator key (created if missing) / 租户" };
+        var keep = new Option<bool>("--keep") { Description = "Leave the jobs queued (default: cancel them after timing) / 保留作业" };
+        var cmd = WithClientOptions(new Command("submit", "Acknowledged durable submissions per second / 提交吞吐") { jobs, concurrency, tenant, keep });
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            var n = r.GetValue(jobs);
+            var c = r.GetValue(concurrency);
+            if (n is < 1 or > 10_000_000 || c is < 1 or > 4096)
+            {
+                throw new ArgumentException("--jobs/--concurrency: jobs 1..10000000, concurrency 1..4096");
+            }
+
+            var tenantName = await BenchTenant(api, r.GetValue(tenant));
+            // Jobs that can never be placed (a provider that does not exist), so the timing measures the submit path only.
+            var body = new JsonObject
+            {
+                ["name"] = "bench", ["command"] = new JsonArray("true"), ["resources"] = new JsonObject { ["cpu"] = 0.1, ["memoryMiB"] = 16 },
+                ["timeLimitSeconds"] = 60, ["constraints"] = new JsonObject { ["providers"] = new JsonArray("bench-unplaceable") },
+            };
+            if (tenantName is not null)
+            {
+                body["tenant"] = tenantName;
+            }
+
+            var text = body.ToJsonString();
+            var latencies = new double[n];
+            var ids = new long[n];
+            var next = -1;
+            var sw = Stopwatch.StartNew();
+            var workers = Enumerable.Range(0, c).Select(async _ =>
+            {
+                int i;
+                while ((i = Interlocked.Increment(ref next)) < n)
+                {
+                    var t0 = Stopwatch.GetTimestamp();
+                    var j = await api.PostTextAsync("/api/v1/jobs", text, "application/json");
+                    latencies[i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                    ids[i] = j["id"]!.GetValue<long>();
+                }
+            }).ToList();
+            await Task.WhenAll(workers);
+            var seconds = sw.Elapsed.TotalSeconds;
+            Array.Sort(latencies);
+            var result = new JsonObject
+            {
+                ["jobs"] = n, ["concurrency"] = c, ["seconds"] = Math.Round(seconds, 3), ["submissionsPerSecond"] = Math.Round(n / seconds, 1),
+                ["latencyMsP50"] = Math.Round(latencies[(int)(0.50 * (n - 1))], 2), ["latencyMsP99"] = Math.Round(latencies[(int)(0.99 * (n - 1))], 2),
+            };
+            if (!r.GetValue(keep))
+            {
+                foreach (var chunk in ids.Chunk(c))
+                {
+                    await Task.WhenAll(chunk.Select(id => api.PostAsync($"/api/v1/jobs/{id}/cancel", null)));
+                }
+            }
+
+            Print(r, result, x => Console.WriteLine($"{x["submissionsPerSecond"]} {Messages.T("acknowledged submissions/s", "次确认提交/秒")}, p50 {x["latencyMsP50"]} ms, p99 {x["latencyMsP99"]} ms ({n} jobs, {c} clients)"));
+            return ExitCodes.Ok;
+        }));
+        return cmd;
+    }
+
+    private static async Task<string?> BenchTenant(ApiClient api, string? tenant)
+    {
+        var me = await api.GetAsync("/api/v1/tenants");
+        var items = me["items"]!.AsArray();
+        if (tenant is null && items.Count == 1 && (await IsTenantKey(api)))
+        {
+            return null;
+        }
+
+        tenant ??= "bench";
+        if (!items.Any(t => t!["name"]!.GetValue<string>() == tenant))
+        {
+            await api.PostAsync("/api/v1/tenants", new JsonObject { ["name"] = tenant, ["sector"] = "bench" });
+        }
+
+        return tenant;
+    }
+
+    private static async Task<bool> IsTenantKey(ApiClient api)
+    {
+        try
+        {
+            await api.GetAsync("/api/v1/keys");
+            return false;
+        }
+        catch (ApiException e) when (e.Status == 403)
+        {
+            return true;
+        }
+    }
+
+    private static Command BenchLatency()
+    {
+        var jobs = new Option<int>("--jobs") { Description = "Jobs, one at a time / 作业数", DefaultValueFactory = _ => 20 };
+        var tenant = new Option<string?>("--tenant") { Description = "Tenant for an operator key / 租户" };
+        var cmd = WithClientOptions(new Command("latency", "Submit-to-running latency of a trivial job / 提交到运行延迟") { jobs, tenant });
+        cmd.SetAction(r => Client(r, async api =>
+        {
+            var n = r.GetValue(jobs);
+            if (n is < 1 or > 10_000)
+            {
+                throw new ArgumentException("--jobs: 1..10000");
+            }
+
+            var tenantName = await BenchTenant(api, r.GetValue(tenant));
+            var ms = new List<double>();
+            for (var i = 0; i < n; i++)
+            {
+                var body = new JsonObject
+                {
+                    ["name"] = "latency", ["command"] = new JsonArray("true"), ["resources"] = new JsonObject { ["cpu"] = 0.1, ["memoryMiB"] = 16 }, ["timeLimitSeconds"] = 60,
+                };
+                if (tenantName is not null)
+                {
+                    body["tenant"] = tenantName;
+                }
+
+                var id = (await api.PostAsync("/api/v1/jobs", body))["id"]!.GetValue<long>();
+                var deadline = Stopwatch.StartNew();
+                while (deadline.Elapsed < TimeSpan.FromSeconds(30))
+                {
+                    var ev = (await api.GetAsync($"/api/v1/jobs/{id}/events"))["items"]!.AsArray();
+                    var submitted = ev.FirstOrDefault(e => e!["state"]!.GetValue<string>() == "queued");
+                    var running = ev.FirstOrDefault(e => e!["state"]!.GetValue<string>() == "running");
+                    if (submitted is not null && running is not null)
+                    {
+                        ms.Add(running["atMs"]!.GetValue<long>() - submitted["atMs"]!.GetValue<long>());
+                        break;
+                    }
+
+                    await Task.Delay(TimeSpan.FromMilliseconds(20));
+                }
+            }
+
+            ms.Sort();
+            var result = new JsonObject
+            {
+                ["jobs"] = n, ["measured"] = ms.Count,
+                ["submitToRunningMsP50"] = ms.Count > 0 ? ms[(ms.Count - 1) / 2] : null, ["submitToRunningMsMax"] = ms.Count > 0 ? ms[^1] : null,
+            };
+            Print(r, result, x => Console.WriteLine($"submit → running: p50 {x["submitToRunningMsP50"]} ms, max {x["submitToRunningMsMax"]} ms ({ms.Count}/{n} jobs)"));
+            return ms.Count == n ? ExitCodes.Ok : ExitCodes.Internal;
+        }));
+        return cmd;
+    }
+}

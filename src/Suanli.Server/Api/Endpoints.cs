@@ -1,0 +1,615 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Suanli.Server.Storage;
+
+namespace Suanli.Server;
+
+/// <summary>A job as the API shows it.</summary>
+public sealed record JobView(long Id, string Name, long TenantId, string State, int Attempt, int MaxAttempts, int PriorityClass, DateTimeOffset SubmittedAt,
+    long? ProviderId, string? Group, DateTimeOffset? StartedAt, DateTimeOffset? EndedAt, int? ExitCode, string? Reason, JsonElement Spec)
+{
+    public static JobView Of(JobRecord j)
+    {
+        using var d = JsonDocument.Parse(j.Spec);
+        return new JobView(j.Id, j.Name, j.TenantId, j.State, j.Attempt, j.MaxAttempts, j.PriorityClass, DateTimeOffset.FromUnixTimeMilliseconds(j.SubmittedMs),
+            j.ProviderId, j.GroupId, j.StartedMs is { } s ? DateTimeOffset.FromUnixTimeMilliseconds(s) : null,
+            j.EndedMs is { } e ? DateTimeOffset.FromUnixTimeMilliseconds(e) : null, j.ExitCode, j.Reason, d.RootElement.Clone());
+    }
+}
+
+/// <summary>Request and response bodies (documented in the OpenAPI document).</summary>
+public sealed record TenantCreate(string Name, string? Sector, double? Weight);
+
+public sealed record ProviderCreate(string Name, string? Region);
+
+public sealed record KeyCreated(long Id, string Role, long? TenantId, long? ProviderId, string? Key, bool Replayed);
+
+public sealed record ListPage<T>(IReadOnlyList<T> Items, string? Next);
+
+public sealed record ProviderView(long Id, string Name, string Region, string State, long Epoch, DateTimeOffset? LastHeartbeat, IReadOnlyList<GroupOffer> Groups, int ActiveJobs);
+
+public sealed record AgentRegister(string? Region, IReadOnlyList<GroupOffer> Groups);
+
+public sealed record AgentRegistered(long ProviderId, string Name, long Epoch, double HeartbeatSeconds, double LeaseTimeoutSeconds);
+
+public sealed record AgentHeartbeat(long Epoch, IReadOnlyList<long>? Running);
+
+public sealed record AgentHeartbeatReply(IReadOnlyList<long> Stop);
+
+public sealed record AgentLease(long Epoch, double? WaitSeconds);
+
+public sealed record AgentReport(long Epoch, string State, int? ExitCode, string? Message);
+
+public sealed record AgentLog(long Epoch, string Data);
+
+public sealed record UsageRow(string Key, DateTimeOffset? Bucket, int Jobs, decimal CoreHours, decimal CardHours, decimal Fp16TflopsHours, decimal Fp32TflopsHours, decimal Fp64TflopsHours);
+
+/// <summary>The REST API under /api/v1.</summary>
+public static class Endpoints
+{
+    private static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web);
+
+    private static Principal Who(HttpContext h) => (Principal)h.Items[RequireRole.ItemKey]!;
+
+    private static string? IdemKey(HttpContext h, out IResult? error)
+    {
+        error = null;
+        var k = h.Request.Headers["Idempotency-Key"].ToString();
+        if (k.Length == 0)
+        {
+            return null;
+        }
+
+        if (k.Length > 128 || k.Any(c => c < 0x21 || c > 0x7e))
+        {
+            error = Problems.Validation("Idempotency-Key", "format", "at most 128 visible ASCII characters");
+            return null;
+        }
+
+        return k;
+    }
+
+    public static void Map(IEndpointRouteBuilder app)
+    {
+        var api = app.MapGroup("/api/v1");
+        var op = new RequireRole(Roles.Operator);
+        var opOrTenant = new RequireRole(Roles.Operator, Roles.Tenant);
+        var opOrProvider = new RequireRole(Roles.Operator, Roles.Provider);
+        var provider = new RequireRole(Roles.Provider);
+
+        // ---------------------------------------------------------------- tenants
+        api.MapPost("/tenants", CreateTenant).AddEndpointFilter(op).Accepts<TenantCreate>("application/json")
+            .Produces<TenantRecord>(201).ProducesProblem(400).ProducesProblem(409).WithTags("tenants").WithSummary("Create a tenant (operator)");
+        api.MapGet("/tenants", async (HttpContext h, IControlStore s) =>
+        {
+            var who = Who(h);
+            var all = await s.ListTenantsAsync();
+            return TypedResults.Ok(new ListPage<TenantRecord>(who.IsOperator ? all : [.. all.Where(t => t.Id == who.TenantId)], null));
+        }).AddEndpointFilter(opOrTenant).WithTags("tenants").WithSummary("List tenants (a tenant key sees its own)");
+        api.MapGet("/tenants/{id:long}", async (long id, HttpContext h, IControlStore s) =>
+        {
+            var who = Who(h);
+            if (!who.IsOperator && who.TenantId != id)
+            {
+                return Problems.NotFound($"tenant {id}");
+            }
+
+            return await s.GetTenantAsync(id) is { } t ? Results.Ok(t) : Problems.NotFound($"tenant {id}");
+        }).AddEndpointFilter(opOrTenant).WithTags("tenants");
+        api.MapPost("/tenants/{id:long}/keys", (long id, HttpContext h, IControlStore s, KeyService k) => CreateKey(h, s, k, Roles.Tenant, id))
+            .AddEndpointFilter(op).Produces<KeyCreated>(201).WithTags("keys").WithSummary("Create a key for a tenant member (operator); the secret is shown once");
+
+        // ---------------------------------------------------------------- providers
+        api.MapPost("/providers", CreateProvider).AddEndpointFilter(op).Accepts<ProviderCreate>("application/json")
+            .Produces<ProviderRecord>(201).WithTags("providers").WithSummary("Create a provider (operator)");
+        api.MapGet("/providers", async (HttpContext h, IControlStore s, ControlPlane cp) =>
+        {
+            var who = Who(h);
+            var active = cp.ActiveByProvider();
+            var list = (await s.ListProvidersAsync()).Where(p => who.IsOperator || p.Id == who.ProviderId)
+                .Select(p => new ProviderView(p.Id, p.Name, p.Region, p.State, p.Epoch, p.LastHeartbeatMs is { } hb ? DateTimeOffset.FromUnixTimeMilliseconds(hb) : null,
+                    p.Groups, active.GetValueOrDefault(p.Id))).ToList();
+            return TypedResults.Ok(new ListPage<ProviderView>(list, null));
+        }).AddEndpointFilter(opOrProvider).WithTags("providers").WithSummary("List providers and their agents' state");
+        api.MapPost("/providers/{id:long}/keys", (long id, HttpContext h, IControlStore s, KeyService k) => CreateKey(h, s, k, Roles.Provider, id))
+            .AddEndpointFilter(op).Produces<KeyCreated>(201).WithTags("keys").WithSummary("Create an agent key for a provider (operator)");
+
+        // ---------------------------------------------------------------- keys
+        api.MapGet("/keys", async (IControlStore s) => TypedResults.Ok(new ListPage<KeyRecord>(await s.ListKeysAsync(), null)))
+            .AddEndpointFilter(op).WithTags("keys").WithSummary("List keys (metadata only)");
+        api.MapDelete("/keys/{id:long}", async (long id, KeyService k) => await k.RevokeAsync(id) ? Results.NoContent() : Problems.NotFound($"active key {id}"))
+            .AddEndpointFilter(op).WithTags("keys").WithSummary("Revoke a key");
+
+        // ---------------------------------------------------------------- jobs
+        api.MapPost("/jobs", SubmitJob).AddEndpointFilter(opOrTenant).Accepts<JsonObject>("application/json", "application/yaml")
+            .Produces<JobView>(201).Produces<JobView>(200).ProducesProblem(400).ProducesProblem(413).WithTags("jobs")
+            .WithSummary("Submit a job (JSON or YAML, docs/job-spec.md); Idempotency-Key makes retries safe");
+        api.MapGet("/jobs", ListJobs).AddEndpointFilter(opOrTenant).Produces<ListPage<JobView>>().WithTags("jobs").WithSummary("List jobs (paged: limit, after)");
+        api.MapGet("/jobs/{id:long}", async (long id, HttpContext h, IControlStore s) =>
+            await Visible(h, s, id) is { } j ? Results.Ok(JobView.Of(j)) : Problems.NotFound($"job {id}"))
+            .AddEndpointFilter(opOrTenant).Produces<JobView>().WithTags("jobs");
+        api.MapPost("/jobs/{id:long}/cancel", async (long id, HttpContext h, IControlStore s, ControlPlane cp) =>
+        {
+            if (await Visible(h, s, id) is null)
+            {
+                return Problems.NotFound($"job {id}");
+            }
+
+            try
+            {
+                return Results.Ok(JobView.Of(await cp.CancelAsync(id)));
+            }
+            catch (StoreConflictException e)
+            {
+                return Problems.Of(409, e.Code, e.Message);
+            }
+        }).AddEndpointFilter(opOrTenant).Produces<JobView>().WithTags("jobs").WithSummary("Cancel a job (its process tree is stopped)");
+        api.MapGet("/jobs/{id:long}/logs", async (long id, long? after, int? limit, HttpContext h, IControlStore s) =>
+        {
+            if (await Visible(h, s, id) is null)
+            {
+                return Problems.NotFound($"job {id}");
+            }
+
+            var chunks = await s.ReadLogsAsync(id, after ?? 0, Math.Clamp(limit ?? 1000, 1, 10_000));
+            return Results.Ok(new ListPage<LogChunk>(chunks, chunks.Count > 0 ? chunks[^1].Seq.ToString(CultureInfo.InvariantCulture) : null));
+        }).AddEndpointFilter(opOrTenant).WithTags("jobs").WithSummary("Read a job's output after a sequence number");
+        api.MapGet("/jobs/{id:long}/events", async (long id, HttpContext h, IControlStore s) =>
+            await Visible(h, s, id) is null ? Problems.NotFound($"job {id}") : Results.Ok(new ListPage<JobEvent>(await s.EventsAsync(id), null)))
+            .AddEndpointFilter(opOrTenant).WithTags("jobs").WithSummary("A job's state history");
+        api.MapGet("/jobs/{id:long}/explain", async (long id, HttpContext h, IControlStore s, ControlPlane cp) =>
+            await Visible(h, s, id) is { } j ? Results.Ok(new { id, state = j.State, lines = cp.Explain(j) }) : Problems.NotFound($"job {id}"))
+            .AddEndpointFilter(opOrTenant).WithTags("jobs").WithSummary("Why a job waits, per node group");
+
+        // ---------------------------------------------------------------- usage
+        api.MapGet("/usage", Usage).AddEndpointFilter(opOrTenant).Produces<ListPage<UsageRow>>().WithTags("usage")
+            .WithSummary("Metered use in standard units, grouped by tenant, sector or provider and a time bucket");
+
+        // ---------------------------------------------------------------- agents
+        var agent = api.MapGroup("/agent").WithTags("agent");
+        agent.MapPost("/register", Register).AddEndpointFilter(provider).Accepts<AgentRegister>("application/json").Produces<AgentRegistered>();
+        agent.MapPost("/heartbeat", async (HttpContext h, ControlPlane cp) =>
+        {
+            var (body, err) = await Problems.ReadObjectAsync(h.Request);
+            if (err is not null)
+            {
+                return err;
+            }
+
+            var hb = body.Deserialize<AgentHeartbeat>(Web);
+            return await Fenced(async () => Results.Ok(new AgentHeartbeatReply(await cp.HeartbeatAsync(Who(h).ProviderId!.Value, hb!.Epoch, hb.Running ?? []))));
+        }).AddEndpointFilter(provider).Accepts<AgentHeartbeat>("application/json").Produces<AgentHeartbeatReply>();
+        agent.MapPost("/lease", async (HttpContext h, ControlPlane cp) =>
+        {
+            var (body, err) = await Problems.ReadObjectAsync(h.Request);
+            if (err is not null)
+            {
+                return err;
+            }
+
+            var l = body.Deserialize<AgentLease>(Web)!;
+            var wait = TimeSpan.FromSeconds(Math.Clamp(l.WaitSeconds ?? 0, 0, 30));
+            return await Fenced(async () => Results.Ok(new ListPage<ControlPlane.LeasedJob>(await cp.LeasesAsync(Who(h).ProviderId!.Value, l.Epoch, wait, h.RequestAborted), null)));
+        }).AddEndpointFilter(provider).Accepts<AgentLease>("application/json");
+        agent.MapPost("/jobs/{id:long}/report", async (long id, HttpContext h, ControlPlane cp) =>
+        {
+            var (body, err) = await Problems.ReadObjectAsync(h.Request);
+            if (err is not null)
+            {
+                return err;
+            }
+
+            var r = body.Deserialize<AgentReport>(Web)!;
+            return await Fenced(async () => Results.Ok(JobView.Of(await cp.ReportAsync(Who(h).ProviderId!.Value, r.Epoch, id, r.State, r.ExitCode, r.Message))));
+        }).AddEndpointFilter(provider).Accepts<AgentReport>("application/json");
+        agent.MapPost("/jobs/{id:long}/logs", async (long id, HttpContext h, ControlPlane cp) =>
+        {
+            var (body, err) = await Problems.ReadObjectAsync(h.Request, 1 << 20);
+            if (err is not null)
+            {
+                return err;
+            }
+
+            var l = body.Deserialize<AgentLog>(Web)!;
+            return await Fenced(async () =>
+            {
+                await cp.AppendLogAsync(Who(h).ProviderId!.Value, l.Epoch, id, l.Data ?? "");
+                return Results.NoContent();
+            });
+        }).AddEndpointFilter(provider).Accepts<AgentLog>("application/json");
+    }
+
+    private static async Task<IResult> Fenced(Func<Task<IResult>> run)
+    {
+        try
+        {
+            return await run();
+        }
+        catch (StoreConflictException e)
+        {
+            return Problems.Of(e.Code == "not_found" ? 404 : 409, e.Code, e.Message);
+        }
+        catch (ArgumentException e)
+        {
+            return Problems.Validation("state", "enum", e.Message);
+        }
+        catch (JsonException e)
+        {
+            return Problems.Validation("$", "type", e.Message);
+        }
+    }
+
+    private static async Task<JobRecord?> Visible(HttpContext h, IControlStore s, long id)
+    {
+        var who = Who(h);
+        var j = await s.GetJobAsync(id);
+        return j is not null && (who.IsOperator || j.TenantId == who.TenantId) ? j : null;
+    }
+
+    private static async Task<IResult> CreateTenant(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time)
+    {
+        var key = IdemKey(h, out var bad);
+        if (bad is not null)
+        {
+            return bad;
+        }
+
+        var scope = $"tenant:{Who(h).KeyId}";
+        if (key is not null && await s.IdempotentGetAsync(scope, key) is { } prior && long.TryParse(prior, out var priorId) && await s.GetTenantAsync(priorId) is { } existing)
+        {
+            return Results.Ok(existing);
+        }
+
+        var (body, err) = await Problems.ReadObjectAsync(h.Request);
+        if (err is not null)
+        {
+            return err;
+        }
+
+        var errors = new List<FieldError>();
+        var name = body!["name"] is JsonValue nv && nv.TryGetValue<string>(out var n) ? n : null;
+        if (name is null || name.Length is 0 or > JobDocument.MaxNameLength)
+        {
+            errors.Add(new FieldError("name", "length", $"is required: 1 to {JobDocument.MaxNameLength} characters"));
+        }
+        else
+        {
+            JobDocument.CheckName(name, "name", errors);
+        }
+
+        var sector = body["sector"] is JsonValue sv && sv.TryGetValue<string>(out var sec) ? sec : body["sector"] is null ? "general" : null;
+        if (sector is null || sector.Length is 0 or > 64)
+        {
+            errors.Add(new FieldError("sector", "length", "must be a string of 1 to 64 characters"));
+        }
+        else
+        {
+            JobDocument.CheckName(sector, "sector", errors);
+        }
+
+        var weight = 1.0;
+        if (body["weight"] is { } w && !(w is JsonValue wv && wv.TryGetValue(out weight) && weight is > 0 and <= 1000))
+        {
+            errors.Add(new FieldError("weight", "range", "must be a number above 0 and at most 1000"));
+        }
+
+        foreach (var (k, _) in body)
+        {
+            if (k is not ("name" or "sector" or "weight"))
+            {
+                errors.Add(new FieldError(k, "unknown", "unknown field; allowed: name, sector, weight"));
+            }
+        }
+
+        if (errors.Count > 0)
+        {
+            return Problems.Validation(new ValidationException(errors));
+        }
+
+        try
+        {
+            var t = await s.CreateTenantAsync(name!, sector!, weight, time.GetUtcNow().ToUnixTimeMilliseconds());
+            cp.TenantCreated(t);
+            if (key is not null)
+            {
+                await s.IdempotentPutAsync(scope, key, t.Id.ToString(CultureInfo.InvariantCulture), time.GetUtcNow().ToUnixTimeMilliseconds());
+            }
+
+            return Results.Created($"/api/v1/tenants/{t.Id}", t);
+        }
+        catch (StoreConflictException e)
+        {
+            return Problems.Of(409, e.Code, e.Message);
+        }
+    }
+
+    private static async Task<IResult> CreateProvider(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time)
+    {
+        var key = IdemKey(h, out var bad);
+        if (bad is not null)
+        {
+            return bad;
+        }
+
+        var scope = $"provider:{Who(h).KeyId}";
+        if (key is not null && await s.IdempotentGetAsync(scope, key) is { } prior && long.TryParse(prior, out var priorId) && await s.GetProviderAsync(priorId) is { } existing)
+        {
+            return Results.Ok(existing);
+        }
+
+        var (body, err) = await Problems.ReadObjectAsync(h.Request);
+        if (err is not null)
+        {
+            return err;
+        }
+
+        var errors = new List<FieldError>();
+        var name = body!["name"] is JsonValue nv && nv.TryGetValue<string>(out var n) ? n : null;
+        if (name is null || name.Length is 0 or > 64 || name.Contains('/', StringComparison.Ordinal))
+        {
+            errors.Add(new FieldError("name", "length", "is required: 1 to 64 characters"));
+        }
+        else
+        {
+            JobDocument.CheckName(name, "name", errors);
+        }
+
+        var region = body["region"] is JsonValue rv && rv.TryGetValue<string>(out var r) ? r : body["region"] is null ? "default" : null;
+        if (region is null || region.Length is 0 or > 64)
+        {
+            errors.Add(new FieldError("region", "length", "must be a string of 1 to 64 characters"));
+        }
+        else
+        {
+            JobDocument.CheckName(region, "region", errors);
+        }
+
+        foreach (var (k, _) in body)
+        {
+            if (k is not ("name" or "region"))
+            {
+                errors.Add(new FieldError(k, "unknown", "unknown field; allowed: name, region"));
+            }
+        }
+
+        if (errors.Count > 0)
+        {
+            return Problems.Validation(new ValidationException(errors));
+        }
+
+        try
+        {
+            var p = await s.CreateProviderAsync(name!, region!, time.GetUtcNow().ToUnixTimeMilliseconds());
+            cp.ProviderCreated(p);
+            if (key is not null)
+            {
+                await s.IdempotentPutAsync(scope, key, p.Id.ToString(CultureInfo.InvariantCulture), time.GetUtcNow().ToUnixTimeMilliseconds());
+            }
+
+            return Results.Created($"/api/v1/providers/{p.Id}", p);
+        }
+        catch (StoreConflictException e)
+        {
+            return Problems.Of(409, e.Code, e.Message);
+        }
+    }
+
+    private static async Task<IResult> CreateKey(HttpContext h, IControlStore s, KeyService keys, string role, long id)
+    {
+        var idem = IdemKey(h, out var bad);
+        if (bad is not null)
+        {
+            return bad;
+        }
+
+        var exists = role == Roles.Tenant ? await s.GetTenantAsync(id) is not null : await s.GetProviderAsync(id) is not null;
+        if (!exists)
+        {
+            return Problems.NotFound($"{role} {id}");
+        }
+
+        var scope = $"key:{role}:{id}:{Who(h).KeyId}";
+        if (idem is not null && await s.IdempotentGetAsync(scope, idem) is { } prior)
+        {
+            // The secret is shown once; a replay names the key it made without the secret.
+            return Results.Ok(new KeyCreated(long.Parse(prior, CultureInfo.InvariantCulture), role, role == Roles.Tenant ? id : null, role == Roles.Provider ? id : null, null, true));
+        }
+
+        var (rec, secret) = await keys.CreateAsync(role, role == Roles.Tenant ? id : null, role == Roles.Provider ? id : null);
+        if (idem is not null)
+        {
+            await s.IdempotentPutAsync(scope, idem, rec.Id.ToString(CultureInfo.InvariantCulture), rec.CreatedMs);
+        }
+
+        return Results.Created($"/api/v1/keys/{rec.Id}", new KeyCreated(rec.Id, role, rec.TenantId, rec.ProviderId, secret, false));
+    }
+
+    private static async Task<IResult> SubmitJob(HttpContext h, IControlStore s, ControlPlane cp)
+    {
+        var who = Who(h);
+        var idem = IdemKey(h, out var bad);
+        if (bad is not null)
+        {
+            return bad;
+        }
+
+        var (text, err) = await Problems.ReadBodyAsync(h.Request, JobDocument.MaxBodyBytes);
+        if (err is not null)
+        {
+            return err;
+        }
+
+        JobDocument doc;
+        try
+        {
+            doc = JobDocument.Parse(text!, cp.Catalogue);
+        }
+        catch (ValidationException e)
+        {
+            return Problems.Validation(e);
+        }
+
+        long tenantId;
+        if (who.IsOperator)
+        {
+            var tenants = cp.Tenants();
+            var t = doc.Tenant is null ? null : tenants.Values.FirstOrDefault(x => x.Name == doc.Tenant || x.Id.ToString(CultureInfo.InvariantCulture) == doc.Tenant);
+            if (t is null)
+            {
+                return Problems.Validation("tenant", "required", "an operator submits for a tenant: give tenant (name or id) of an existing tenant");
+            }
+
+            tenantId = t.Id;
+        }
+        else
+        {
+            if (doc.Tenant is not null)
+            {
+                return Problems.Validation("tenant", "forbidden", "a tenant key submits for its own tenant; leave tenant out");
+            }
+
+            tenantId = who.TenantId!.Value;
+        }
+
+        var (job, replayed) = await cp.SubmitAsync(tenantId, doc with { Tenant = null }, idem);
+        var view = JobView.Of(job);
+        return replayed ? Results.Ok(view) : Results.Created($"/api/v1/jobs/{job.Id}", view);
+    }
+
+    private static async Task<IResult> ListJobs(HttpContext h, IControlStore s, string? state, int? limit, string? after)
+    {
+        var who = Who(h);
+        if (state is not null && !JobStates.All.Contains(state))
+        {
+            return Problems.Validation("state", "enum", $"must be one of {string.Join(", ", JobStates.All)}");
+        }
+
+        long? cursor = null;
+        if (after is not null)
+        {
+            if (!long.TryParse(after, NumberStyles.None, CultureInfo.InvariantCulture, out var c))
+            {
+                return Problems.Validation("after", "format", "must be the 'next' cursor of a previous page");
+            }
+
+            cursor = c;
+        }
+
+        if (limit is < 1 or > 1000)
+        {
+            return Problems.Validation("limit", "range", "must be from 1 to 1000");
+        }
+
+        var page = await s.ListJobsAsync(new JobQuery(who.IsOperator ? null : who.TenantId, state, cursor, limit ?? 100));
+        return Results.Ok(new ListPage<JobView>([.. page.Items.Select(JobView.Of)], page.Next));
+    }
+
+    private static async Task<IResult> Usage(HttpContext h, IControlStore s, ControlPlane cp, string? groupBy, string? bucket, DateTimeOffset? from, DateTimeOffset? to)
+    {
+        var who = Who(h);
+        groupBy ??= "tenant";
+        bucket ??= "none";
+        if (groupBy is not ("tenant" or "sector" or "provider"))
+        {
+            return Problems.Validation("groupBy", "enum", "must be tenant, sector or provider");
+        }
+
+        if (bucket is not ("none" or "hour" or "day"))
+        {
+            return Problems.Validation("bucket", "enum", "must be none, hour or day");
+        }
+
+        var f = from?.ToUnixTimeMilliseconds() ?? 0;
+        var t = to?.ToUnixTimeMilliseconds() ?? long.MaxValue;
+        var rows = await s.UsageAsync(who.IsOperator ? null : who.TenantId, f, t);
+        var tenants = cp.Tenants();
+        var providers = cp.ProviderNames();
+        var bucketMs = bucket switch { "hour" => 3_600_000L, "day" => 86_400_000L, _ => 0L };
+        var grouped = rows.GroupBy(u => (Key: groupBy switch
+        {
+            "sector" => tenants.TryGetValue(u.TenantId, out var tt) ? tt.Sector : "unknown",
+            "provider" => providers.GetValueOrDefault(u.ProviderId, u.ProviderId.ToString(CultureInfo.InvariantCulture)),
+            _ => tenants.TryGetValue(u.TenantId, out var tn) ? tn.Name : u.TenantId.ToString(CultureInfo.InvariantCulture),
+        }, Bucket: bucketMs == 0 ? (long?)null : u.StartedMs / bucketMs * bucketMs))
+            .OrderBy(g => g.Key.Key, StringComparer.Ordinal).ThenBy(g => g.Key.Bucket)
+            .Select(g =>
+            {
+                var q = g.Select(cp.Standard).Aggregate(default(Core.Units.StandardQuantity), (a, b) => a + b);
+                return new UsageRow(g.Key.Key, g.Key.Bucket is { } b ? DateTimeOffset.FromUnixTimeMilliseconds(b) : null, g.Select(x => x.JobId).Distinct().Count(),
+                    decimal.Round(q.CoreHours, 6), decimal.Round(q.CardHours, 6), decimal.Round(q.Fp16TflopsHours, 6), decimal.Round(q.Fp32TflopsHours, 6), decimal.Round(q.Fp64TflopsHours, 6));
+            }).ToList();
+        return Results.Ok(new ListPage<UsageRow>(grouped, null));
+    }
+
+    private static async Task<IResult> Register(HttpContext h, ControlPlane cp, IControlStore s)
+    {
+        var (body, err) = await Problems.ReadObjectAsync(h.Request);
+        if (err is not null)
+        {
+            return err;
+        }
+
+        AgentRegister? reg;
+        try
+        {
+            reg = body.Deserialize<AgentRegister>(Web);
+        }
+        catch (JsonException e)
+        {
+            return Problems.Validation("$", "type", e.Message);
+        }
+
+        var errors = new List<FieldError>();
+        if (reg?.Groups is not { Count: > 0 and <= 256 })
+        {
+            errors.Add(new FieldError("groups", "length", "an agent offers 1 to 256 node groups"));
+        }
+        else
+        {
+            for (var i = 0; i < reg.Groups.Count; i++)
+            {
+                var g = reg.Groups[i];
+                var at = $"groups[{i}]";
+                if (string.IsNullOrEmpty(g.Id) || g.Id.Length > 64 || g.Id.Contains('/', StringComparison.Ordinal))
+                {
+                    errors.Add(new FieldError($"{at}.id", "length", "1 to 64 characters, no '/'"));
+                }
+
+                if (g.MilliCpu is < 1 or > 4_096_000 || g.MemoryMiB is < 1 or > 64L * 1024 * 1024 || g.Nodes is < 1 or > 100_000 || g.Accelerators is < 0 or > 64)
+                {
+                    errors.Add(new FieldError(at, "range", "milliCpu 1..4096000, memoryMiB 1..67108864, nodes 1..100000, accelerators 0..64"));
+                }
+
+                if (g.Accelerator is not null && !cp.Catalogue.Contains(g.Accelerator))
+                {
+                    errors.Add(new FieldError($"{at}.accelerator", "known", $"unknown accelerator '{g.Accelerator}'"));
+                }
+
+                if (g.PricePerNodeHour is < 0)
+                {
+                    errors.Add(new FieldError($"{at}.pricePerNodeHour", "range", "must not be negative"));
+                }
+            }
+
+            if (reg.Groups.Select(g => g.Id).Distinct().Count() != reg.Groups.Count)
+            {
+                errors.Add(new FieldError("groups", "unique", "group ids must be unique"));
+            }
+        }
+
+        if (errors.Count > 0)
+        {
+            return Problems.Validation(new ValidationException(errors));
+        }
+
+        var who = Who(h);
+        var current = await s.GetProviderAsync(who.ProviderId!.Value);
+        var p = await cp.RegisterAsync(who.ProviderId!.Value, reg!.Region ?? current?.Region ?? "default", reg.Groups);
+        var lease = cp.Options.LostAfter.TotalSeconds;
+        return Results.Ok(new AgentRegistered(p.Id, p.Name, p.Epoch, Math.Max(0.2, lease / 6), lease));
+    }
+}

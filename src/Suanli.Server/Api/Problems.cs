@@ -1,0 +1,94 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.HttpResults;
+
+namespace Suanli.Server;
+
+/// <summary>
+/// RFC 9457 problem responses with a stable machine-readable <c>code</c> and, for validation, <c>errors</c>: one entry
+/// per broken rule with the field path and the rule name.
+/// </summary>
+public static class Problems
+{
+    public static ProblemHttpResult Of(int status, string code, string detail, IReadOnlyList<FieldError>? errors = null)
+    {
+        var ext = new Dictionary<string, object?> { ["code"] = code };
+        if (errors is not null)
+        {
+            ext["errors"] = errors.Select(e => new { field = e.Field, rule = e.Rule, message = e.Message }).ToList();
+        }
+
+        return TypedResults.Problem(detail, statusCode: status, title: Title(status), type: $"https://suanli.dev/problems/{code}", extensions: ext);
+    }
+
+    public static ProblemHttpResult Validation(ValidationException e) => Of(StatusCodes.Status400BadRequest, "validation_failed", e.Message, e.Errors);
+
+    public static ProblemHttpResult Validation(string field, string rule, string message) =>
+        Validation(new ValidationException([new FieldError(field, rule, message)]));
+
+    public static ProblemHttpResult NotFound(string what) => Of(StatusCodes.Status404NotFound, "not_found", $"{what} does not exist");
+
+    private static string Title(int status) => status switch
+    {
+        400 => "Invalid request",
+        401 => "Unauthenticated",
+        403 => "Forbidden",
+        404 => "Not found",
+        409 => "Conflict",
+        413 => "Request body too large",
+        415 => "Unsupported media type",
+        _ => "Error",
+    };
+
+    /// <summary>Reads the request body as UTF-8 text of at most <paramref name="max"/> bytes.</summary>
+    public static async Task<(string? Text, IResult? Error)> ReadBodyAsync(HttpRequest request, int max)
+    {
+        if (request.ContentLength > max)
+        {
+            return (null, Of(StatusCodes.Status413PayloadTooLarge, "body_too_large", $"body: at most {max} bytes"));
+        }
+
+        using var ms = new MemoryStream();
+        var buffer = new byte[16384];
+        int n;
+        while ((n = await request.Body.ReadAsync(buffer)) > 0)
+        {
+            if (ms.Length + n > max)
+            {
+                return (null, Of(StatusCodes.Status413PayloadTooLarge, "body_too_large", $"body: at most {max} bytes"));
+            }
+
+            ms.Write(buffer, 0, n);
+        }
+
+        try
+        {
+            return (new UTF8Encoding(false, true).GetString(ms.GetBuffer(), 0, (int)ms.Length), null);
+        }
+        catch (DecoderFallbackException)
+        {
+            return (null, Validation("$", "encoding", "body must be UTF-8"));
+        }
+    }
+
+    /// <summary>Reads a JSON object body with strict syntax errors.</summary>
+    public static async Task<(JsonObject? Body, IResult? Error)> ReadObjectAsync(HttpRequest request, int max = 1 << 16)
+    {
+        var (text, error) = await ReadBodyAsync(request, max);
+        if (error is not null)
+        {
+            return (null, error);
+        }
+
+        try
+        {
+            return JsonNode.Parse(text!) is JsonObject o ? (o, null) : (null, Validation("$", "type", "body must be a JSON object"));
+        }
+        catch (JsonException e)
+        {
+            return (null, Validation("$", "syntax", $"malformed JSON: {e.Message}"));
+        }
+    }
+}

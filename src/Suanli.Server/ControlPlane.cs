@@ -1,0 +1,771 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Suanli.Core.Domain;
+using Suanli.Core.Scheduling;
+using Suanli.Core.Units;
+using Suanli.Server.Storage;
+
+namespace Suanli.Server;
+
+/// <summary>Settings of the control plane.</summary>
+public sealed record ControlPlaneOptions
+{
+    /// <summary>A provider whose heartbeat is older than this is marked lost and its jobs go back under their retry policy.</summary>
+    public TimeSpan LostAfter { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Longest pause between scheduling cycles (a submission or completion wakes the loop at once).</summary>
+    public TimeSpan CycleInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>Queue order (a name from the policy registry).</summary>
+    public string Policy { get; init; } = "fair-share";
+
+    public BackfillMode Backfill { get; init; } = BackfillMode.Easy;
+}
+
+/// <summary>A non-terminal job as the control plane holds it in memory.</summary>
+internal sealed class LiveJob(JobRecord record, JobDocument doc, JobSpec spec)
+{
+    public JobRecord Record { get; set; } = record;
+
+    public JobDocument Doc { get; } = doc;
+
+    public JobSpec Spec { get; } = spec;
+
+    /// <summary>Held resources (leased, running, or cancelled while its process may still run).</summary>
+    public Allocation? Allocation { get; set; }
+
+    /// <summary>Pool group id ("provider/group") of the allocation.</summary>
+    public string? PoolGroup { get; set; }
+}
+
+/// <summary>A provider's live state.</summary>
+internal sealed class LiveProvider(ProviderRecord record)
+{
+    public ProviderRecord Record { get; set; } = record;
+
+    public long LastHeartbeatMs { get; set; } = record.LastHeartbeatMs ?? 0;
+
+    public TaskCompletionSource Wake { get; set; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+}
+
+/// <summary>
+/// The live control plane: holds the queue and the pool in memory (the store is the source of truth and every change
+/// is written there first), runs <see cref="Scheduler.RunCycle"/> — the same core the simulator runs — and turns its
+/// decisions into durable leases for the provider agents. It also detects lost providers and meters finished work.
+/// </summary>
+public sealed partial class ControlPlane : BackgroundService
+{
+    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+    private readonly IControlStore _store;
+    private readonly TimeProvider _time;
+    private readonly ServerMetrics _metrics;
+    private readonly ILogger<ControlPlane> _log;
+    private readonly Lock _gate = new();
+    private readonly Dictionary<long, LiveJob> _jobs = [];
+    private readonly Dictionary<long, LiveProvider> _providers = [];
+    private readonly Dictionary<long, TenantRecord> _tenants = [];
+    private readonly FairShareLedger _fairShare = new();
+    private readonly SemaphoreSlim _wake = new(0, 1);
+    private Dictionary<long, WaitReason> _waits = [];
+    private Pool? _pool;
+    private Scheduler? _scheduler;
+    private ClusterState? _state;
+    private bool _poolDirty = true;
+
+    public ControlPlane(IControlStore store, TimeProvider time, ServerMetrics metrics, ControlPlaneOptions options, ILogger<ControlPlane> log)
+    {
+        _store = store;
+        _time = time;
+        _metrics = metrics;
+        Options = options;
+        _log = log;
+    }
+
+    public ControlPlaneOptions Options { get; }
+
+    /// <summary>The accelerator catalogue used for validation and metering.</summary>
+    public AcceleratorCatalogue Catalogue { get; } = AcceleratorCatalogue.BuiltIn;
+
+    private long NowMs => _time.GetUtcNow().ToUnixTimeMilliseconds();
+
+    /// <summary>Loads tenants, providers and every non-terminal job from the store (recovery after a restart).</summary>
+    public async Task RecoverAsync()
+    {
+        var now = NowMs;
+        foreach (var t in await _store.ListTenantsAsync())
+        {
+            _tenants[t.Id] = t;
+        }
+
+        foreach (var p in await _store.ListProvidersAsync())
+        {
+            // A provider that was ready gets a full timeout from now to heartbeat again.
+            _providers[p.Id] = new LiveProvider(p) { LastHeartbeatMs = now };
+        }
+
+        foreach (var j in await _store.ActiveJobsAsync())
+        {
+            var live = ToLive(j);
+            if (j.Allocation is not null)
+            {
+                (live.PoolGroup, _) = DecodeAllocation(j.Allocation);
+            }
+
+            _jobs[j.Id] = live;
+        }
+
+        _metrics.SetStateCounts(await _store.CountJobsByStateAsync());
+        _poolDirty = true;
+        if (_log.IsEnabled(LogLevel.Information))
+        {
+            _log.LogInformation("recovered {Jobs} active jobs, {Providers} providers", _jobs.Count, _providers.Count);
+        }
+    }
+
+    private LiveJob ToLive(JobRecord j)
+    {
+        var doc = JobDocument.FromStored(j.Spec);
+        var spec = new JobSpec(j.Id, j.TenantId.ToString(System.Globalization.CultureInfo.InvariantCulture), doc.ToTask(), doc.Tasks, j.SubmittedMs / 1000,
+            doc.TimeLimitSeconds, j.PriorityClass, Constraints: doc.Constraints, Budget: doc.Budget);
+        return new LiveJob(j, doc, spec);
+    }
+
+    /// <summary>Registers a tenant in the in-memory fair-share table.</summary>
+    public void TenantCreated(TenantRecord t)
+    {
+        lock (_gate)
+        {
+            _tenants[t.Id] = t;
+        }
+    }
+
+    /// <summary>Registers a provider created by the operator.</summary>
+    public void ProviderCreated(ProviderRecord p)
+    {
+        lock (_gate)
+        {
+            _providers[p.Id] = new LiveProvider(p);
+        }
+    }
+
+    // ------------------------------------------------------------------ submit / cancel
+
+    /// <summary>Durably stores a job and queues it. Returns the record and whether it was an idempotent replay.</summary>
+    public async Task<(JobRecord Job, bool Replayed)> SubmitAsync(long tenantId, JobDocument doc, string? idempotencyKey)
+    {
+        var (rec, replayed) = await _store.SubmitAsync(new NewJob(tenantId, doc.Name, doc.ToJson(), doc.Retry.MaxAttempts, doc.PriorityClass, NowMs, idempotencyKey));
+        if (!replayed)
+        {
+            lock (_gate)
+            {
+                _jobs[rec.Id] = ToLive(rec);
+            }
+
+            _metrics.Transition(null, JobStates.Queued);
+            Wake();
+        }
+
+        return (rec, replayed);
+    }
+
+    /// <summary>Cancels a job: a queued job stops at once; a leased or running job's process is stopped by its agent.</summary>
+    public async Task<JobRecord> CancelAsync(long jobId)
+    {
+        var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Queued, JobStates.Leased, JobStates.Running], JobStates.Cancelled, "cancelled by request")
+        {
+            AtMs = NowMs, EndedMs = NowMs, Reason = "cancelled",
+        });
+        string from;
+        lock (_gate)
+        {
+            if (_jobs.TryGetValue(jobId, out var live))
+            {
+                from = live.Record.State;
+                live.Record = rec;
+                if (live.Allocation is null || from == JobStates.Queued)
+                {
+                    ReleaseLocked(live);
+                    _jobs.Remove(jobId);
+                }
+                else if (_providers.TryGetValue(rec.ProviderId ?? -1, out var p))
+                {
+                    p.Wake.TrySetResult();
+                }
+            }
+            else
+            {
+                from = JobStates.Queued;
+            }
+        }
+
+        _metrics.Transition(from, JobStates.Cancelled);
+        Wake();
+        return rec;
+    }
+
+    // ------------------------------------------------------------------ agents
+
+    /// <summary>Registers an agent's offer under a new fencing epoch; jobs held under older epochs are handled as lost.</summary>
+    public async Task<ProviderRecord> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups)
+    {
+        var (p, orphans) = await _store.RegisterAsync(providerId, region, groups, NowMs);
+        lock (_gate)
+        {
+            if (_providers.TryGetValue(p.Id, out var live))
+            {
+                live.Record = p;
+                live.LastHeartbeatMs = NowMs;
+            }
+            else
+            {
+                _providers[p.Id] = new LiveProvider(p) { LastHeartbeatMs = NowMs };
+            }
+
+            _poolDirty = true;
+        }
+
+        foreach (var o in orphans)
+        {
+            await HandleLostAsync(o.Id, $"agent of provider {p.Name} re-registered (epoch {p.Epoch}); the earlier instance's jobs are lost");
+        }
+
+        Wake();
+        return p;
+    }
+
+    /// <summary>Records a heartbeat and answers with the jobs the agent must stop (cancelled, or not its own any more).</summary>
+    public async Task<IReadOnlyList<long>> HeartbeatAsync(long providerId, long epoch, IReadOnlyList<long> runningJobs)
+    {
+        await _store.HeartbeatAsync(providerId, epoch, NowMs);
+        _metrics.Heartbeat(providerId);
+        var stop = new List<long>();
+        lock (_gate)
+        {
+            if (_providers.TryGetValue(providerId, out var p))
+            {
+                p.LastHeartbeatMs = NowMs;
+            }
+
+            foreach (var id in runningJobs)
+            {
+                if (!_jobs.TryGetValue(id, out var j) || j.Record.ProviderId != providerId || j.Record.Epoch != epoch
+                    || j.Record.State == JobStates.Cancelled)
+                {
+                    stop.Add(id);
+                }
+            }
+
+            stop.AddRange(_jobs.Values.Where(j => j.Record.State == JobStates.Cancelled && j.Record.ProviderId == providerId
+                && !runningJobs.Contains(j.Record.Id)).Select(j => j.Record.Id));
+        }
+
+        // A cancelled job whose agent no longer runs it has released its resources.
+        foreach (var id in stop.Where(id => !runningJobs.Contains(id)))
+        {
+            ReleaseCancelled(id);
+        }
+
+        return stop.Distinct().ToList();
+    }
+
+    private void ReleaseCancelled(long id)
+    {
+        lock (_gate)
+        {
+            if (_jobs.TryGetValue(id, out var j) && j.Record.State == JobStates.Cancelled)
+            {
+                ReleaseLocked(j);
+                _jobs.Remove(id);
+            }
+        }
+
+        Wake();
+    }
+
+    /// <summary>A leased job handed to an agent: everything it needs to start the job.</summary>
+    public sealed record LeasedJob(long Id, int Attempt, string Name, IReadOnlyList<string>? Command, string? Script, IReadOnlyDictionary<string, string> Env,
+        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch);
+
+    /// <summary>Jobs leased to the provider and not yet started; waits up to <paramref name="wait"/> for one to appear.</summary>
+    public async Task<IReadOnlyList<LeasedJob>> LeasesAsync(long providerId, long epoch, TimeSpan wait, CancellationToken ct)
+    {
+        var deadline = _time.GetUtcNow() + wait;
+        while (true)
+        {
+            Task wake;
+            lock (_gate)
+            {
+                if (!_providers.TryGetValue(providerId, out var p) || p.Record.Epoch != epoch || p.Record.State != ProviderStates.Ready)
+                {
+                    throw new StoreConflictException("stale_epoch", $"epoch: {epoch} is not the provider's current epoch; register again");
+                }
+
+                var leased = _jobs.Values.Where(j => j.Record.State == JobStates.Leased && j.Record.ProviderId == providerId && j.Record.Epoch == epoch)
+                    .OrderBy(j => j.Record.Id)
+                    .Select(j => new LeasedJob(j.Record.Id, j.Record.Attempt, j.Record.Name, j.Doc.Command, j.Doc.Script, j.Doc.Env, j.Doc.Resources.Cpu,
+                        j.Doc.Resources.MemoryMiB, j.Doc.Tasks, j.Doc.TimeLimitSeconds, j.Record.GroupId!, epoch)).ToList();
+                var left = deadline - _time.GetUtcNow();
+                if (leased.Count > 0 || left <= TimeSpan.Zero)
+                {
+                    return leased;
+                }
+
+                if (p.Wake.Task.IsCompleted)
+                {
+                    p.Wake = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                }
+
+                wake = p.Wake.Task;
+            }
+
+            try
+            {
+                await wake.WaitAsync(deadline - _time.GetUtcNow(), _time, ct);
+            }
+            catch (TimeoutException)
+            {
+                // Deadline reached: loop once more and return what there is.
+            }
+        }
+    }
+
+    /// <summary>An agent's report of a state change of one of its jobs (fenced by the epoch).</summary>
+    public async Task<JobRecord> ReportAsync(long providerId, long epoch, long jobId, string state, int? exitCode, string? message)
+    {
+        LiveJob? live;
+        lock (_gate)
+        {
+            _jobs.TryGetValue(jobId, out live);
+        }
+
+        var now = NowMs;
+        if (state == JobStates.Running)
+        {
+            var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Leased], JobStates.Running, message ?? "started")
+            {
+                RequireEpoch = epoch, RequireProvider = providerId, StartedMs = now, AtMs = now,
+            });
+            Update(live, rec, JobStates.Leased);
+            return rec;
+        }
+
+        if (state is not (JobStates.Succeeded or JobStates.Failed))
+        {
+            throw new ArgumentException($"state: agents report running, succeeded or failed, not '{state}'");
+        }
+
+        var current = live?.Record ?? await _store.GetJobAsync(jobId) ?? throw new StoreConflictException("not_found", $"job {jobId} does not exist");
+        var usage = UsageOf(current, live, now);
+        if (current.State == JobStates.Cancelled)
+        {
+            // The process of a cancelled job ended: meter it and free its resources.
+            var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Cancelled], JobStates.Cancelled, $"process stopped (exit {exitCode})")
+            {
+                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage,
+            });
+            ReleaseCancelled(jobId);
+            return rec;
+        }
+
+        var retry = state == JobStates.Failed && live is not null && live.Doc.Retry.OnFailure && current.Attempt < current.MaxAttempts;
+        var t = new Transition(jobId, [JobStates.Leased, JobStates.Running], retry ? JobStates.Queued : state,
+            retry ? $"failed with exit {exitCode}; retry {current.Attempt + 1}/{current.MaxAttempts}" : message ?? $"exit {exitCode}")
+        {
+            RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Requeue = retry,
+            EndedMs = retry ? null : now, ExitCode = retry ? null : exitCode, StartedMs = current.StartedMs is null ? now : null,
+        };
+        var done = await _store.ApplyAsync(t);
+        Finish(live, done, current.State);
+        return done;
+    }
+
+    private UsageRecord? UsageOf(JobRecord j, LiveJob? live, long now)
+    {
+        if (j.ProviderId is not { } provider || live?.Allocation is not { } alloc || j.GroupId is null)
+        {
+            return null;
+        }
+
+        string? model = null;
+        lock (_gate)
+        {
+            if (_providers.TryGetValue(provider, out var p))
+            {
+                model = p.Record.Groups.FirstOrDefault(g => g.Id == j.GroupId)?.Accelerator;
+            }
+        }
+
+        var started = j.StartedMs ?? now;
+        return new UsageRecord(j.Id, j.Attempt, j.TenantId, provider, j.GroupId, model, live.Doc.Resources.AcceleratorCount * live.Doc.Tasks,
+            alloc.GpuMilli, alloc.MilliCpu, live.Doc.Resources.MemoryMiB * live.Doc.Tasks, started, Math.Max(started, now));
+    }
+
+    private void Update(LiveJob? live, JobRecord rec, string from)
+    {
+        if (live is not null)
+        {
+            lock (_gate)
+            {
+                live.Record = rec;
+            }
+        }
+
+        _metrics.Transition(from, rec.State);
+    }
+
+    /// <summary>After a final or requeue transition: frees resources, charges fair share, drops or requeues the job.</summary>
+    private void Finish(LiveJob? live, JobRecord rec, string from)
+    {
+        if (live is not null)
+        {
+            lock (_gate)
+            {
+                if (live.Allocation is not null && live.Record.StartedMs is { } s)
+                {
+                    var poolCpu = _pool?.Groups.Sum(g => (double)g.Shape.MilliCpu * g.NodeCount) ?? 1;
+                    var poolGpu = _pool?.Groups.Sum(g => 1000.0 * g.Shape.AcceleratorCount * g.NodeCount) ?? 1;
+                    var share = FairShareLedger.DominantShare(live.Spec, Math.Max(1, poolCpu), Math.Max(1, poolGpu));
+                    _fairShare.Charge(live.Spec.Tenant, share * Math.Max(0, (NowMs - s) / 1000), NowMs / 1000);
+                }
+
+                ReleaseLocked(live);
+                if (rec.State == JobStates.Queued)
+                {
+                    _jobs[rec.Id] = ToLive(rec);
+                }
+                else
+                {
+                    _jobs.Remove(rec.Id);
+                }
+            }
+        }
+
+        _metrics.Transition(from, rec.State);
+        Wake();
+    }
+
+    private void ReleaseLocked(LiveJob j)
+    {
+        if (j.Allocation is not null && _state is not null && _pool is not null && j.PoolGroup is not null
+            && _pool.Groups.Count > j.Allocation.Group && _pool.Groups[j.Allocation.Group].Id == j.PoolGroup)
+        {
+            _state.Release(j.Allocation);
+        }
+
+        j.Allocation = null;
+    }
+
+    /// <summary>Appends agent output to a job's log (only the provider holding the job, under its epoch).</summary>
+    public async Task AppendLogAsync(long providerId, long epoch, long jobId, string data)
+    {
+        lock (_gate)
+        {
+            if (!_jobs.TryGetValue(jobId, out var j) || j.Record.ProviderId != providerId || j.Record.Epoch != epoch)
+            {
+                throw new StoreConflictException("stale_epoch", $"job {jobId} is not held by this provider under epoch {epoch}");
+            }
+        }
+
+        await _store.AppendLogAsync(jobId, data);
+    }
+
+    /// <summary>Moves a leased or running job of a lost provider back to the queue, or to lost when no attempt is left.</summary>
+    private async Task HandleLostAsync(long jobId, string why)
+    {
+        LiveJob? live;
+        lock (_gate)
+        {
+            _jobs.TryGetValue(jobId, out live);
+        }
+
+        var current = live?.Record ?? await _store.GetJobAsync(jobId);
+        if (current is null || JobStates.IsTerminal(current.State) && current.State != JobStates.Cancelled)
+        {
+            return;
+        }
+
+        var now = NowMs;
+        if (current.State == JobStates.Cancelled)
+        {
+            ReleaseCancelled(jobId);
+            return;
+        }
+
+        var retry = current.Attempt < current.MaxAttempts;
+        try
+        {
+            var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Leased, JobStates.Running], retry ? JobStates.Queued : JobStates.Lost,
+                retry ? $"lost: {why}; retry {current.Attempt + 1}/{current.MaxAttempts}" : $"lost: {why}; no attempt left")
+            {
+                AtMs = now, Requeue = retry, EndedMs = retry ? null : now, Reason = retry ? null : "provider lost", Usage = UsageOf(current, live, now),
+            });
+            Finish(live, rec, current.State);
+        }
+        catch (StoreConflictException e)
+        {
+            if (_log.IsEnabled(LogLevel.Debug))
+            {
+                _log.LogDebug(e, "lost handling of job {Job} skipped", jobId);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ scheduling loop
+
+    /// <summary>Wakes the scheduling loop.</summary>
+    public void Wake()
+    {
+        if (_wake.CurrentCount == 0)
+        {
+            try
+            {
+                _wake.Release();
+            }
+            catch (SemaphoreFullException)
+            {
+                // Already awake.
+            }
+        }
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await _wake.WaitAsync(Options.CycleInterval, stoppingToken);
+                await DetectLostAsync();
+                await CycleAsync();
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+            catch (Exception e) when (e is StoreConflictException or InvalidOperationException or ArgumentException)
+            {
+                _log.LogError(e, "scheduling cycle failed");
+            }
+        }
+    }
+
+    private async Task DetectLostAsync()
+    {
+        var now = NowMs;
+        List<LiveProvider> lost;
+        lock (_gate)
+        {
+            lost = [.. _providers.Values.Where(p => p.Record.State == ProviderStates.Ready && now - p.LastHeartbeatMs > Options.LostAfter.TotalMilliseconds)];
+        }
+
+        foreach (var p in lost)
+        {
+            await _store.MarkProviderLostAsync(p.Record.Id, p.Record.Epoch, now);
+            List<long> held;
+            lock (_gate)
+            {
+                p.Record = p.Record with { State = ProviderStates.Lost };
+                p.Wake.TrySetResult();
+                held = [.. _jobs.Values.Where(j => j.Record.ProviderId == p.Record.Id && j.Record.State is JobStates.Leased or JobStates.Running or JobStates.Cancelled).Select(j => j.Record.Id)];
+            }
+
+            if (_log.IsEnabled(LogLevel.Warning))
+            {
+                _log.LogWarning("provider {Provider} lost: no heartbeat for {Seconds:F0} s; {Jobs} jobs affected", p.Record.Name, (now - p.LastHeartbeatMs) / 1000.0, held.Count);
+            }
+
+            foreach (var id in held)
+            {
+                await HandleLostAsync(id, $"provider {p.Record.Name} stopped heartbeating");
+            }
+
+            lock (_gate)
+            {
+                _poolDirty = true;
+            }
+        }
+    }
+
+    private void RebuildPoolLocked()
+    {
+        var ready = _providers.Values.Where(p => p.Record.State == ProviderStates.Ready && p.Record.Groups.Count > 0).OrderBy(p => p.Record.Id).ToList();
+        var providers = ready.Select(p => new Provider(p.Record.Name, p.Record.Region, p.Record.Name)).ToList();
+        var groups = ready.SelectMany(p => p.Record.Groups.Select(g => new NodeGroup($"{p.Record.Name}/{g.Id}", p.Record.Name,
+            new NodeShape(g.MilliCpu, g.MemoryMiB, g.Accelerator, g.Accelerators, g.GpuSharing), g.Nodes, g.PricePerNodeHour))).ToList();
+        _pool = new Pool(providers, groups);
+        _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, backfill: Options.Backfill)) : null;
+        _state = new ClusterState(_pool);
+        var index = groups.Select((g, i) => (g.Id, i)).ToDictionary(x => x.Id, x => x.i, StringComparer.Ordinal);
+        foreach (var j in _jobs.Values)
+        {
+            if (j.Record.Allocation is null || j.Record.State is not (JobStates.Leased or JobStates.Running or JobStates.Cancelled))
+            {
+                j.Allocation = null;
+                continue;
+            }
+
+            var (group, slices) = DecodeAllocation(j.Record.Allocation);
+            if (index.TryGetValue(group, out var gi) && slices.All(s => s.Node < groups[gi].NodeCount))
+            {
+                j.Allocation = new Allocation(gi, slices);
+                j.PoolGroup = group;
+                _state.Allocate(j.Allocation);
+            }
+            else
+            {
+                j.Allocation = null;
+            }
+        }
+
+        _poolDirty = false;
+    }
+
+    private static string EncodeAllocation(string group, Allocation a) =>
+        JsonSerializer.Serialize(new { group, slices = a.Slices.Select(s => new[] { s.Node, s.MilliCpu, s.MemoryMiB, (long)s.DeviceMask, s.GpuMilli, s.Kind }) }, Json);
+
+    private static (string Group, Slice[] Slices) DecodeAllocation(string json)
+    {
+        using var d = JsonDocument.Parse(json);
+        var group = d.RootElement.GetProperty("group").GetString()!;
+        var slices = d.RootElement.GetProperty("slices").EnumerateArray().Select(s =>
+        {
+            var v = s.EnumerateArray().Select(x => x.GetInt64()).ToArray();
+            return new Slice((int)v[0], v[1], v[2], (ulong)v[3], (int)v[4], (int)v[5]);
+        }).ToArray();
+        return (group, slices);
+    }
+
+    /// <summary>One scheduling cycle: the core decides, the store makes each lease durable, agents are woken.</summary>
+    public async Task CycleAsync()
+    {
+        var t0 = Stopwatch.GetTimestamp();
+        List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch)> leases = [];
+        lock (_gate)
+        {
+            if (_poolDirty)
+            {
+                RebuildPoolLocked();
+            }
+
+            var pending = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null).Select(j => j.Spec).ToList();
+            _metrics.QueueDepth(pending.Count);
+            if (pending.Count == 0 || _scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
+            {
+                return;
+            }
+
+            var running = _jobs.Values.Where(j => j.Allocation is not null)
+                .Select(j => new RunningJob(j.Spec, (j.Record.StartedMs ?? NowMs) / 1000, j.Allocation!)).ToList();
+            var tenants = _tenants.Values.ToDictionary(t => t.Id.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                t => new Tenant(t.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), [t.Sector], t.Weight));
+            var result = _scheduler.RunCycle(new CycleInput(NowMs / 1000, pending, running, tenants, _fairShare), _state);
+            _waits = result.Waiting;
+            foreach (var placed in result.Started)
+            {
+                var live = _jobs[placed.Job.Id];
+                var group = _pool.Groups[placed.Allocation.Group];
+                var provider = _providers.Values.First(p => p.Record.Name == group.ProviderId);
+                live.Allocation = placed.Allocation;
+                live.PoolGroup = group.Id;
+                _scheduler.Forget(placed.Job);
+                leases.Add((live, placed.Allocation, group, provider.Record.Id, provider.Record.Epoch));
+            }
+        }
+
+        var now = NowMs;
+        var writes = leases.Select(async l =>
+        {
+            var localGroup = l.Group.Id[(l.Group.ProviderId.Length + 1)..];
+            try
+            {
+                var rec = await _store.ApplyAsync(new Transition(l.Job.Record.Id, [JobStates.Queued], JobStates.Leased, $"leased to {l.Group.Id} (epoch {l.Epoch})")
+                {
+                    Lease = (l.ProviderId, localGroup, l.Epoch, EncodeAllocation(l.Group.Id, l.Alloc)), AtMs = now,
+                });
+                lock (_gate)
+                {
+                    l.Job.Record = rec;
+                    if (_providers.TryGetValue(l.ProviderId, out var p))
+                    {
+                        p.Wake.TrySetResult();
+                    }
+                }
+
+                _metrics.Transition(JobStates.Queued, JobStates.Leased);
+            }
+            catch (StoreConflictException)
+            {
+                // Cancelled meanwhile: give the resources back.
+                lock (_gate)
+                {
+                    ReleaseLocked(l.Job);
+                    if (l.Job.Record.State == JobStates.Queued)
+                    {
+                        _jobs.Remove(l.Job.Record.Id);
+                    }
+                }
+            }
+        });
+        await Task.WhenAll(writes);
+        _metrics.Cycle(Stopwatch.GetElapsedTime(t0).TotalSeconds, leases.Count);
+    }
+
+    /// <summary>Why a job waits (or where it could run), in words.</summary>
+    public IReadOnlyList<string> Explain(JobRecord job)
+    {
+        lock (_gate)
+        {
+            if (JobStates.IsTerminal(job.State))
+            {
+                return [$"job is {job.State}" + (job.Reason is null ? "" : $": {job.Reason}")];
+            }
+
+            if (job.State is JobStates.Leased or JobStates.Running)
+            {
+                return [$"job is {job.State} on provider {job.ProviderId} group {job.GroupId} (epoch {job.Epoch})"];
+            }
+
+            if (_scheduler is null || _state is null || !_jobs.TryGetValue(job.Id, out var live))
+            {
+                return ["no provider with capacity has registered yet"];
+            }
+
+            WaitReason? reason = _waits.TryGetValue(job.Id, out var w) ? w : null;
+            return _scheduler.Explain(live.Spec, _state, reason);
+        }
+    }
+
+    /// <summary>Converts usage rows into standard units.</summary>
+    public StandardQuantity Standard(UsageRecord u) =>
+        StandardUnits.Convert(new ResourceUsage(Math.Max(0, (u.EndedMs - u.StartedMs) / 1000), u.MilliCpu, u.GpuMilli, u.Model), Catalogue);
+
+    /// <summary>Provider names by id (for usage grouping).</summary>
+    public IReadOnlyDictionary<long, string> ProviderNames()
+    {
+        lock (_gate)
+        {
+            return _providers.ToDictionary(p => p.Key, p => p.Value.Record.Name);
+        }
+    }
+
+    /// <summary>Tenants by id.</summary>
+    public IReadOnlyDictionary<long, TenantRecord> Tenants()
+    {
+        lock (_gate)
+        {
+            return new Dictionary<long, TenantRecord>(_tenants);
+        }
+    }
+
+    /// <summary>Leased and running jobs per provider (for the provider list).</summary>
+    public IReadOnlyDictionary<long, int> ActiveByProvider()
+    {
+        lock (_gate)
+        {
+            return _jobs.Values.Where(j => j.Record.ProviderId is not null && j.Record.State is JobStates.Leased or JobStates.Running)
+                .GroupBy(j => j.Record.ProviderId!.Value).ToDictionary(g => g.Key, g => g.Count());
+        }
+    }
+}

@@ -1,0 +1,449 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Suanli.Core.Domain;
+using YamlDotNet.Serialization;
+
+namespace Suanli.Server;
+
+/// <summary>A field that broke a rule.</summary>
+public sealed record FieldError(string Field, string Rule, string Message);
+
+/// <summary>A request body that broke one or more rules; nothing was stored.</summary>
+public sealed class ValidationException(IReadOnlyList<FieldError> errors)
+    : Exception(string.Join("; ", errors.Select(e => $"{e.Field}: {e.Message}")))
+{
+    public IReadOnlyList<FieldError> Errors { get; } = errors;
+}
+
+/// <summary>Resources of one task.</summary>
+public sealed record JobResources(decimal Cpu, long MemoryMiB, IReadOnlyList<string> Accelerators, int AcceleratorCount, int GpuMilli);
+
+/// <summary>Retry policy: attempts in all (1 = no retry); a failed exit is retried only with <see cref="OnFailure"/>.</summary>
+public sealed record RetryPolicy(int MaxAttempts, bool OnFailure);
+
+/// <summary>
+/// A validated job document (docs/job-spec.md). Parsing is strict: unknown fields, wrong types and out-of-range values
+/// are errors naming the field and the rule.
+/// </summary>
+public sealed record JobDocument(
+    string Name,
+    IReadOnlyList<string>? Command,
+    string? Script,
+    IReadOnlyDictionary<string, string> Env,
+    JobResources Resources,
+    int Tasks,
+    long TimeLimitSeconds,
+    int PriorityClass,
+    RetryPolicy Retry,
+    JobConstraints Constraints,
+    decimal? Budget,
+    string? Tenant)
+{
+    public const int MaxNameLength = 128;
+    public const int MaxBodyBytes = 1 << 20;
+    public const long MaxTimeLimitSeconds = 366L * 24 * 3600;
+    private static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web) { WriteIndented = false };
+
+    /// <summary>Named priority classes.</summary>
+    public static IReadOnlyDictionary<string, int> PriorityClasses { get; } = new Dictionary<string, int>
+    {
+        ["low"] = 0, ["normal"] = 1, ["high"] = 2, ["urgent"] = 3,
+    };
+
+    private static readonly HashSet<string> TopFields = ["name", "command", "script", "env", "resources", "tasks", "timeLimitSeconds", "priority", "retry", "constraints", "budget", "tenant"];
+
+    /// <summary>Parses YAML or JSON (JSON is YAML; a body starting with '{' is read as JSON for exact error positions).</summary>
+    public static JobDocument Parse(string text, AcceleratorCatalogue catalogue)
+    {
+        JsonNode? node;
+        try
+        {
+            node = text.TrimStart().StartsWith('{') ? JsonNode.Parse(text) : YamlToJson(text);
+        }
+        catch (JsonException e)
+        {
+            throw new ValidationException([new FieldError("$", "syntax", $"malformed JSON: {e.Message}")]);
+        }
+        catch (YamlDotNet.Core.YamlException e)
+        {
+            throw new ValidationException([new FieldError("$", "syntax", $"malformed YAML at line {e.Start.Line}: {e.Message}")]);
+        }
+
+        if (node is not JsonObject obj)
+        {
+            throw new ValidationException([new FieldError("$", "type", "the job must be an object")]);
+        }
+
+        return FromJson(obj, catalogue);
+    }
+
+    private static JsonNode? YamlToJson(string text)
+    {
+        var yaml = new DeserializerBuilder().WithAttemptingUnquotedStringTypeDeserialization().Build().Deserialize<object?>(text);
+        return JsonSerializer.SerializeToNode(Normalize(yaml));
+    }
+
+    private static object? Normalize(object? o) => o switch
+    {
+        IDictionary<object, object?> d => d.ToDictionary(kv => Convert.ToString(kv.Key, CultureInfo.InvariantCulture) ?? "", kv => Normalize(kv.Value)),
+        IList<object?> l => l.Select(Normalize).ToList(),
+        _ => o,
+    };
+
+    /// <summary>The canonical JSON of this document (stored with the job).</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, Web);
+
+    /// <summary>Reads a stored canonical document back (trusted input).</summary>
+    public static JobDocument FromStored(string json) => JsonSerializer.Deserialize<JobDocument>(json, Web)!;
+
+    /// <summary>Task resources in the core's units.</summary>
+    public TaskResources ToTask() => new((long)(Resources.Cpu * 1000), Resources.MemoryMiB, Resources.AcceleratorCount,
+        Resources.AcceleratorCount > 0 ? Resources.GpuMilli : 0, Resources.Accelerators.Count > 0 ? Resources.Accelerators : null);
+
+    private static JobDocument FromJson(JsonObject o, AcceleratorCatalogue catalogue)
+    {
+        var errors = new List<FieldError>();
+        foreach (var (k, _) in o)
+        {
+            if (!TopFields.Contains(k))
+            {
+                errors.Add(new FieldError(k, "unknown", $"unknown field '{Clip(k)}'; allowed: {string.Join(", ", TopFields)}"));
+            }
+        }
+
+        var name = Str(o, "name", errors, required: true, max: MaxNameLength);
+        if (name is not null)
+        {
+            CheckName(name, "name", errors);
+        }
+
+        List<string>? command = null;
+        if (o["command"] is { } cmdNode)
+        {
+            if (cmdNode is not JsonArray arr || arr.Count == 0 || arr.Count > 256)
+            {
+                errors.Add(new FieldError("command", "type", "must be a list of 1 to 256 strings (argv)"));
+            }
+            else
+            {
+                command = [];
+                for (var i = 0; i < arr.Count; i++)
+                {
+                    if (arr[i] is JsonValue v && v.TryGetValue<string>(out var s) && s.Length <= 4096 && !s.Contains('\0', StringComparison.Ordinal))
+                    {
+                        command.Add(s);
+                    }
+                    else
+                    {
+                        errors.Add(new FieldError($"command[{i}]", "type", "must be a string of at most 4096 characters without NUL"));
+                    }
+                }
+            }
+        }
+
+        var script = Str(o, "script", errors, required: false, max: 65536);
+        if (command is null && script is null && o["command"] is null)
+        {
+            errors.Add(new FieldError("command", "required", "give either command (argv list) or script"));
+        }
+        else if (o["command"] is not null && script is not null)
+        {
+            errors.Add(new FieldError("script", "exclusive", "give either command or script, not both"));
+        }
+
+        var env = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (o["env"] is { } envNode)
+        {
+            if (envNode is not JsonObject envObj || envObj.Count > 128)
+            {
+                errors.Add(new FieldError("env", "type", "must be a map of at most 128 NAME: value entries"));
+            }
+            else
+            {
+                foreach (var (k, v) in envObj)
+                {
+                    if (!IsEnvName(k))
+                    {
+                        errors.Add(new FieldError($"env.{Clip(k)}", "format", "names are letters, digits and '_', not starting with a digit, at most 128 characters"));
+                    }
+                    else if (v is JsonValue jv && (jv.TryGetValue<string>(out var sv) || (sv = jv.ToJsonString()) is not null) && sv.Length <= 32768 && !sv.Contains('\0', StringComparison.Ordinal))
+                    {
+                        env[k] = sv;
+                    }
+                    else
+                    {
+                        errors.Add(new FieldError($"env.{k}", "type", "must be a scalar of at most 32768 characters without NUL"));
+                    }
+                }
+            }
+        }
+
+        var resources = ParseResources(o["resources"], catalogue, errors);
+        var tasks = (int)Int(o, "tasks", errors, 1, 1024, defaultValue: 1);
+        var limit = Int(o, "timeLimitSeconds", errors, 1, MaxTimeLimitSeconds, required: true);
+        var priority = 1;
+        if (o["priority"] is { } pNode)
+        {
+            if (pNode is JsonValue pv && pv.TryGetValue<string>(out var ps) && PriorityClasses.TryGetValue(ps, out var pc))
+            {
+                priority = pc;
+            }
+            else
+            {
+                errors.Add(new FieldError("priority", "enum", $"must be one of {string.Join(", ", PriorityClasses.Keys)}"));
+            }
+        }
+
+        var retry = new RetryPolicy(1, false);
+        if (o["retry"] is { } rNode)
+        {
+            if (rNode is not JsonObject r)
+            {
+                errors.Add(new FieldError("retry", "type", "must be an object {maxAttempts, onFailure}"));
+            }
+            else
+            {
+                Unknown(r, "retry", ["maxAttempts", "onFailure"], errors);
+                retry = new RetryPolicy((int)Int(r, "maxAttempts", errors, 1, 10, defaultValue: 1, path: "retry."), Bool(r, "onFailure", errors, "retry."));
+            }
+        }
+
+        var constraints = ParseConstraints(o["constraints"], errors);
+        decimal? budget = null;
+        if (o["budget"] is { } bNode)
+        {
+            if (bNode is JsonValue bv && bv.TryGetValue<decimal>(out var b) && b >= 0 && b <= 1_000_000_000m)
+            {
+                budget = b;
+            }
+            else
+            {
+                errors.Add(new FieldError("budget", "range", "must be a number from 0 to 1000000000 (CNY)"));
+            }
+        }
+
+        var tenant = Str(o, "tenant", errors, required: false, max: MaxNameLength);
+        if (errors.Count > 0)
+        {
+            throw new ValidationException(errors);
+        }
+
+        return new JobDocument(name!, command, script, env, resources!, tasks, limit, priority, retry, constraints, budget, tenant);
+    }
+
+    private static JobResources? ParseResources(JsonNode? node, AcceleratorCatalogue catalogue, List<FieldError> errors)
+    {
+        if (node is not JsonObject r)
+        {
+            errors.Add(new FieldError("resources", node is null ? "required" : "type", "must be an object {cpu, memoryMiB, accelerator, accelerators}"));
+            return null;
+        }
+
+        Unknown(r, "resources", ["cpu", "memoryMiB", "accelerator", "accelerators", "gpuShare"], errors);
+        decimal cpu = 0;
+        if (r["cpu"] is JsonValue cv && cv.TryGetValue<decimal>(out cpu) && cpu > 0 && cpu <= 4096 && cpu * 1000 == decimal.Truncate(cpu * 1000))
+        {
+            // ok
+        }
+        else
+        {
+            errors.Add(new FieldError("resources.cpu", r["cpu"] is null ? "required" : "range", "must be a number of cores above 0 and at most 4096, in steps of 0.001"));
+        }
+
+        var mem = Int(r, "memoryMiB", errors, 1, 64L * 1024 * 1024, required: true, path: "resources.");
+        var models = new List<string>();
+        switch (r["accelerator"])
+        {
+            case null:
+                break;
+            case JsonValue v when v.TryGetValue<string>(out var m):
+                models.Add(m);
+                break;
+            case JsonArray a:
+                foreach (var x in a)
+                {
+                    if (x is JsonValue xv && xv.TryGetValue<string>(out var xm))
+                    {
+                        models.Add(xm);
+                    }
+                    else
+                    {
+                        errors.Add(new FieldError("resources.accelerator", "type", "must be a model name or a list of model names"));
+                    }
+                }
+
+                break;
+            default:
+                errors.Add(new FieldError("resources.accelerator", "type", "must be a model name or a list of model names"));
+                break;
+        }
+
+        foreach (var m in models)
+        {
+            if (!catalogue.Contains(m))
+            {
+                errors.Add(new FieldError("resources.accelerator", "known", $"unknown accelerator '{Clip(m)}'; known: {string.Join(", ", catalogue.Models.Select(x => x.Name))}"));
+            }
+        }
+
+        var count = (int)Int(r, "accelerators", errors, 0, 64, defaultValue: models.Count > 0 ? 1 : 0, path: "resources.");
+        var share = (int)Int(r, "gpuShare", errors, 1, 1000, defaultValue: 1000, path: "resources.");
+        if (share < 1000 && count != 1)
+        {
+            errors.Add(new FieldError("resources.gpuShare", "range", "a card share below 1000 milli needs exactly one accelerator"));
+        }
+
+        return new JobResources(cpu, mem, models, count, share);
+    }
+
+    private static JobConstraints ParseConstraints(JsonNode? node, List<FieldError> errors)
+    {
+        if (node is null)
+        {
+            return JobConstraints.None;
+        }
+
+        if (node is not JsonObject c)
+        {
+            errors.Add(new FieldError("constraints", "type", "must be an object"));
+            return JobConstraints.None;
+        }
+
+        Unknown(c, "constraints", ["regions", "providers", "userRegion", "maxLatencyMs", "dataRegion"], errors);
+        List<string>? List(string field)
+        {
+            if (c[field] is null)
+            {
+                return null;
+            }
+
+            if (c[field] is JsonArray a && a.Count <= 64 && a.All(x => x is JsonValue v && v.TryGetValue<string>(out var s) && s.Length is > 0 and <= MaxNameLength))
+            {
+                return [.. a.Select(x => x!.GetValue<string>())];
+            }
+
+            errors.Add(new FieldError($"constraints.{field}", "type", $"must be a list of at most 64 names of 1 to {MaxNameLength} characters"));
+            return null;
+        }
+
+        var latency = c["maxLatencyMs"] is null ? (int?)null : (int)Int(c, "maxLatencyMs", errors, 1, 100_000, path: "constraints.");
+        return new JobConstraints(List("regions"), List("providers"), Str(c, "userRegion", errors, false, MaxNameLength, "constraints."), latency,
+            Str(c, "dataRegion", errors, false, MaxNameLength, "constraints."));
+    }
+
+    private static void Unknown(JsonObject o, string path, string[] allowed, List<FieldError> errors)
+    {
+        foreach (var (k, _) in o)
+        {
+            if (!allowed.Contains(k))
+            {
+                errors.Add(new FieldError($"{path}.{Clip(k)}", "unknown", $"unknown field; allowed: {string.Join(", ", allowed)}"));
+            }
+        }
+    }
+
+    private static string? Str(JsonObject o, string field, List<FieldError> errors, bool required, int max, string path = "")
+    {
+        var node = o[field];
+        if (node is null)
+        {
+            if (required)
+            {
+                errors.Add(new FieldError(path + field, "required", "is required"));
+            }
+
+            return null;
+        }
+
+        if (node is JsonValue v && v.TryGetValue<string>(out var s))
+        {
+            if (s.Length == 0 || s.Length > max)
+            {
+                errors.Add(new FieldError(path + field, "length", $"must be 1 to {max} characters"));
+                return null;
+            }
+
+            return s;
+        }
+
+        errors.Add(new FieldError(path + field, "type", "must be a string"));
+        return null;
+    }
+
+    private static long Int(JsonObject o, string field, List<FieldError> errors, long min, long max, long defaultValue = 0, bool required = false, string path = "")
+    {
+        var node = o[field];
+        if (node is null)
+        {
+            if (required)
+            {
+                errors.Add(new FieldError(path + field, "required", "is required"));
+            }
+
+            return defaultValue;
+        }
+
+        if (node is JsonValue v && v.TryGetValue<decimal>(out var d) && d == decimal.Truncate(d) && d >= min && d <= max)
+        {
+            return (long)d;
+        }
+
+        errors.Add(new FieldError(path + field, "range", $"must be a whole number from {min} to {max}"));
+        return defaultValue;
+    }
+
+    private static bool Bool(JsonObject o, string field, List<FieldError> errors, string path)
+    {
+        var node = o[field];
+        if (node is null)
+        {
+            return false;
+        }
+
+        if (node is JsonValue v && v.TryGetValue<bool>(out var b))
+        {
+            return b;
+        }
+
+        errors.Add(new FieldError(path + field, "type", "must be true or false"));
+        return false;
+    }
+
+    private static bool IsEnvName(string k) =>
+        k.Length is > 0 and <= 128 && (char.IsAsciiLetter(k[0]) || k[0] == '_') && k.All(ch => char.IsAsciiLetterOrDigit(ch) || ch == '_');
+
+    /// <summary>
+    /// Names: letters and digits of any script (so Chinese names work), and '-', '_', '.', ' ' inside; no control,
+    /// format (zero-width, bidi override), surrogate-less or combining-only tricks; normalised form C.
+    /// </summary>
+    public static void CheckName(string name, string field, List<FieldError> errors)
+    {
+        if (!name.IsNormalized(NormalizationForm.FormC))
+        {
+            errors.Add(new FieldError(field, "format", "must be in Unicode normalisation form C"));
+            return;
+        }
+
+        if (name.Trim() != name)
+        {
+            errors.Add(new FieldError(field, "format", "must not start or end with white space"));
+            return;
+        }
+
+        foreach (var rune in name.EnumerateRunes())
+        {
+            var cat = Rune.GetUnicodeCategory(rune);
+            var ok = Rune.IsLetterOrDigit(rune) || rune.Value is '-' or '_' or '.' or ' '
+                || cat is UnicodeCategory.NonSpacingMark or UnicodeCategory.SpacingCombiningMark;
+            if (!ok)
+            {
+                errors.Add(new FieldError(field, "format", $"character U+{rune.Value:X4} is not allowed; use letters, digits, '-', '_', '.', and inner spaces"));
+                return;
+            }
+        }
+    }
+
+    private static string Clip(string s) => s.Length <= 40 ? s : s[..40] + "…";
+}

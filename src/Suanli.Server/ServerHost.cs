@@ -1,0 +1,124 @@
+using System.Diagnostics;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Diagnostics;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Prometheus;
+using Scalar.AspNetCore;
+using Suanli.Server.Storage;
+
+namespace Suanli.Server;
+
+/// <summary>Where the server listens and keeps its data.</summary>
+public sealed record ServerOptions(string Urls, string DataDir, ControlPlaneOptions ControlPlane, LogLevel LogLevel = LogLevel.Warning);
+
+/// <summary>Builds and starts the control plane web application.</summary>
+public static class ServerHost
+{
+    /// <summary>The operator key file under the data directory.</summary>
+    public const string AdminKeyFile = "admin.key";
+
+    /// <summary>Builds the app: opens (and migrates) the store, recovers state, ensures an operator key exists.</summary>
+    public static async Task<WebApplication> BuildAsync(ServerOptions options)
+    {
+        Directory.CreateDirectory(options.DataDir);
+        var store = SqliteStore.Open(Path.Combine(options.DataDir, "suanli.db"));
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.WebHost.UseUrls(options.Urls);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Limits.MaxRequestBodySize = 2 * JobDocument.MaxBodyBytes;
+            k.AddServerHeader = false;
+        });
+        builder.Logging.SetMinimumLevel(options.LogLevel);
+        var metrics = new ServerMetrics();
+        builder.Services.AddSingleton<IControlStore>(store);
+        builder.Services.AddSingleton(TimeProvider.System);
+        builder.Services.AddSingleton(metrics);
+        builder.Services.AddSingleton(options.ControlPlane);
+        builder.Services.AddSingleton<ControlPlane>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<ControlPlane>());
+        builder.Services.AddSingleton<KeyService>();
+        builder.Services.AddProblemDetails();
+        builder.Services.AddOpenApi(o => o.AddDocumentTransformer((doc, _, _) =>
+        {
+            doc.Info.Title = "Suanli control plane";
+            doc.Info.Description = "Tenants submit jobs; provider agents lease and run them. Errors are RFC 9457 problems with a stable code.";
+            return Task.CompletedTask;
+        }));
+        builder.Services.ConfigureHttpJsonOptions(j => j.SerializerOptions.PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.CamelCase);
+
+        var app = builder.Build();
+        var latency = Metrics.WithCustomRegistry(metrics.Registry).CreateHistogram("suanli_api_request_duration_seconds", "API request latency.",
+            new HistogramConfiguration { LabelNames = ["method", "route", "status"], Buckets = Histogram.ExponentialBuckets(0.0002, 2, 16) });
+        app.UseExceptionHandler(e => e.Run(async ctx =>
+        {
+            var ex = ctx.Features.Get<IExceptionHandlerFeature>()?.Error;
+            var result = ex is BadHttpRequestException { StatusCode: 413 }
+                ? Problems.Of(413, "body_too_large", $"body: at most {JobDocument.MaxBodyBytes} bytes")
+                : ex is BadHttpRequestException b ? Problems.Of(b.StatusCode, "bad_request", b.Message)
+                : Problems.Of(500, "internal", "internal error; see the server log");
+            await result.ExecuteAsync(ctx);
+        }));
+        app.Use(async (ctx, next) =>
+        {
+            var t0 = Stopwatch.GetTimestamp();
+            await next(ctx);
+            var route = (ctx.GetEndpoint() as RouteEndpoint)?.RoutePattern.RawText ?? "unmatched";
+            latency.WithLabels(ctx.Request.Method, route, ctx.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture))
+                .Observe(Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        });
+
+        app.MapOpenApi("/openapi/{documentName}.json");
+        app.MapScalarApiReference("/docs", o => o.WithTitle("Suanli API").WithOpenApiRoutePattern("/openapi/{documentName}.json"));
+        app.MapGet("/healthz", () => Results.Text("ok")).ExcludeFromDescription();
+        var ready = false;
+        app.MapGet("/readyz", () => ready ? Results.Text("ready") : Results.Text("recovering", statusCode: 503)).ExcludeFromDescription();
+        app.MapGet("/metrics", async ctx =>
+        {
+            ctx.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+            await metrics.Registry.CollectAndExportAsTextAsync(ctx.Response.Body, ctx.RequestAborted);
+        }).ExcludeFromDescription();
+        Endpoints.Map(app);
+
+        await app.Services.GetRequiredService<ControlPlane>().RecoverAsync();
+        await EnsureAdminKeyAsync(app.Services.GetRequiredService<KeyService>(), store, options.DataDir);
+        ready = true;
+        return app;
+    }
+
+    private static async Task EnsureAdminKeyAsync(KeyService keys, IControlStore store, string dataDir)
+    {
+        var path = Path.Combine(dataDir, AdminKeyFile);
+        if (File.Exists(path) && await store.FindKeyAsync(KeyService.Hash((await File.ReadAllTextAsync(path)).Trim())) is not null)
+        {
+            return;
+        }
+
+        var (_, secret) = await keys.CreateAsync(Roles.Operator, null, null);
+        await WriteSecretAsync(path, secret);
+    }
+
+    /// <summary>Writes a secret to a file readable only by its owner (mode 0600, set before the secret is written).</summary>
+    public static async Task WriteSecretAsync(string path, string secret)
+    {
+        var tmp = path + ".tmp";
+        var fo = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            fo.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+
+        await using (var f = new FileStream(tmp, fo))
+        {
+            await f.WriteAsync(System.Text.Encoding.UTF8.GetBytes(secret + "\n"));
+            f.Flush(true);
+        }
+
+        File.Move(tmp, path, overwrite: true);
+    }
+}

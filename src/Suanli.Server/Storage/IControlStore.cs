@@ -1,0 +1,104 @@
+namespace Suanli.Server.Storage;
+
+/// <summary>A job to insert: everything the submit path validated.</summary>
+public sealed record NewJob(long TenantId, string Name, string Spec, int MaxAttempts, int PriorityClass, long SubmittedMs, string? IdempotencyKey);
+
+/// <summary>
+/// One guarded state change of a job, applied atomically with its event (and usage row, when given). It succeeds only
+/// when the job is in one of <see cref="From"/> and, with <see cref="RequireEpoch"/>, holds that fencing epoch;
+/// otherwise the store throws <see cref="StoreConflictException"/> and changes nothing.
+/// </summary>
+public sealed record Transition(long JobId, IReadOnlyList<string> From, string To, string Message)
+{
+    public long? RequireEpoch { get; init; }
+
+    public long? RequireProvider { get; init; }
+
+    /// <summary>Sets provider, group, epoch and allocation (a lease).</summary>
+    public (long Provider, string Group, long Epoch, string Allocation)? Lease { get; init; }
+
+    /// <summary>Clears the placement and increments the attempt (a retry goes back to the queue).</summary>
+    public bool Requeue { get; init; }
+
+    public long? StartedMs { get; init; }
+
+    public long? EndedMs { get; init; }
+
+    public int? ExitCode { get; init; }
+
+    public string? Reason { get; init; }
+
+    public UsageRecord? Usage { get; init; }
+
+    public long AtMs { get; init; }
+}
+
+/// <summary>Filter and cursor of a job listing.</summary>
+public sealed record JobQuery(long? TenantId, string? State, long? After, int Limit);
+
+/// <summary>
+/// The control plane's storage port: operation-shaped (each method is one business operation and one transaction),
+/// so that another engine (PostgreSQL) can implement it and pass the same compliance tests.
+/// </summary>
+public interface IControlStore : IAsyncDisposable
+{
+    Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs);
+
+    Task<IReadOnlyList<TenantRecord>> ListTenantsAsync();
+
+    Task<TenantRecord?> GetTenantAsync(long id);
+
+    Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs);
+
+    Task<KeyRecord?> FindKeyAsync(byte[] hash);
+
+    Task<IReadOnlyList<KeyRecord>> ListKeysAsync();
+
+    Task<bool> RevokeKeyAsync(long id, long nowMs);
+
+    Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs);
+
+    Task<ProviderRecord?> GetProviderAsync(long id);
+
+    Task<ProviderRecord?> FindProviderAsync(string name);
+
+    Task<IReadOnlyList<ProviderRecord>> ListProvidersAsync();
+
+    /// <summary>
+    /// Registers (or re-registers) an agent: stores its offer, moves to a new fencing epoch and marks it ready. Jobs
+    /// leased under an older epoch are returned so the caller can treat them as lost.
+    /// </summary>
+    Task<(ProviderRecord Provider, IReadOnlyList<JobRecord> Orphans)> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups, long nowMs);
+
+    /// <summary>Records a heartbeat; throws <see cref="StoreConflictException"/> (stale_epoch) for an old epoch or a lost provider.</summary>
+    Task HeartbeatAsync(long providerId, long epoch, long nowMs);
+
+    Task MarkProviderLostAsync(long providerId, long epoch, long nowMs);
+
+    /// <summary>Inserts a job; with an idempotency key already used by the tenant, returns that job and true.</summary>
+    Task<(JobRecord Job, bool Replayed)> SubmitAsync(NewJob job);
+
+    Task<JobRecord?> GetJobAsync(long id);
+
+    Task<Page<JobRecord>> ListJobsAsync(JobQuery query);
+
+    /// <summary>Jobs in queued, leased or running (for recovery after a restart).</summary>
+    Task<IReadOnlyList<JobRecord>> ActiveJobsAsync();
+
+    Task<JobRecord> ApplyAsync(Transition transition);
+
+    Task AppendLogAsync(long jobId, string data);
+
+    Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit);
+
+    Task<IReadOnlyList<JobEvent>> EventsAsync(long jobId);
+
+    Task<IReadOnlyList<UsageRecord>> UsageAsync(long? tenantId, long fromMs, long toMs);
+
+    /// <summary>The resource a creating request with this idempotency key made before, or null.</summary>
+    Task<string?> IdempotentGetAsync(string scope, string key);
+
+    Task IdempotentPutAsync(string scope, string key, string resource, long nowMs);
+
+    Task<IReadOnlyDictionary<string, long>> CountJobsByStateAsync();
+}

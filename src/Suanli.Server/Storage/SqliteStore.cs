@@ -1,0 +1,426 @@
+using System.Text.Json;
+using System.Threading.Channels;
+using Microsoft.Data.Sqlite;
+
+namespace Suanli.Server.Storage;
+
+/// <summary>
+/// SQLite implementation of <see cref="IControlStore"/>. WAL mode; one writer task owns the write connection and
+/// commits queued operations in groups (group commit): each operation runs inside its own SAVEPOINT, so a failing
+/// operation rolls back alone, and every caller is answered only after the COMMIT that holds its change. Readers use
+/// their own pooled connections and never block the writer (WAL).
+/// Durability: <c>synchronous=FULL</c>, so an acknowledged operation survives a crash of the process and of the machine.
+/// </summary>
+public sealed class SqliteStore : IControlStore
+{
+    private const int MaxBatch = 512;
+    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+    private readonly string _connectionString;
+    private readonly SqliteConnection _writer;
+    private readonly Channel<WriteOp> _queue = Channel.CreateUnbounded<WriteOp>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly Task _writerTask;
+
+    private SqliteStore(string path)
+    {
+        _connectionString = new SqliteConnectionStringBuilder { DataSource = path, Pooling = true, DefaultTimeout = 30 }.ToString();
+        _writer = new SqliteConnection(_connectionString);
+        _writer.Open();
+        Exec(_writer, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;");
+        Migrations.Apply(_writer);
+        _writerTask = Task.Factory.StartNew(WriterLoop, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+    }
+
+    /// <summary>Opens (creating and migrating when needed) the database file at <paramref name="path"/>.</summary>
+    public static SqliteStore Open(string path) => new(path);
+
+    /// <summary>Total write operations committed and the number of commits (for the group-commit ratio).</summary>
+    public (long Operations, long Commits) WriteStats => (Interlocked.Read(ref _ops), Interlocked.Read(ref _commits));
+
+    private long _ops;
+    private long _commits;
+
+    private sealed class WriteOp(Func<SqliteConnection, object?> run)
+    {
+        public Func<SqliteConnection, object?> Run { get; } = run;
+
+        public TaskCompletionSource<object?> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public object? Result { get; set; }
+
+        public Exception? Error { get; set; }
+    }
+
+    private async Task WriterLoop()
+    {
+        var batch = new List<WriteOp>(MaxBatch);
+        while (await _queue.Reader.WaitToReadAsync().ConfigureAwait(false))
+        {
+            batch.Clear();
+            while (batch.Count < MaxBatch && _queue.Reader.TryRead(out var op))
+            {
+                batch.Add(op);
+            }
+
+            try
+            {
+                Exec(_writer, "BEGIN IMMEDIATE");
+                foreach (var op in batch)
+                {
+                    Exec(_writer, "SAVEPOINT op");
+                    try
+                    {
+                        op.Result = op.Run(_writer);
+                        Exec(_writer, "RELEASE op");
+                    }
+                    catch (Exception e) when (e is StoreConflictException or SqliteException or InvalidOperationException or ArgumentException)
+                    {
+                        Exec(_writer, "ROLLBACK TO op; RELEASE op");
+                        op.Error = e;
+                    }
+                }
+
+                Exec(_writer, "COMMIT");
+                Interlocked.Add(ref _ops, batch.Count);
+                Interlocked.Increment(ref _commits);
+                foreach (var op in batch)
+                {
+                    if (op.Error is null)
+                    {
+                        op.Done.SetResult(op.Result);
+                    }
+                    else
+                    {
+                        op.Done.SetException(op.Error);
+                    }
+                }
+            }
+            catch (SqliteException e)
+            {
+                try
+                {
+                    Exec(_writer, "ROLLBACK");
+                }
+                catch (SqliteException)
+                {
+                    // No transaction left to roll back.
+                }
+
+                foreach (var op in batch)
+                {
+                    op.Done.TrySetException(e);
+                }
+            }
+        }
+    }
+
+    private async Task<T> Write<T>(Func<SqliteConnection, T> run)
+    {
+        var op = new WriteOp(c => run(c));
+        ObjectDisposedException.ThrowIf(!_queue.Writer.TryWrite(op), this);
+
+        return (T)(await op.Done.Task.ConfigureAwait(false))!;
+    }
+
+    private async Task<T> Read<T>(Func<SqliteConnection, T> run)
+    {
+        await using var c = new SqliteConnection(_connectionString);
+        await c.OpenAsync().ConfigureAwait(false);
+        return run(c);
+    }
+
+    private static void Exec(SqliteConnection c, string sql)
+    {
+        using var cmd = c.CreateCommand();
+        cmd.CommandText = sql;
+        cmd.ExecuteNonQuery();
+    }
+
+    private static SqliteCommand Cmd(SqliteConnection c, string sql, params (string Name, object? Value)[] args)
+    {
+        var cmd = c.CreateCommand();
+        cmd.CommandText = sql;
+        foreach (var (name, value) in args)
+        {
+            cmd.Parameters.AddWithValue(name, value ?? DBNull.Value);
+        }
+
+        return cmd;
+    }
+
+    private static List<T> Query<T>(SqliteConnection c, string sql, Func<SqliteDataReader, T> map, params (string, object?)[] args)
+    {
+        using var cmd = Cmd(c, sql, args);
+        using var r = cmd.ExecuteReader();
+        var list = new List<T>();
+        while (r.Read())
+        {
+            list.Add(map(r));
+        }
+
+        return list;
+    }
+
+    private static long? NLong(SqliteDataReader r, int i) => r.IsDBNull(i) ? null : r.GetInt64(i);
+
+    private static string? NStr(SqliteDataReader r, int i) => r.IsDBNull(i) ? null : r.GetString(i);
+
+    // ---- tenants ----
+    private static TenantRecord MapTenant(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetDouble(3), r.GetInt64(4));
+
+    private const string TenantCols = "id, name, sector, weight, created";
+
+    public Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs) => Write(c =>
+    {
+        if (Query(c, "SELECT 1 FROM tenants WHERE name = $n", r => 1, ("$n", name)).Count > 0)
+        {
+            throw new StoreConflictException("name_taken", $"name: a tenant named '{name}' already exists");
+        }
+
+        return Query(c, $"INSERT INTO tenants(name, sector, weight, created) VALUES($n, $s, $w, $t) RETURNING {TenantCols}", MapTenant,
+            ("$n", name), ("$s", sector), ("$w", weight), ("$t", nowMs))[0];
+    });
+
+    public Task<IReadOnlyList<TenantRecord>> ListTenantsAsync() =>
+        Read<IReadOnlyList<TenantRecord>>(c => Query(c, $"SELECT {TenantCols} FROM tenants ORDER BY id", MapTenant));
+
+    public Task<TenantRecord?> GetTenantAsync(long id) =>
+        Read(c => Query(c, $"SELECT {TenantCols} FROM tenants WHERE id = $id", MapTenant, ("$id", id)).FirstOrDefault());
+
+    // ---- keys ----
+    private const string KeyCols = "id, prefix, role, tenant_id, provider_id, created, revoked";
+
+    private static KeyRecord MapKey(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), NLong(r, 3), NLong(r, 4), r.GetInt64(5), NLong(r, 6));
+
+    public Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs) => Write(c =>
+        Query(c, $"INSERT INTO api_keys(hash, prefix, role, tenant_id, provider_id, created) VALUES($h, $p, $r, $t, $v, $c) RETURNING {KeyCols}", MapKey,
+            ("$h", hash), ("$p", prefix), ("$r", role), ("$t", tenantId), ("$v", providerId), ("$c", nowMs))[0]);
+
+    public Task<KeyRecord?> FindKeyAsync(byte[] hash) =>
+        Read(c => Query(c, $"SELECT {KeyCols} FROM api_keys WHERE hash = $h AND revoked IS NULL", MapKey, ("$h", hash)).FirstOrDefault());
+
+    public Task<IReadOnlyList<KeyRecord>> ListKeysAsync() =>
+        Read<IReadOnlyList<KeyRecord>>(c => Query(c, $"SELECT {KeyCols} FROM api_keys ORDER BY id", MapKey));
+
+    public Task<bool> RevokeKeyAsync(long id, long nowMs) => Write(c =>
+    {
+        using var cmd = Cmd(c, "UPDATE api_keys SET revoked = $t WHERE id = $id AND revoked IS NULL", ("$t", nowMs), ("$id", id));
+        return cmd.ExecuteNonQuery() == 1;
+    });
+
+    // ---- providers ----
+    private const string ProviderCols = "id, name, region, state, epoch, last_heartbeat, groups, created";
+
+    private static ProviderRecord MapProvider(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt64(4), NLong(r, 5),
+        JsonSerializer.Deserialize<List<GroupOffer>>(r.GetString(6), Json) ?? [], r.GetInt64(7));
+
+    public Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs) => Write(c =>
+    {
+        if (Query(c, "SELECT 1 FROM providers WHERE name = $n", r => 1, ("$n", name)).Count > 0)
+        {
+            throw new StoreConflictException("name_taken", $"name: a provider named '{name}' already exists");
+        }
+
+        return Query(c, $"INSERT INTO providers(name, region, state, epoch, groups, created) VALUES($n, $r, 'new', 0, '[]', $t) RETURNING {ProviderCols}",
+            MapProvider, ("$n", name), ("$r", region), ("$t", nowMs))[0];
+    });
+
+    public Task<ProviderRecord?> GetProviderAsync(long id) =>
+        Read(c => Query(c, $"SELECT {ProviderCols} FROM providers WHERE id = $id", MapProvider, ("$id", id)).FirstOrDefault());
+
+    public Task<ProviderRecord?> FindProviderAsync(string name) =>
+        Read(c => Query(c, $"SELECT {ProviderCols} FROM providers WHERE name = $n", MapProvider, ("$n", name)).FirstOrDefault());
+
+    public Task<IReadOnlyList<ProviderRecord>> ListProvidersAsync() =>
+        Read<IReadOnlyList<ProviderRecord>>(c => Query(c, $"SELECT {ProviderCols} FROM providers ORDER BY id", MapProvider));
+
+    public Task<(ProviderRecord Provider, IReadOnlyList<JobRecord> Orphans)> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups, long nowMs) => Write(c =>
+    {
+        var p = Query(c, $"UPDATE providers SET region = $r, groups = $g, epoch = epoch + 1, state = 'ready', last_heartbeat = $t WHERE id = $id RETURNING {ProviderCols}",
+            MapProvider, ("$r", region), ("$g", JsonSerializer.Serialize(groups, Json)), ("$t", nowMs), ("$id", providerId)).FirstOrDefault()
+            ?? throw new StoreConflictException("not_found", $"provider {providerId} does not exist");
+        var orphans = Query(c, $"SELECT {JobCols} FROM jobs WHERE provider_id = $p AND state IN ('leased','running') AND epoch < $e", MapJob,
+            ("$p", providerId), ("$e", p.Epoch));
+        return ((ProviderRecord, IReadOnlyList<JobRecord>))(p, orphans);
+    });
+
+    public Task HeartbeatAsync(long providerId, long epoch, long nowMs) => Write(c =>
+    {
+        using var cmd = Cmd(c, "UPDATE providers SET last_heartbeat = $t WHERE id = $id AND epoch = $e AND state = 'ready'", ("$t", nowMs), ("$id", providerId), ("$e", epoch));
+        if (cmd.ExecuteNonQuery() != 1)
+        {
+            throw new StoreConflictException("stale_epoch", $"epoch: {epoch} is not the provider's current epoch (or the provider was marked lost); register again");
+        }
+
+        return 0;
+    });
+
+    public Task MarkProviderLostAsync(long providerId, long epoch, long nowMs) => Write(c =>
+    {
+        using var cmd = Cmd(c, "UPDATE providers SET state = 'lost' WHERE id = $id AND epoch = $e", ("$id", providerId), ("$e", epoch));
+        return cmd.ExecuteNonQuery();
+    });
+
+    // ---- jobs ----
+    private const string JobCols = "id, tenant_id, name, spec, state, attempt, max_attempts, priority, submitted, provider_id, group_id, epoch, allocation, started, ended, exit_code, reason";
+
+    private static JobRecord MapJob(SqliteDataReader r) => new(r.GetInt64(0), r.GetInt64(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt32(5), r.GetInt32(6),
+        r.GetInt32(7), r.GetInt64(8), NLong(r, 9), NStr(r, 10), NLong(r, 11), NStr(r, 12), NLong(r, 13), NLong(r, 14), r.IsDBNull(15) ? null : r.GetInt32(15), NStr(r, 16));
+
+    public Task<(JobRecord Job, bool Replayed)> SubmitAsync(NewJob job) => Write(c =>
+    {
+        if (job.IdempotencyKey is not null)
+        {
+            var existing = Query(c, $"SELECT {JobCols} FROM jobs WHERE tenant_id = $t AND idempotency_key = $k", MapJob, ("$t", job.TenantId), ("$k", job.IdempotencyKey));
+            if (existing.Count > 0)
+            {
+                return (existing[0], true);
+            }
+        }
+
+        var rec = Query(c, $"INSERT INTO jobs(tenant_id, name, spec, state, attempt, max_attempts, priority, submitted, idempotency_key) VALUES($t, $n, $s, 'queued', 1, $m, $p, $at, $k) RETURNING {JobCols}",
+            MapJob, ("$t", job.TenantId), ("$n", job.Name), ("$s", job.Spec), ("$m", job.MaxAttempts), ("$p", job.PriorityClass), ("$at", job.SubmittedMs), ("$k", job.IdempotencyKey))[0];
+        AddEvent(c, rec.Id, job.SubmittedMs, JobStates.Queued, "submitted");
+        return (rec, false);
+    });
+
+    private static void AddEvent(SqliteConnection c, long jobId, long atMs, string state, string message)
+    {
+        using var cmd = Cmd(c, "INSERT INTO job_events(job_id, seq, at, state, message) VALUES($j, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = $j), $a, $s, $m)",
+            ("$j", jobId), ("$a", atMs), ("$s", state), ("$m", message));
+        cmd.ExecuteNonQuery();
+    }
+
+    public Task<JobRecord?> GetJobAsync(long id) =>
+        Read(c => Query(c, $"SELECT {JobCols} FROM jobs WHERE id = $id", MapJob, ("$id", id)).FirstOrDefault());
+
+    public Task<Page<JobRecord>> ListJobsAsync(JobQuery query) => Read(c =>
+    {
+        var q = query;
+        var where = new List<string> { "id > $after" };
+        if (q.TenantId is not null)
+        {
+            where.Add("tenant_id = $t");
+        }
+
+        if (q.State is not null)
+        {
+            where.Add("state = $s");
+        }
+
+        var items = Query(c, $"SELECT {JobCols} FROM jobs WHERE {string.Join(" AND ", where)} ORDER BY id LIMIT $l", MapJob,
+            ("$after", q.After ?? 0), ("$t", q.TenantId), ("$s", q.State), ("$l", q.Limit + 1));
+        var next = items.Count > q.Limit ? items[q.Limit - 1].Id.ToString(System.Globalization.CultureInfo.InvariantCulture) : null;
+        return new Page<JobRecord>(items.Count > q.Limit ? items.GetRange(0, q.Limit) : items, next);
+    });
+
+    public Task<IReadOnlyList<JobRecord>> ActiveJobsAsync() =>
+        Read<IReadOnlyList<JobRecord>>(c => Query(c, $"SELECT {JobCols} FROM jobs WHERE state IN ('queued','leased','running') ORDER BY id", MapJob));
+
+    public Task<JobRecord> ApplyAsync(Transition transition) => Write(c => ApplyOne(c, transition));
+
+    private static JobRecord ApplyOne(SqliteConnection c, Transition t)
+    {
+        var sets = new List<string> { "state = $to" };
+        var args = new List<(string, object?)> { ("$to", t.To), ("$id", t.JobId) };
+        if (t.Lease is { } l)
+        {
+            sets.Add("provider_id = $lp, group_id = $lg, epoch = $le, allocation = $la");
+            args.AddRange([("$lp", l.Provider), ("$lg", l.Group), ("$le", l.Epoch), ("$la", l.Allocation)]);
+        }
+
+        if (t.Requeue)
+        {
+            sets.Add("provider_id = NULL, group_id = NULL, epoch = NULL, allocation = NULL, started = NULL, ended = NULL, exit_code = NULL, attempt = attempt + 1");
+        }
+
+        void Set(string col, object? value)
+        {
+            if (value is not null)
+            {
+                sets.Add($"{col} = ${col}");
+                args.Add(($"${col}", value));
+            }
+        }
+
+        Set("started", t.StartedMs);
+        Set("ended", t.EndedMs);
+        Set("exit_code", t.ExitCode);
+        Set("reason", t.Reason);
+        var from = string.Join(",", t.From.Select((s, i) => $"$f{i}"));
+        args.AddRange(t.From.Select((s, i) => ($"$f{i}", (object?)s)));
+        var guard = $"id = $id AND state IN ({from})";
+        if (t.RequireEpoch is { } e)
+        {
+            guard += " AND epoch = $re";
+            args.Add(("$re", e));
+        }
+
+        if (t.RequireProvider is { } p)
+        {
+            guard += " AND provider_id = $rp";
+            args.Add(("$rp", p));
+        }
+
+        var rec = Query(c, $"UPDATE jobs SET {string.Join(", ", sets)} WHERE {guard} RETURNING {JobCols}", MapJob, [.. args]).FirstOrDefault();
+        if (rec is null)
+        {
+            var now = Query(c, $"SELECT {JobCols} FROM jobs WHERE id = $id", MapJob, ("$id", t.JobId)).FirstOrDefault();
+            throw now is null
+                ? new StoreConflictException("not_found", $"job {t.JobId} does not exist")
+                : t.RequireEpoch is not null && now.Epoch != t.RequireEpoch && !JobStates.IsTerminal(now.State)
+                    ? new StoreConflictException("stale_epoch", $"epoch: job {t.JobId} is held under epoch {now.Epoch}, not {t.RequireEpoch}")
+                    : new StoreConflictException("invalid_state", $"state: job {t.JobId} is {now.State}; cannot go to {t.To}");
+        }
+
+        AddEvent(c, t.JobId, t.AtMs, t.To, t.Message);
+        if (t.Usage is { } u)
+        {
+            using var cmd = Cmd(c, "INSERT OR REPLACE INTO usage(job_id, attempt, tenant_id, provider_id, group_id, model, cards, gpu_milli, milli_cpu, memory_mib, started, ended) VALUES($j, $a, $t, $p, $g, $m, $cards, $gm, $cpu, $mem, $s, $e)",
+                ("$j", u.JobId), ("$a", u.Attempt), ("$t", u.TenantId), ("$p", u.ProviderId), ("$g", u.GroupId), ("$m", u.Model), ("$cards", u.Cards), ("$gm", u.GpuMilli),
+                ("$cpu", u.MilliCpu), ("$mem", u.MemoryMiB), ("$s", u.StartedMs), ("$e", u.EndedMs));
+            cmd.ExecuteNonQuery();
+        }
+
+        return rec;
+    }
+
+    public Task AppendLogAsync(long jobId, string data) => Write(c =>
+    {
+        using var cmd = Cmd(c, "INSERT INTO job_logs(job_id, seq, data) VALUES($j, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_logs WHERE job_id = $j), $d)", ("$j", jobId), ("$d", data));
+        return cmd.ExecuteNonQuery();
+    });
+
+    public Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit) => Read<IReadOnlyList<LogChunk>>(c =>
+        Query(c, "SELECT seq, data FROM job_logs WHERE job_id = $j AND seq > $a ORDER BY seq LIMIT $l", r => new LogChunk(r.GetInt64(0), r.GetString(1)),
+            ("$j", jobId), ("$a", after), ("$l", limit)));
+
+    public Task<IReadOnlyList<JobEvent>> EventsAsync(long jobId) => Read<IReadOnlyList<JobEvent>>(c =>
+        Query(c, "SELECT job_id, seq, at, state, message FROM job_events WHERE job_id = $j ORDER BY seq",
+            r => new JobEvent(r.GetInt64(0), r.GetInt32(1), r.GetInt64(2), r.GetString(3), r.GetString(4)), ("$j", jobId)));
+
+    public Task<IReadOnlyList<UsageRecord>> UsageAsync(long? tenantId, long fromMs, long toMs) => Read<IReadOnlyList<UsageRecord>>(c =>
+        Query(c, "SELECT job_id, attempt, tenant_id, provider_id, group_id, model, cards, gpu_milli, milli_cpu, memory_mib, started, ended FROM usage WHERE ended > $f AND started < $to AND ($t IS NULL OR tenant_id = $t) ORDER BY job_id, attempt",
+            r => new UsageRecord(r.GetInt64(0), r.GetInt32(1), r.GetInt64(2), r.GetInt64(3), r.GetString(4), NStr(r, 5), r.GetInt32(6), r.GetInt64(7), r.GetInt64(8), r.GetInt64(9), r.GetInt64(10), r.GetInt64(11)),
+            ("$f", fromMs), ("$to", toMs), ("$t", tenantId)));
+
+    public Task<string?> IdempotentGetAsync(string scope, string key) =>
+        Read(c => Query(c, "SELECT resource FROM idempotency WHERE scope = $s AND key = $k", r => r.GetString(0), ("$s", scope), ("$k", key)).FirstOrDefault());
+
+    public Task IdempotentPutAsync(string scope, string key, string resource, long nowMs) => Write(c =>
+    {
+        using var cmd = Cmd(c, "INSERT OR IGNORE INTO idempotency(scope, key, resource, created) VALUES($s, $k, $r, $t)", ("$s", scope), ("$k", key), ("$r", resource), ("$t", nowMs));
+        return cmd.ExecuteNonQuery();
+    });
+
+    public Task<IReadOnlyDictionary<string, long>> CountJobsByStateAsync() => Read<IReadOnlyDictionary<string, long>>(c =>
+        Query(c, "SELECT state, COUNT(*) FROM jobs GROUP BY state", r => (r.GetString(0), r.GetInt64(1))).ToDictionary(x => x.Item1, x => x.Item2));
+
+    /// <summary>Stops accepting writes, finishes the queued ones and closes the database.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        _queue.Writer.TryComplete();
+        await _writerTask.ConfigureAwait(false);
+        await _writer.DisposeAsync().ConfigureAwait(false);
+        SqliteConnection.ClearAllPools();
+    }
+}
