@@ -117,7 +117,8 @@ internal static class PlatformCommands
             e.Cancel = true;
             stop.Cancel();
         };
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.Cancel();
+        // SIGTERM is handled by the host (graceful stop); follow it.
+        app.Lifetime.ApplicationStopping.Register(stop.Cancel);
         Task agentTask = Task.CompletedTask;
         ProviderAgent? agent = null;
         if (localProvider)

@@ -65,7 +65,11 @@ public sealed partial class ControlPlane : BackgroundService
     private readonly Lock _gate = new();
     private readonly Dictionary<long, LiveJob> _jobs = [];
     private readonly Dictionary<long, LiveProvider> _providers = [];
-    private readonly Dictionary<long, TenantRecord> _tenants = [];
+    // Copy-on-write snapshot: the submit path reads it without taking the gate.
+    private volatile Dictionary<long, TenantRecord> _tenants = [];
+
+    // Submissions land here without the gate and are moved into _jobs by whoever takes the gate next.
+    private readonly System.Collections.Concurrent.ConcurrentQueue<LiveJob> _inbox = new();
     private readonly FairShareLedger _fairShare = new();
     private readonly SemaphoreSlim _wake = new(0, 1);
     private Dictionary<long, WaitReason> _waits = [];
@@ -85,6 +89,9 @@ public sealed partial class ControlPlane : BackgroundService
 
     public ControlPlaneOptions Options { get; }
 
+    private static readonly TimeSpan MinCycleGap = TimeSpan.FromMilliseconds(5);
+    private TimeSpan _lastCycle;
+
     /// <summary>The accelerator catalogue used for validation and metering.</summary>
     public AcceleratorCatalogue Catalogue { get; } = AcceleratorCatalogue.BuiltIn;
 
@@ -94,10 +101,7 @@ public sealed partial class ControlPlane : BackgroundService
     public async Task RecoverAsync()
     {
         var now = NowMs;
-        foreach (var t in await _store.ListTenantsAsync())
-        {
-            _tenants[t.Id] = t;
-        }
+        _tenants = (await _store.ListTenantsAsync()).ToDictionary(t => t.Id);
 
         foreach (var p in await _store.ListProvidersAsync())
         {
@@ -124,6 +128,15 @@ public sealed partial class ControlPlane : BackgroundService
         }
     }
 
+    /// <summary>Moves acknowledged submissions into the job table (caller holds the gate).</summary>
+    private void DrainInboxLocked()
+    {
+        while (_inbox.TryDequeue(out var j))
+        {
+            _jobs.TryAdd(j.Record.Id, j);
+        }
+    }
+
     private LiveJob ToLive(JobRecord j)
     {
         var doc = JobDocument.FromStored(j.Spec);
@@ -137,7 +150,8 @@ public sealed partial class ControlPlane : BackgroundService
     {
         lock (_gate)
         {
-            _tenants[t.Id] = t;
+            DrainInboxLocked();
+            _tenants = new Dictionary<long, TenantRecord>(_tenants) { [t.Id] = t };
         }
     }
 
@@ -146,6 +160,7 @@ public sealed partial class ControlPlane : BackgroundService
     {
         lock (_gate)
         {
+            DrainInboxLocked();
             _providers[p.Id] = new LiveProvider(p);
         }
     }
@@ -158,10 +173,7 @@ public sealed partial class ControlPlane : BackgroundService
         var (rec, replayed) = await _store.SubmitAsync(new NewJob(tenantId, doc.Name, doc.ToJson(), doc.Retry.MaxAttempts, doc.PriorityClass, NowMs, idempotencyKey));
         if (!replayed)
         {
-            lock (_gate)
-            {
-                _jobs[rec.Id] = ToLive(rec);
-            }
+            _inbox.Enqueue(ToLive(rec));
 
             _metrics.Transition(null, JobStates.Queued);
             Wake();
@@ -180,6 +192,7 @@ public sealed partial class ControlPlane : BackgroundService
         string from;
         lock (_gate)
         {
+            DrainInboxLocked();
             if (_jobs.TryGetValue(jobId, out var live))
             {
                 from = live.Record.State;
@@ -213,6 +226,7 @@ public sealed partial class ControlPlane : BackgroundService
         var (p, orphans) = await _store.RegisterAsync(providerId, region, groups, NowMs);
         lock (_gate)
         {
+            DrainInboxLocked();
             if (_providers.TryGetValue(p.Id, out var live))
             {
                 live.Record = p;
@@ -243,6 +257,7 @@ public sealed partial class ControlPlane : BackgroundService
         var stop = new List<long>();
         lock (_gate)
         {
+            DrainInboxLocked();
             if (_providers.TryGetValue(providerId, out var p))
             {
                 p.LastHeartbeatMs = NowMs;
@@ -274,6 +289,7 @@ public sealed partial class ControlPlane : BackgroundService
     {
         lock (_gate)
         {
+            DrainInboxLocked();
             if (_jobs.TryGetValue(id, out var j) && j.Record.State == JobStates.Cancelled)
             {
                 ReleaseLocked(j);
@@ -337,6 +353,7 @@ public sealed partial class ControlPlane : BackgroundService
         LiveJob? live;
         lock (_gate)
         {
+            DrainInboxLocked();
             _jobs.TryGetValue(jobId, out live);
         }
 
@@ -375,6 +392,7 @@ public sealed partial class ControlPlane : BackgroundService
         {
             RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Requeue = retry,
             EndedMs = retry ? null : now, ExitCode = retry ? null : exitCode, StartedMs = current.StartedMs is null ? now : null,
+            Reason = state == JobStates.Failed && !retry ? message ?? $"exit {exitCode}" : null,
         };
         var done = await _store.ApplyAsync(t);
         Finish(live, done, current.State);
@@ -391,6 +409,7 @@ public sealed partial class ControlPlane : BackgroundService
         string? model = null;
         lock (_gate)
         {
+            DrainInboxLocked();
             if (_providers.TryGetValue(provider, out var p))
             {
                 model = p.Record.Groups.FirstOrDefault(g => g.Id == j.GroupId)?.Accelerator;
@@ -462,6 +481,7 @@ public sealed partial class ControlPlane : BackgroundService
     {
         lock (_gate)
         {
+            DrainInboxLocked();
             if (!_jobs.TryGetValue(jobId, out var j) || j.Record.ProviderId != providerId || j.Record.Epoch != epoch)
             {
                 throw new StoreConflictException("stale_epoch", $"job {jobId} is not held by this provider under epoch {epoch}");
@@ -477,6 +497,7 @@ public sealed partial class ControlPlane : BackgroundService
         LiveJob? live;
         lock (_gate)
         {
+            DrainInboxLocked();
             _jobs.TryGetValue(jobId, out live);
         }
 
@@ -537,6 +558,10 @@ public sealed partial class ControlPlane : BackgroundService
             try
             {
                 await _wake.WaitAsync(Options.CycleInterval, stoppingToken);
+
+                // Coalesce a burst of wake-ups (many submissions) into one cycle.
+                // A cycle over a long queue may take a while: keep at most about a quarter of the time in cycles.
+                await Task.Delay(MinCycleGap + (3 * _lastCycle), _time, stoppingToken);
                 await DetectLostAsync();
                 await CycleAsync();
             }
@@ -557,6 +582,7 @@ public sealed partial class ControlPlane : BackgroundService
         List<LiveProvider> lost;
         lock (_gate)
         {
+            DrainInboxLocked();
             lost = [.. _providers.Values.Where(p => p.Record.State == ProviderStates.Ready && now - p.LastHeartbeatMs > Options.LostAfter.TotalMilliseconds)];
         }
 
@@ -644,16 +670,28 @@ public sealed partial class ControlPlane : BackgroundService
         List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch)> leases = [];
         lock (_gate)
         {
+            DrainInboxLocked();
             if (_poolDirty)
             {
                 RebuildPoolLocked();
             }
 
-            var pending = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null).Select(j => j.Spec).ToList();
-            _metrics.QueueDepth(pending.Count);
-            if (pending.Count == 0 || _scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
+            var queued = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null).ToList();
+            _metrics.QueueDepth(queued.Count);
+            if (queued.Count == 0 || _scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
             {
                 return;
+            }
+
+            // Jobs no node group of the current pool can ever run stay queued (explain names the filters) but are not
+            // re-ordered every cycle; the pool changing (a provider joining) re-evaluates them.
+            var pending = new List<JobSpec>(queued.Count);
+            foreach (var j in queued)
+            {
+                if (_scheduler.FeasibleGroups(j.Spec).Count > 0)
+                {
+                    pending.Add(j.Spec);
+                }
             }
 
             var running = _jobs.Values.Where(j => j.Allocation is not null)
@@ -709,7 +747,8 @@ public sealed partial class ControlPlane : BackgroundService
             }
         });
         await Task.WhenAll(writes);
-        _metrics.Cycle(Stopwatch.GetElapsedTime(t0).TotalSeconds, leases.Count);
+        _lastCycle = Stopwatch.GetElapsedTime(t0);
+        _metrics.Cycle(_lastCycle.TotalSeconds, leases.Count);
     }
 
     /// <summary>Why a job waits (or where it could run), in words.</summary>
@@ -717,6 +756,7 @@ public sealed partial class ControlPlane : BackgroundService
     {
         lock (_gate)
         {
+            DrainInboxLocked();
             if (JobStates.IsTerminal(job.State))
             {
                 return [$"job is {job.State}" + (job.Reason is null ? "" : $": {job.Reason}")];
@@ -746,17 +786,15 @@ public sealed partial class ControlPlane : BackgroundService
     {
         lock (_gate)
         {
+            DrainInboxLocked();
             return _providers.ToDictionary(p => p.Key, p => p.Value.Record.Name);
         }
     }
 
-    /// <summary>Tenants by id.</summary>
+    /// <summary>Tenants by id (a snapshot).</summary>
     public IReadOnlyDictionary<long, TenantRecord> Tenants()
     {
-        lock (_gate)
-        {
-            return new Dictionary<long, TenantRecord>(_tenants);
-        }
+        return _tenants;
     }
 
     /// <summary>Leased and running jobs per provider (for the provider list).</summary>
@@ -764,6 +802,7 @@ public sealed partial class ControlPlane : BackgroundService
     {
         lock (_gate)
         {
+            DrainInboxLocked();
             return _jobs.Values.Where(j => j.Record.ProviderId is not null && j.Record.State is JobStates.Leased or JobStates.Running)
                 .GroupBy(j => j.Record.ProviderId!.Value).ToDictionary(g => g.Key, g => g.Count());
         }

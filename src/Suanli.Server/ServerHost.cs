@@ -27,7 +27,13 @@ public static class ServerHost
     {
         Directory.CreateDirectory(options.DataDir);
         var store = SqliteStore.Open(Path.Combine(options.DataDir, "suanli.db"));
-        var builder = WebApplication.CreateSlimBuilder();
+        // Content root away from the working folder (where the data folder usually is), and no configuration file
+        // watching: a file watcher over a busy SQLite folder only burns CPU.
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            ContentRootPath = AppContext.BaseDirectory,
+            Args = ["--hostBuilder:reloadConfigOnChange=false"],
+        });
         builder.WebHost.UseUrls(options.Urls);
         builder.WebHost.ConfigureKestrel(k =>
         {

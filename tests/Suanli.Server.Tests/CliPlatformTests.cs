@@ -1,0 +1,82 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+
+namespace Suanli.Server.Tests;
+
+public class CliPlatformTests
+{
+    private static (int Code, string Out, string Err) Suanli(IDictionary<string, string> env, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(ServerProcess.SuanliDll);
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        psi.Environment["SUANLI_LANG"] = "en";
+        foreach (var (k, v) in env)
+        {
+            psi.Environment[k] = v;
+        }
+
+        using var p = Process.Start(psi)!;
+        var o = p.StandardOutput.ReadToEndAsync();
+        var e = p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(TimeSpan.FromMinutes(2)), "suanli did not exit");
+        return (p.ExitCode, o.Result, e.Result);
+    }
+
+    [Fact]
+    public async Task SubmitWait_Jobs_Logs_Explain_Usage_Tenants_Keys_FromTheCli()
+    {
+        using var s = new ServerProcess();
+        var env = new Dictionary<string, string> { ["SUANLI_SERVER"] = s.Url, ["SUANLI_KEY"] = s.AdminKey };
+        var (code, _, err) = Suanli(env, "tenants", "create", "lab", "--sector", "education");
+        Assert.True(code == 0, err);
+        var file = Path.Combine(s.DataDir, "job.yaml");
+        await File.WriteAllTextAsync(file, "name: cli-hello\ntenant: lab\ncommand: [\"/bin/sh\", \"-c\", \"echo from-cli\"]\nresources: {cpu: 1, memoryMiB: 64}\ntimeLimitSeconds: 60\n");
+        (code, var stdout, err) = Suanli(env, "submit", file, "--wait", "--json");
+        Assert.True(code == 0, err + stdout);
+        var job = JsonNode.Parse(stdout)!;
+        Assert.Equal("succeeded", job.State());
+        var id = job["id"]!.GetValue<long>().ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+        (code, stdout, _) = Suanli(env, "logs", id);
+        Assert.Equal(0, code);
+        Assert.Equal("from-cli\n", stdout);
+        (code, stdout, _) = Suanli(env, "jobs");
+        Assert.Equal(0, code);
+        Assert.Contains("cli-hello", stdout, StringComparison.Ordinal);
+        Assert.Contains("succeeded", stdout, StringComparison.Ordinal);
+        (code, stdout, _) = Suanli(env, "explain", id);
+        Assert.Equal(0, code);
+        Assert.Contains("succeeded", stdout, StringComparison.Ordinal);
+        (code, stdout, _) = Suanli(env, "providers", "--json");
+        Assert.Equal(0, code);
+        Assert.Equal("local", JsonNode.Parse(stdout)!["items"]![0]!["name"]!.GetValue<string>());
+        (code, stdout, _) = Suanli(env, "keys", "create", "--tenant", "1");
+        Assert.Equal(0, code);
+        Assert.StartsWith("sk-", stdout.Trim(), StringComparison.Ordinal);
+        (code, stdout, _) = Suanli(env, "usage", "--group-by", "sector", "--json");
+        Assert.Equal(0, code);
+        Assert.Equal("education", JsonNode.Parse(stdout)!["items"]![0]!["key"]!.GetValue<string>());
+
+        // A failing job: --wait exits 4.
+        await File.WriteAllTextAsync(file, "name: cli-fail\ntenant: lab\ncommand: [\"false\"]\nresources: {cpu: 1, memoryMiB: 64}\ntimeLimitSeconds: 60\n");
+        (code, _, _) = Suanli(env, "submit", file, "--wait");
+        Assert.Equal(4, code);
+
+        // Bad input: exit 2 and the field is named; Chinese when asked.
+        await File.WriteAllTextAsync(file, "name: bad\ntenant: lab\ncommand: [\"true\"]\nresources: {cpu: -1, memoryMiB: 64}\ntimeLimitSeconds: 60\n");
+        (code, _, err) = Suanli(env, "submit", file);
+        Assert.Equal(2, code);
+        Assert.Contains("resources.cpu", err, StringComparison.Ordinal);
+        var zh = new Dictionary<string, string>(env) { ["SUANLI_LANG"] = "zh_CN.UTF-8" };
+        (code, _, err) = Suanli(zh, "submit", Path.Combine(s.DataDir, "missing.yaml"));
+        Assert.Equal(3, code);
+        Assert.Contains("作业文件", err, StringComparison.Ordinal);
+        (code, _, err) = Suanli(new Dictionary<string, string> { ["SUANLI_SERVER"] = "http://127.0.0.1:1", ["SUANLI_KEY"] = "sk-x" }, "jobs");
+        Assert.Equal(5, code);
+    }
+}

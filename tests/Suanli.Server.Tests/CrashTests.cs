@@ -1,0 +1,142 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+
+namespace Suanli.Server.Tests;
+
+public class CrashTests
+{
+    [Fact]
+    public async Task KillDashNine_DuringConcurrentSubmissions_EveryAcknowledgedJobExistsExactlyOnce()
+    {
+        using var s = new ServerProcess(localProvider: false);
+        string key;
+        using (var admin = s.Admin())
+        {
+            (_, key) = await admin.Tenant("crash");
+        }
+
+        var acknowledged = new ConcurrentDictionary<string, long>();
+        using var stop = new CancellationTokenSource();
+        var next = 0;
+        var workers = Enumerable.Range(0, 16).Select(_ => Task.Run(async () =>
+        {
+            using var c = s.Client(key);
+            c.Timeout = TimeSpan.FromSeconds(5);
+            while (!stop.IsCancellationRequested)
+            {
+                var name = $"c{Interlocked.Increment(ref next)}";
+                try
+                {
+                    using var req = new HttpRequestMessage(HttpMethod.Post, "/api/v1/jobs") { Content = JsonContent.Create(Api.Job(name, ["true"])) };
+                    req.Headers.Add("Idempotency-Key", name);
+                    using var resp = await c.SendAsync(req);
+                    if (resp.StatusCode == HttpStatusCode.Created)
+                    {
+                        var j = await resp.Json(HttpStatusCode.Created);
+                        acknowledged[name] = j["id"]!.GetValue<long>();
+                    }
+                }
+                catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
+                {
+                    // The server died under us: this submission was not acknowledged.
+                    return;
+                }
+            }
+        })).ToList();
+
+        var sw = Stopwatch.StartNew();
+        while (acknowledged.Count < 300 && sw.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(20);
+        }
+
+        s.Kill();
+        await stop.CancelAsync();
+        await Task.WhenAll(workers);
+        Assert.True(acknowledged.Count >= 300, $"only {acknowledged.Count} acknowledged before the kill");
+
+        s.Start();
+        using var admin2 = s.Admin();
+        var all = new List<(long Id, string Name)>();
+        string? after = null;
+        do
+        {
+            var page = await admin2.Get("/api/v1/jobs?limit=1000" + (after is null ? "" : $"&after={after}"));
+            all.AddRange(page["items"]!.AsArray().Select(j => (j!["id"]!.GetValue<long>(), j["name"]!.GetValue<string>())));
+            after = page["next"]?.GetValue<string>();
+        }
+        while (after is not null);
+
+        var byName = all.GroupBy(j => j.Name).ToDictionary(g => g.Key, g => g.ToList());
+        foreach (var (name, id) in acknowledged)
+        {
+            Assert.True(byName.TryGetValue(name, out var rows), $"acknowledged job {name} (id {id}) is missing after the crash");
+            var row = Assert.Single(rows);
+            Assert.Equal(id, row.Id);
+        }
+
+        Assert.All(byName, kv => Assert.Single(kv.Value));
+    }
+
+    [Fact]
+    public async Task AgentKilledMidJob_JobIsLost_AndRetriedOnAnotherProvider()
+    {
+        using var s = new ServerProcess(localProvider: false, lostAfterSeconds: 2);
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("t");
+        var (idA, keyA) = await admin.Provider("site-a");
+        var (idB, keyB) = await admin.Provider("site-b");
+        var outA = new StringBuilder();
+        var outB = new StringBuilder();
+        var marker = "41" + Random.Shared.Next(10000, 99999).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        using var agentA = ServerProcess.StartSuanli(outA, null, "agent", "--server", s.Url, "--key", keyA, "--cpu", "1", "--memory-mib", "512", "--work-dir", Path.Combine(s.DataDir, "a"));
+        Process? agentB = null;
+        try
+        {
+            using var t = s.Client(key);
+            var job = await t.Post("/api/v1/jobs", Api.Job("survivor", ["/bin/sh", "-c", $"sleep 3; echo done # {marker}"], retry: new { maxAttempts = 2 }), HttpStatusCode.Created);
+            var id = job["id"]!.GetValue<long>();
+            var running = await t.WaitJob(id, j => j.State() == "running", 30);
+            Assert.Equal(idA, running["providerId"]!.GetValue<long>());
+
+            agentA.Kill(entireProcessTree: false);
+            agentA.WaitForExit();
+            agentB = ServerProcess.StartSuanli(outB, null, "agent", "--server", s.Url, "--key", keyB, "--cpu", "1", "--memory-mib", "512", "--work-dir", Path.Combine(s.DataDir, "b"));
+            var done = await t.WaitJob(id, j => j.State() is "succeeded" or "failed" or "lost", 40);
+            Assert.True(done.State() == "succeeded", done.ToJsonString() + "\nagent B:\n" + outB);
+            Assert.Equal(idB, done["providerId"]!.GetValue<long>());
+            Assert.Equal(2, done["attempt"]!.GetValue<int>());
+            var events = (await t.Get($"/api/v1/jobs/{id}/events"))["items"]!.AsArray().Select(e => e!["message"]!.GetValue<string>()).ToList();
+            Assert.Contains(events, m => m.StartsWith("lost: provider site-a", StringComparison.Ordinal));
+            var providers = (await admin.Get("/api/v1/providers"))["items"]!.AsArray();
+            Assert.Equal("lost", providers.First(p => p!["id"]!.GetValue<long>() == idA)!["state"]!.GetValue<string>());
+        }
+        finally
+        {
+            agentB?.Kill(true);
+            agentB?.Dispose();
+            using var kill = Process.Start("pkill", ["-f", $"# {marker}"]);
+            kill.WaitForExit();
+        }
+    }
+
+    [Fact]
+    public async Task StaleEpoch_IsRefused_AfterReRegistration()
+    {
+        using var s = new ServerProcess(localProvider: false);
+        using var admin = s.Admin();
+        var (_, pkey) = await admin.Provider("p");
+        using var p = s.Client(pkey);
+        var offer = new { region = "r", groups = new[] { new { id = "g", milliCpu = 2000, memoryMiB = 2048, nodes = 1, accelerators = 0 } } };
+        var e1 = (await p.Post("/api/v1/agent/register", offer))["epoch"]!.GetValue<long>();
+        var e2 = (await p.Post("/api/v1/agent/register", offer))["epoch"]!.GetValue<long>();
+        Assert.Equal(e1 + 1, e2);
+        var stale = await (await p.PostAsJsonAsync("/api/v1/agent/heartbeat", new { epoch = e1, running = Array.Empty<long>() })).Json(HttpStatusCode.Conflict);
+        Assert.Equal("stale_epoch", stale["code"]!.GetValue<string>());
+        var leaseStale = await p.PostAsJsonAsync("/api/v1/agent/lease", new { epoch = e1, waitSeconds = 0 });
+        Assert.Equal(HttpStatusCode.Conflict, leaseStale.StatusCode);
+        await p.Post("/api/v1/agent/heartbeat", new { epoch = e2, running = Array.Empty<long>() });
+    }
+}

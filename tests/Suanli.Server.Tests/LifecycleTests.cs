@@ -1,0 +1,148 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+
+namespace Suanli.Server.Tests;
+
+public class LifecycleTests
+{
+    [Fact]
+    public async Task MinimalJob_RunsOnLocalProvider_WithLogsEventsAndUsage()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var (tenantId, key) = await admin.Tenant("acme");
+        using var tenant = s.Client(key);
+
+        // The minimal job of the issue, verbatim.
+        var minimal = """{"name":"hello","command":["/bin/sh","-c","echo hello"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":60}""";
+        var created = await (await tenant.PostAsync("/api/v1/jobs", new StringContent(minimal, Encoding.UTF8, "application/json"))).Json(HttpStatusCode.Created);
+        var id = created["id"]!.GetValue<long>();
+        Assert.Equal("queued", created.State());
+        var done = await tenant.WaitJob(id, j => j.State() is "succeeded" or "failed");
+        Assert.Equal("succeeded", done.State());
+        Assert.Equal(0, done["exitCode"]!.GetValue<int>());
+        Assert.Equal(tenantId, done["tenantId"]!.GetValue<long>());
+
+        var logs = await tenant.Get($"/api/v1/jobs/{id}/logs");
+        Assert.Equal("hello\n", string.Concat(logs["items"]!.AsArray().Select(c => c!["data"]!.GetValue<string>())));
+        var states = (await tenant.Get($"/api/v1/jobs/{id}/events"))["items"]!.AsArray().Select(e => e!["state"]!.GetValue<string>()).ToList();
+        Assert.Equal(["queued", "leased", "running", "succeeded"], states);
+
+        // A job that runs long enough to meter whole seconds of one core.
+        var slow = await tenant.Post("/api/v1/jobs", Api.Job("slow", ["/bin/sh", "-c", "sleep 2.2"], cpu: 1), HttpStatusCode.Created);
+        await tenant.WaitJob(slow["id"]!.GetValue<long>(), j => j.State() == "succeeded");
+        var usage = await tenant.Get("/api/v1/usage?groupBy=tenant");
+        var row = Assert.Single(usage["items"]!.AsArray());
+        Assert.Equal("acme", row!["key"]!.GetValue<string>());
+        Assert.Equal(2, row["jobs"]!.GetValue<int>());
+        Assert.InRange(row["coreHours"]!.GetValue<decimal>(), 2m / 3600, 3m / 3600);
+        var bySector = await admin.Get("/api/v1/usage?groupBy=sector&bucket=hour");
+        Assert.Equal("research", bySector["items"]![0]!["key"]!.GetValue<string>());
+        Assert.NotNull(bySector["items"]![0]!["bucket"]);
+    }
+
+    [Fact]
+    public async Task FailedJob_KeepsExitCode_AndRetriesOnlyWhenAsked()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("t1");
+        using var tenant = s.Client(key);
+        var once = await tenant.Post("/api/v1/jobs", Api.Job("fail", ["/bin/sh", "-c", "exit 3"]), HttpStatusCode.Created);
+        var twice = await tenant.Post("/api/v1/jobs", Api.Job("fail-retry", ["/bin/sh", "-c", "exit 3"], retry: new { maxAttempts = 2, onFailure = true }), HttpStatusCode.Created);
+        var a = await tenant.WaitJob(once["id"]!.GetValue<long>(), j => j.State() == "failed");
+        var b = await tenant.WaitJob(twice["id"]!.GetValue<long>(), j => j.State() == "failed");
+        Assert.Equal(3, a["exitCode"]!.GetValue<int>());
+        Assert.Equal(1, a["attempt"]!.GetValue<int>());
+        Assert.Equal(3, b["exitCode"]!.GetValue<int>());
+        Assert.Equal(2, b["attempt"]!.GetValue<int>());
+    }
+
+    [Fact]
+    public async Task TimeLimit_StopsTheJob()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("t1");
+        using var tenant = s.Client(key);
+        var j = await tenant.Post("/api/v1/jobs", Api.Job("sleepy", ["sleep", "60"], timeLimit: 1), HttpStatusCode.Created);
+        var done = await tenant.WaitJob(j["id"]!.GetValue<long>(), x => x.State() == "failed", 20);
+        Assert.Contains("time limit", done["reason"]!.GetValue<string>(), StringComparison.Ordinal);
+    }
+
+    private static int CountProcesses(string marker)
+    {
+        var psi = new ProcessStartInfo("pgrep", ["-f", marker]) { RedirectStandardOutput = true };
+        using var p = Process.Start(psi)!;
+        var lines = p.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        p.WaitForExit();
+        return lines.Length;
+    }
+
+    [Fact]
+    public async Task Cancel_RunningJob_ItsWholeProcessTreeIsGone()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("t1");
+        using var tenant = s.Client(key);
+        var marker = "37" + Random.Shared.Next(10000, 99999).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        // A child in the background, a grandchild in a subshell, and the shell itself.
+        var j = await tenant.Post("/api/v1/jobs", Api.Job("tree", ["/bin/sh", "-c", $"(sleep {marker} &); sleep {marker} & wait"], timeLimit: 600), HttpStatusCode.Created);
+        var id = j["id"]!.GetValue<long>();
+        await tenant.WaitJob(id, x => x.State() == "running");
+        var sw = Stopwatch.StartNew();
+        while (CountProcesses($"sleep {marker}") < 3 && sw.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(100);
+        }
+
+        // The shell (its command line holds the marker too), the background child and the grandchild.
+        Assert.True(CountProcesses($"sleep {marker}") >= 3, "the job's process tree did not start");
+        var cancelled = await tenant.Post($"/api/v1/jobs/{id}/cancel", new { });
+        Assert.Equal("cancelled", cancelled.State());
+        sw.Restart();
+        while (CountProcesses($"sleep {marker}") > 0 && sw.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            await Task.Delay(100);
+        }
+
+        Assert.Equal(0, CountProcesses($"sleep {marker}"));
+        // Cancelling again is a conflict, not a second state change.
+        var again = await tenant.PostAsJsonAsync($"/api/v1/jobs/{id}/cancel", new { });
+        Assert.Equal(HttpStatusCode.Conflict, again.StatusCode);
+    }
+
+    [Fact]
+    public async Task Restart_RecoversTheQueue_AndAnAgentThenRunsIt()
+    {
+        using var s = new ServerProcess(localProvider: false);
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("t1");
+        var (_, providerKey) = await admin.Provider("edge");
+        long id;
+        using (var tenant = s.Client(key))
+        {
+            id = (await tenant.Post("/api/v1/jobs", Api.Job("wait-for-agent", ["/bin/sh", "-c", "echo ran"]), HttpStatusCode.Created))["id"]!.GetValue<long>();
+        }
+
+        s.Kill();
+        s.Start();
+        using var tenant2 = s.Client(key);
+        Assert.Equal("queued", (await tenant2.Get($"/api/v1/jobs/{id}")).State());
+        var output = new StringBuilder();
+        using var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512",
+            "--work-dir", Path.Combine(s.DataDir, "agent"));
+        try
+        {
+            var done = await tenant2.WaitJob(id, j => j.State() == "succeeded", 30);
+            Assert.Equal("edge", (await admin.Get("/api/v1/providers"))["items"]![0]!["name"]!.GetValue<string>());
+            Assert.NotNull(done["providerId"]);
+        }
+        finally
+        {
+            agent.Kill(true);
+        }
+    }
+}
