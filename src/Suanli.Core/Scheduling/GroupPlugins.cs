@@ -19,6 +19,12 @@ public interface IGroupFilter
 
     /// <summary>Null when the group may run the job, else the reason it may not.</summary>
     Rejection? Filter(JobSpec job, int group, Pool pool);
+
+    /// <summary>
+    /// Whether the group may run the job, without building a reason (the scheduler's hot path; filters whose reasons
+    /// cost a string override it).
+    /// </summary>
+    bool Admits(JobSpec job, int group, Pool pool) => Filter(job, group, pool) is null;
 }
 
 /// <summary>Node hardware: enough CPU, memory and cards of an allowed model per node, and enough nodes for the gang.</summary>
@@ -26,46 +32,69 @@ public sealed class ShapeFilter : IGroupFilter
 {
     public string Name => "shape";
 
-    public Rejection? Filter(JobSpec job, int group, Pool pool)
+    private enum Failure
     {
-        var g = pool.Groups[group];
+        None,
+        Cpu,
+        Memory,
+        CardCount,
+        Model,
+        Sharing,
+        Gang,
+    }
+
+    private static Failure FirstFailure(JobSpec job, NodeGroup g)
+    {
         var s = g.Shape;
         var t = job.Task;
         if (t.MilliCpu > s.MilliCpu)
         {
-            return new(Name, $"task needs {t.MilliCpu} milli-CPU, nodes have {s.MilliCpu}");
+            return Failure.Cpu;
         }
 
         if (t.MemoryMiB > s.MemoryMiB)
         {
-            return new(Name, $"task needs {t.MemoryMiB} MiB, nodes have {s.MemoryMiB}");
+            return Failure.Memory;
         }
 
         if (t.GpuCount > 0)
         {
             if (t.GpuCount > s.AcceleratorCount)
             {
-                return new(Name, $"task needs {t.GpuCount} x {ModelText(t)}, nodes have {s.AcceleratorCount} x {s.AcceleratorModel ?? "none"}");
+                return Failure.CardCount;
             }
 
             if (!NodeFit.ModelAllowed(s.AcceleratorModel, t))
             {
-                return new(Name, $"task allows {ModelText(t)}, nodes have {s.AcceleratorModel}");
+                return Failure.Model;
             }
 
             if (t.IsSharing && !s.GpuSharing)
             {
-                return new(Name, $"task shares a card ({t.GpuMilli} milli-GPU), group does not allow card sharing");
+                return Failure.Sharing;
             }
         }
 
-        var perNode = PerNodeCapacity(s, t);
-        if (perNode * (long)g.NodeCount < job.Tasks)
-        {
-            return new(Name, $"gang of {job.Tasks} tasks needs more than the group's {g.NodeCount} nodes hold ({perNode} per node)");
-        }
+        return PerNodeCapacity(s, t) * (long)g.NodeCount < job.Tasks ? Failure.Gang : Failure.None;
+    }
 
-        return null;
+    public bool Admits(JobSpec job, int group, Pool pool) => FirstFailure(job, pool.Groups[group]) == Failure.None;
+
+    public Rejection? Filter(JobSpec job, int group, Pool pool)
+    {
+        var g = pool.Groups[group];
+        var s = g.Shape;
+        var t = job.Task;
+        return FirstFailure(job, g) switch
+        {
+            Failure.None => null,
+            Failure.Cpu => new(Name, $"task needs {t.MilliCpu} milli-CPU, nodes have {s.MilliCpu}"),
+            Failure.Memory => new(Name, $"task needs {t.MemoryMiB} MiB, nodes have {s.MemoryMiB}"),
+            Failure.CardCount => new(Name, $"task needs {t.GpuCount} x {ModelText(t)}, nodes have {s.AcceleratorCount} x {s.AcceleratorModel ?? "none"}"),
+            Failure.Model => new(Name, $"task allows {ModelText(t)}, nodes have {s.AcceleratorModel}"),
+            Failure.Sharing => new(Name, $"task shares a card ({t.GpuMilli} milli-GPU), group does not allow card sharing"),
+            _ => new(Name, $"gang of {job.Tasks} tasks needs more than the group's {g.NodeCount} nodes hold ({PerNodeCapacity(s, t)} per node)"),
+        };
     }
 
     /// <summary>Tasks of <paramref name="t"/> that one empty node of shape <paramref name="s"/> holds.</summary>
@@ -98,6 +127,14 @@ public sealed class PlacementConstraintFilter : IGroupFilter
 {
     public string Name => "constraints";
 
+    public bool Admits(JobSpec job, int group, Pool pool)
+    {
+        var w = job.Where;
+        var provider = pool.ProviderOf(group);
+        return (w.Regions is not { Count: > 0 } regions || regions.Contains(provider.Region, StringComparer.Ordinal))
+            && (w.Providers is not { Count: > 0 } providers || providers.Contains(provider.Id, StringComparer.Ordinal));
+    }
+
     public Rejection? Filter(JobSpec job, int group, Pool pool)
     {
         var w = job.Where;
@@ -121,6 +158,10 @@ public sealed class LatencyFilter : IGroupFilter
 {
     public string Name => "latency";
 
+    public bool Admits(JobSpec job, int group, Pool pool) =>
+        job.Where.MaxLatencyMs is not { } max || job.Where.UserRegion is null
+        || pool.LatencyMs(job.Where.UserRegion, pool.ProviderOf(group).Region) is { } ms && ms <= max;
+
     public Rejection? Filter(JobSpec job, int group, Pool pool)
     {
         var w = job.Where;
@@ -141,6 +182,9 @@ public sealed class LatencyFilter : IGroupFilter
 public sealed class BudgetFilter : IGroupFilter
 {
     public string Name => "budget";
+
+    public bool Admits(JobSpec job, int group, Pool pool) =>
+        job.Budget is not { } budget || Pricing.EstimatedCost(job, pool.Groups[group]) is not { } c || c <= budget;
 
     public Rejection? Filter(JobSpec job, int group, Pool pool)
     {

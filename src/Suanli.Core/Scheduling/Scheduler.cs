@@ -145,7 +145,7 @@ public sealed class Scheduler
         var list = new List<int>();
         for (var g = 0; g < Pool.Groups.Count; g++)
         {
-            if (FirstRejection(job, g) is null)
+            if (AdmittedByAll(job, g))
             {
                 list.Add(g);
             }
@@ -154,6 +154,19 @@ public sealed class Scheduler
         int[] groups = [.. list];
         _feasible[job.Id] = (job, groups);
         return groups;
+    }
+
+    private bool AdmittedByAll(JobSpec job, int group)
+    {
+        foreach (var f in Policy.Filters)
+        {
+            if (!f.Admits(job, group, Pool))
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     private Rejection? FirstRejection(JobSpec job, int group)
