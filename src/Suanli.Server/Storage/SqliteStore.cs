@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Text.Json;
 using System.Threading.Channels;
 using Microsoft.Data.Sqlite;
@@ -27,6 +28,7 @@ public sealed class SqliteStore : IControlStore
         _writer.Open();
         Exec(_writer, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;");
         Migrations.Apply(_writer);
+        Prepared.Add(_writer, new Dictionary<string, SqliteCommand>(StringComparer.Ordinal));
         _writerTask = Task.Factory.StartNew(WriterLoop, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
     }
 
@@ -130,21 +132,55 @@ public sealed class SqliteStore : IControlStore
 
     private static void Exec(SqliteConnection c, string sql)
     {
-        using var cmd = c.CreateCommand();
-        cmd.CommandText = sql;
+        using var cmd = Cmd(c, sql);
         cmd.ExecuteNonQuery();
     }
 
-    private static SqliteCommand Cmd(SqliteConnection c, string sql, params (string Name, object? Value)[] args)
+    // Statements of the writer connection stay prepared between uses (Microsoft.Data.Sqlite keeps a command's
+    // statements while its text is unchanged); only the writer task runs them, one at a time.
+    private static readonly ConditionalWeakTable<SqliteConnection, Dictionary<string, SqliteCommand>> Prepared = new();
+
+    /// <summary>A command to run once: a cached prepared one on the writer connection, else a fresh one.</summary>
+    private sealed class Stmt(SqliteCommand command, bool cached) : IDisposable
     {
-        var cmd = c.CreateCommand();
-        cmd.CommandText = sql;
+        public int ExecuteNonQuery() => command.ExecuteNonQuery();
+
+        public SqliteDataReader ExecuteReader() => command.ExecuteReader();
+
+        public void Dispose()
+        {
+            if (!cached)
+            {
+                command.Dispose();
+            }
+        }
+    }
+
+    private static Stmt Cmd(SqliteConnection c, string sql, params (string Name, object? Value)[] args)
+    {
+        SqliteCommand cmd;
+        var cached = Prepared.TryGetValue(c, out var cache);
+        if (cached && cache!.TryGetValue(sql, out var hit))
+        {
+            cmd = hit;
+            cmd.Parameters.Clear();
+        }
+        else
+        {
+            cmd = c.CreateCommand();
+            cmd.CommandText = sql;
+            if (cached)
+            {
+                cache![sql] = cmd;
+            }
+        }
+
         foreach (var (name, value) in args)
         {
             cmd.Parameters.AddWithValue(name, value ?? DBNull.Value);
         }
 
-        return cmd;
+        return new Stmt(cmd, cached);
     }
 
     private static List<T> Query<T>(SqliteConnection c, string sql, Func<SqliteDataReader, T> map, params (string, object?)[] args)
@@ -420,6 +456,16 @@ public sealed class SqliteStore : IControlStore
     {
         _queue.Writer.TryComplete();
         await _writerTask.ConfigureAwait(false);
+        if (Prepared.TryGetValue(_writer, out var cache))
+        {
+            foreach (var cmd in cache.Values)
+            {
+                await cmd.DisposeAsync().ConfigureAwait(false);
+            }
+
+            Prepared.Remove(_writer);
+        }
+
         await _writer.DisposeAsync().ConfigureAwait(false);
         SqliteConnection.ClearAllPools();
     }
