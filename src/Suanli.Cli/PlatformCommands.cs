@@ -407,15 +407,35 @@ internal static class PlatformCommands
         }));
         var name = new Argument<string>("NAME");
         var region = new Option<string?>("--region") { Description = "Region / 区域" };
-        var create = WithClientOptions(new Command("create", "Create a provider (operator) / 创建提供方") { name, region });
+        cmd.Subcommands.Add(CreateCommand("Create a provider (operator) / 创建提供方", "/api/v1/providers", ("provider", "提供方"),
+            r => new JsonObject { ["name"] = r.GetValue(name), ["region"] = r.GetValue(region) ?? "default" }, name, region));
+        return cmd;
+    }
+
+    /// <summary>A `create` subcommand that posts the body built from its arguments and prints the new id.</summary>
+    private static Command CreateCommand(string description, string path, (string En, string Zh) noun, Func<ParseResult, JsonObject> body, params Symbol[] symbols)
+    {
+        var create = WithClientOptions(new Command("create", description));
+        foreach (var symbol in symbols)
+        {
+            switch (symbol)
+            {
+                case Argument a:
+                    create.Arguments.Add(a);
+                    break;
+                case Option o:
+                    create.Options.Add(o);
+                    break;
+            }
+        }
+
         create.SetAction(r => Client(r, async api =>
         {
-            var p = await api.PostAsync("/api/v1/providers", new JsonObject { ["name"] = r.GetValue(name), ["region"] = r.GetValue(region) ?? "default" });
-            Print(r, p, x => Console.WriteLine(Messages.T($"provider {x["id"]} created", $"已创建提供方 {x["id"]}")));
+            var made = await api.PostAsync(path, body(r));
+            Print(r, made, x => Console.WriteLine(Messages.T($"{noun.En} {x["id"]} created", $"已创建{noun.Zh} {x["id"]}")));
             return ExitCodes.Ok;
         }));
-        cmd.Subcommands.Add(create);
-        return cmd;
+        return create;
     }
 
     private static Command Tenants()
@@ -430,8 +450,7 @@ internal static class PlatformCommands
         var name = new Argument<string>("NAME");
         var sector = new Option<string?>("--sector") { Description = "Sector / 行业" };
         var weight = new Option<double?>("--weight") { Description = "Fair-share weight / 公平份额权重" };
-        var create = WithClientOptions(new Command("create", "Create a tenant (operator) / 创建租户") { name, sector, weight });
-        create.SetAction(r => Client(r, async api =>
+        cmd.Subcommands.Add(CreateCommand("Create a tenant (operator) / 创建租户", "/api/v1/tenants", ("tenant", "租户"), r =>
         {
             var body = new JsonObject { ["name"] = r.GetValue(name) };
             if (r.GetValue(sector) is { } s)
@@ -444,11 +463,8 @@ internal static class PlatformCommands
                 body["weight"] = w;
             }
 
-            var t = await api.PostAsync("/api/v1/tenants", body);
-            Print(r, t, x => Console.WriteLine(Messages.T($"tenant {x["id"]} created", $"已创建租户 {x["id"]}")));
-            return ExitCodes.Ok;
-        }));
-        cmd.Subcommands.Add(create);
+            return body;
+        }, name, sector, weight));
         return cmd;
     }
 

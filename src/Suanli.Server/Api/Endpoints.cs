@@ -250,7 +250,13 @@ public static class Endpoints
         return j is not null && (who.IsOperator || j.TenantId == who.TenantId) ? j : null;
     }
 
-    private static async Task<IResult> CreateTenant(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time)
+    /// <summary>
+    /// A creating POST with Idempotency-Key: a key this caller used before answers with the resource it made; otherwise
+    /// <paramref name="create"/> validates the body and makes the resource, and the key is remembered.
+    /// </summary>
+    private static async Task<IResult> CreateOnce<T>(HttpContext h, IControlStore s, TimeProvider time, string kind,
+        Func<long, Task<T?>> find, Func<JsonObject, List<FieldError>, Task<(T Created, long Id)?>> create)
+        where T : class
     {
         var key = IdemKey(h, out var bad);
         if (bad is not null)
@@ -258,8 +264,8 @@ public static class Endpoints
             return bad;
         }
 
-        var scope = $"tenant:{Who(h).KeyId}";
-        if (key is not null && await s.IdempotentGetAsync(scope, key) is { } prior && long.TryParse(prior, out var priorId) && await s.GetTenantAsync(priorId) is { } existing)
+        var scope = $"{kind}:{Who(h).KeyId}";
+        if (key is not null && await s.IdempotentGetAsync(scope, key) is { } prior && long.TryParse(prior, CultureInfo.InvariantCulture, out var priorId) && await find(priorId) is { } existing)
         {
             return Results.Ok(existing);
         }
@@ -271,132 +277,89 @@ public static class Endpoints
         }
 
         var errors = new List<FieldError>();
-        var name = body!["name"] is JsonValue nv && nv.TryGetValue<string>(out var n) ? n : null;
-        if (name is null || name.Length is 0 or > JobDocument.MaxNameLength)
-        {
-            errors.Add(new FieldError("name", "length", $"is required: 1 to {JobDocument.MaxNameLength} characters"));
-        }
-        else
-        {
-            JobDocument.CheckName(name, "name", errors);
-        }
-
-        var sector = body["sector"] is JsonValue sv && sv.TryGetValue<string>(out var sec) ? sec : body["sector"] is null ? "general" : null;
-        if (sector is null || sector.Length is 0 or > 64)
-        {
-            errors.Add(new FieldError("sector", "length", "must be a string of 1 to 64 characters"));
-        }
-        else
-        {
-            JobDocument.CheckName(sector, "sector", errors);
-        }
-
-        var weight = 1.0;
-        if (body["weight"] is { } w && !(w is JsonValue wv && wv.TryGetValue(out weight) && weight is > 0 and <= 1000))
-        {
-            errors.Add(new FieldError("weight", "range", "must be a number above 0 and at most 1000"));
-        }
-
-        foreach (var (k, _) in body)
-        {
-            if (k is not ("name" or "sector" or "weight"))
-            {
-                errors.Add(new FieldError(k, "unknown", "unknown field; allowed: name, sector, weight"));
-            }
-        }
-
-        if (errors.Count > 0)
-        {
-            return Problems.Validation(new ValidationException(errors));
-        }
-
         try
         {
+            var made = await create(body!, errors);
+            if (made is not { } m)
+            {
+                return Problems.Validation(new ValidationException(errors));
+            }
+
+            if (key is not null)
+            {
+                await s.IdempotentPutAsync(scope, key, m.Id.ToString(CultureInfo.InvariantCulture), time.GetUtcNow().ToUnixTimeMilliseconds());
+            }
+
+            return Results.Created($"/api/v1/{kind}s/{m.Id}", m.Created);
+        }
+        catch (StoreConflictException e)
+        {
+            return Problems.Of(409, e.Code, e.Message);
+        }
+    }
+
+    /// <summary>A name-like field: 1..max characters of the name alphabet, no '/'; <paramref name="fallback"/> when absent.</summary>
+    private static string? Label(JsonObject body, string field, int max, string? fallback, List<FieldError> errors)
+    {
+        var value = body[field] is JsonValue v && v.TryGetValue<string>(out var x) ? x : body[field] is null ? fallback : null;
+        if (value is null || value.Length == 0 || value.Length > max || value.Contains('/', StringComparison.Ordinal))
+        {
+            errors.Add(new FieldError(field, "length", $"{(fallback is null ? "is required: " : "must be ")}a string of 1 to {max} characters without '/'"));
+            return null;
+        }
+
+        JobDocument.CheckName(value, field, errors);
+        return value;
+    }
+
+    private static void OnlyFields(JsonObject body, string[] allowed, List<FieldError> errors)
+    {
+        foreach (var (k, _) in body)
+        {
+            if (!allowed.Contains(k))
+            {
+                errors.Add(new FieldError(k, "unknown", $"unknown field; allowed: {string.Join(", ", allowed)}"));
+            }
+        }
+    }
+
+    private static Task<IResult> CreateTenant(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time) =>
+        CreateOnce(h, s, time, "tenant", s.GetTenantAsync, async (body, errors) =>
+        {
+            var name = Label(body, "name", JobDocument.MaxNameLength, null, errors);
+            var sector = Label(body, "sector", 64, "general", errors);
+            var weight = 1.0;
+            if (body["weight"] is { } w && !(w is JsonValue wv && wv.TryGetValue(out weight) && weight is > 0 and <= 1000))
+            {
+                errors.Add(new FieldError("weight", "range", "must be a number above 0 and at most 1000"));
+            }
+
+            OnlyFields(body, ["name", "sector", "weight"], errors);
+            if (errors.Count > 0)
+            {
+                return null;
+            }
+
             var t = await s.CreateTenantAsync(name!, sector!, weight, time.GetUtcNow().ToUnixTimeMilliseconds());
             cp.TenantCreated(t);
-            if (key is not null)
+            return (t, t.Id);
+        });
+
+    private static Task<IResult> CreateProvider(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time) =>
+        CreateOnce(h, s, time, "provider", s.GetProviderAsync, async (body, errors) =>
+        {
+            var name = Label(body, "name", 64, null, errors);
+            var region = Label(body, "region", 64, "default", errors);
+            OnlyFields(body, ["name", "region"], errors);
+            if (errors.Count > 0)
             {
-                await s.IdempotentPutAsync(scope, key, t.Id.ToString(CultureInfo.InvariantCulture), time.GetUtcNow().ToUnixTimeMilliseconds());
+                return null;
             }
 
-            return Results.Created($"/api/v1/tenants/{t.Id}", t);
-        }
-        catch (StoreConflictException e)
-        {
-            return Problems.Of(409, e.Code, e.Message);
-        }
-    }
-
-    private static async Task<IResult> CreateProvider(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time)
-    {
-        var key = IdemKey(h, out var bad);
-        if (bad is not null)
-        {
-            return bad;
-        }
-
-        var scope = $"provider:{Who(h).KeyId}";
-        if (key is not null && await s.IdempotentGetAsync(scope, key) is { } prior && long.TryParse(prior, out var priorId) && await s.GetProviderAsync(priorId) is { } existing)
-        {
-            return Results.Ok(existing);
-        }
-
-        var (body, err) = await Problems.ReadObjectAsync(h.Request);
-        if (err is not null)
-        {
-            return err;
-        }
-
-        var errors = new List<FieldError>();
-        var name = body!["name"] is JsonValue nv && nv.TryGetValue<string>(out var n) ? n : null;
-        if (name is null || name.Length is 0 or > 64 || name.Contains('/', StringComparison.Ordinal))
-        {
-            errors.Add(new FieldError("name", "length", "is required: 1 to 64 characters"));
-        }
-        else
-        {
-            JobDocument.CheckName(name, "name", errors);
-        }
-
-        var region = body["region"] is JsonValue rv && rv.TryGetValue<string>(out var r) ? r : body["region"] is null ? "default" : null;
-        if (region is null || region.Length is 0 or > 64)
-        {
-            errors.Add(new FieldError("region", "length", "must be a string of 1 to 64 characters"));
-        }
-        else
-        {
-            JobDocument.CheckName(region, "region", errors);
-        }
-
-        foreach (var (k, _) in body)
-        {
-            if (k is not ("name" or "region"))
-            {
-                errors.Add(new FieldError(k, "unknown", "unknown field; allowed: name, region"));
-            }
-        }
-
-        if (errors.Count > 0)
-        {
-            return Problems.Validation(new ValidationException(errors));
-        }
-
-        try
-        {
             var p = await s.CreateProviderAsync(name!, region!, time.GetUtcNow().ToUnixTimeMilliseconds());
             cp.ProviderCreated(p);
-            if (key is not null)
-            {
-                await s.IdempotentPutAsync(scope, key, p.Id.ToString(CultureInfo.InvariantCulture), time.GetUtcNow().ToUnixTimeMilliseconds());
-            }
-
-            return Results.Created($"/api/v1/providers/{p.Id}", p);
-        }
-        catch (StoreConflictException e)
-        {
-            return Problems.Of(409, e.Code, e.Message);
-        }
-    }
+            return (p, p.Id);
+        });
 
     private static async Task<IResult> CreateKey(HttpContext h, IControlStore s, KeyService keys, string role, long id)
     {
