@@ -71,6 +71,7 @@ public sealed partial class ControlPlane : BackgroundService
     // Submissions land here without the gate and are moved into _jobs by whoever takes the gate next.
     private readonly System.Collections.Concurrent.ConcurrentQueue<LiveJob> _inbox = new();
     private readonly FairShareLedger _fairShare = new();
+    private readonly RunTimePredictor _predictor = new();
     private readonly SemaphoreSlim _wake = new(0, 1);
     private Dictionary<long, WaitReason> _waits = [];
     private Pool? _pool;
@@ -449,6 +450,11 @@ public sealed partial class ControlPlane : BackgroundService
                     _fairShare.Charge(live.Spec.Tenant, share * Math.Max(0, (NowMs - s) / 1000), NowMs / 1000);
                 }
 
+                if (rec.State is JobStates.Succeeded or JobStates.Failed && rec.StartedMs is { } started && rec.EndedMs is { } ended)
+                {
+                    _predictor.Completed(live.Spec, Math.Max(0, (ended - started) / 1000));
+                }
+
                 ReleaseLocked(live);
                 if (rec.State == JobStates.Queued)
                 {
@@ -698,7 +704,7 @@ public sealed partial class ControlPlane : BackgroundService
                 .Select(j => new RunningJob(j.Spec, (j.Record.StartedMs ?? NowMs) / 1000, j.Allocation!)).ToList();
             var tenants = _tenants.Values.ToDictionary(t => t.Id.ToString(System.Globalization.CultureInfo.InvariantCulture),
                 t => new Tenant(t.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), [t.Sector], t.Weight));
-            var result = _scheduler.RunCycle(new CycleInput(NowMs / 1000, pending, running, tenants, _fairShare), _state);
+            var result = _scheduler.RunCycle(new CycleInput(NowMs / 1000, pending, running, tenants, _fairShare, Predictor: _predictor), _state);
             _waits = result.Waiting;
             foreach (var placed in result.Started)
             {

@@ -70,4 +70,8 @@ public sealed record Tenant(
     IReadOnlyList<string> Sectors,
     double Weight = 1.0,
     long? QuotaMilliCpu = null,
-    long? QuotaGpuMilli = null);
+    long? QuotaGpuMilli = null)
+{
+    /// <summary>The tenant id of jobs whose submitter is not known (an SWF log's user -1).</summary>
+    public const string Unknown = "unknown";
+}

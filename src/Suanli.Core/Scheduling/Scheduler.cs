@@ -91,7 +91,8 @@ public sealed record CycleInput(
     IReadOnlyList<RunningJob> Running,
     IReadOnlyDictionary<string, Tenant>? Tenants = null,
     FairShareLedger? FairShare = null,
-    bool RecordWaits = true);
+    bool RecordWaits = true,
+    RunTimePredictor? Predictor = null);
 
 /// <summary>
 /// The scheduling core: one pure entry point, <see cref="RunCycle"/>, used by the live control plane and the simulator
@@ -242,7 +243,7 @@ public sealed class Scheduler
         var result = new CycleResult(input.RecordWaits ? input.Pending.Count : 0);
         var record = input.RecordWaits;
         var now = input.Now;
-        var ordered = OrderKeyed(input.Pending, new QueueContext(now, TenantShares(input)));
+        var ordered = OrderKeyed(input.Pending, new QueueContext(now, TenantShares(input), input.Predictor));
         var running = new List<RunningJob>(input.Running);
         var quotaUse = Policy.EnforceQuotas && input.Tenants is { Count: > 0 } ? QuotaUse(input.Running) : null;
         JobSpec? blocked = null;

@@ -50,6 +50,7 @@ public sealed class Simulator
         var running = new List<RunningJob>();
         var completions = new PriorityQueue<RunningJob, (long End, long Id)>();
         var fairShare = new FairShareLedger();
+        var predictor = new RunTimePredictor();
         var poolCpu = _pool.Groups.Sum(g => (double)g.Shape.MilliCpu * g.NodeCount);
         var poolGpu = _pool.Groups.Sum(g => 1000.0 * g.Shape.AcceleratorCount * g.NodeCount);
         var outcomes = new List<JobOutcome>(arrivals.Count);
@@ -77,6 +78,7 @@ public sealed class Simulator
                 state.Release(r.Allocation);
                 running.Remove(r);
                 fairShare.Charge(r.Job.Tenant, FairShareLedger.DominantShare(r.Job, poolCpu, poolGpu) * (now - r.StartTime), now);
+                predictor.Completed(r.Job, now - r.StartTime);
             }
 
             while (next < arrivals.Count && arrivals[next].Spec.SubmitTime == now)
@@ -105,7 +107,7 @@ public sealed class Simulator
             }
 
             cycles++;
-            var result = _scheduler.RunCycle(new CycleInput(now, pending.Values, running, _tenants, fairShare, RecordWaits: false), state);
+            var result = _scheduler.RunCycle(new CycleInput(now, pending.Values, running, _tenants, fairShare, RecordWaits: false, Predictor: predictor), state);
             foreach (var rsv in result.Reservations)
             {
                 firstReservation.TryAdd(rsv.JobId, rsv.Start);

@@ -13,7 +13,7 @@ namespace Suanli.Simulation.Protocols;
 public static class FgdProtocol
 {
     /// <summary>Placement policies of the protocol.</summary>
-    public static IReadOnlyList<string> Policies { get; } = ["random", "bestfit", "dotprod", "gpu-packing", "gpu-clustering", "fgd"];
+    public static IReadOnlyList<string> Policies { get; } = ["random", "bestfit", "dotprod", "gpu-packing", "gpu-clustering", "fgd", "suanli"];
 
     /// <summary>Seeds of the published means.</summary>
     public static IReadOnlyList<int> Seeds { get; } = [42, 43, 44, 45, 46, 47, 48, 49, 50, 51];
@@ -123,7 +123,8 @@ public static class FgdProtocol
             "dotprod" => new DotProductNodeScorer(max),
             "gpu-packing" => new GpuPackingNodeScorer(),
             "gpu-clustering" => new GpuClusteringNodeScorer(max),
-            "fgd" => new FgdNodeScorer(typical ?? TypicalTasks(inputs.Tasks)),
+            // Suanli's placement on GPU pools is FGD's fragmentation gradient (docs/policies.md).
+            "fgd" or "suanli" => new FgdNodeScorer(typical ?? TypicalTasks(inputs.Tasks)),
             _ => throw new ArgumentException($"policy: unknown FGD-protocol placement '{policy}'; choose one of {string.Join(", ", Policies)}", nameof(policy)),
         };
 

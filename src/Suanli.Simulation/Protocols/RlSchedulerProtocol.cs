@@ -48,7 +48,7 @@ public static class RlSchedulerProtocol
             }
 
             var needNodes = (int)((procs + ppn - 1) / ppn);
-            var spec = new JobSpec(jobs.Count, "u" + r.User, new TaskResources(ppn * 1000, 0), Math.Max(1, needNodes), r.Submit, req);
+            var spec = new JobSpec(jobs.Count, r.User >= 0 ? "u" + r.User : Tenant.Unknown, new TaskResources(ppn * 1000, 0), Math.Max(1, needNodes), r.Submit, req);
             jobs.Add(new ProtocolJob(spec, run, needNodes));
         }
 
@@ -91,6 +91,7 @@ public static class RlSchedulerProtocol
         private readonly PriorityQueue<int, (long End, long Seq)> _running = new();
         private readonly List<int> _runningList = [];
         private readonly long[] _start;
+        private readonly RunTimePredictor _predictor = new();
         private long _seq;
         private int _free;
         private long _now;
@@ -140,7 +141,7 @@ public static class RlSchedulerProtocol
 
         private int Head()
         {
-            var ctx = new QueueContext(_now, EmptyShares);
+            var ctx = new QueueContext(_now, EmptyShares, _predictor);
             var best = _queue[0];
             var bestKey = order.Key(jobs[best].Spec, ctx);
             for (var i = 1; i < _queue.Count; i++)
@@ -185,6 +186,7 @@ public static class RlSchedulerProtocol
 
             _running.Dequeue();
             _runningList.Remove(r);
+            _predictor.Completed(jobs[r].Spec, jobs[r].Run);
             _now = Math.Max(_now, release);
             _free += jobs[r].Nodes;
         }

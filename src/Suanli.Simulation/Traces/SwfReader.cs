@@ -169,7 +169,7 @@ public static class SwfReader
 
             var req = r.RequestedTime > 0 ? r.RequestedTime : r.Run;
             var tasks = (int)((procs + ppn - 1) / ppn);
-            var spec = new JobSpec(r.JobId, r.User >= 0 ? "u" + r.User.ToString(CultureInfo.InvariantCulture) : "unknown",
+            var spec = new JobSpec(r.JobId, r.User >= 0 ? "u" + r.User.ToString(CultureInfo.InvariantCulture) : Tenant.Unknown,
                 new TaskResources(ppn * 1000, 0), tasks, r.Submit, req);
             trace.Jobs.Add(new TraceJob(spec, r.Run));
         }
