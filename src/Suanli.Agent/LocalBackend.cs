@@ -80,6 +80,7 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot)
 
         var p = Process.Start(psi) ?? throw new InvalidOperationException($"job {job.Id}: the process did not start");
         p.StandardInput.Close();
+        RecordRunning(key, job.Id, p.Id);
         var rp = new RunningProcess(job, p, key);
         var gate = new SemaphoreSlim(1, 1);
         async Task Pump(StreamReader r)
@@ -120,9 +121,84 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot)
             await Task.WhenAll(outTask, errTask).WaitAsync(TimeSpan.FromSeconds(5)).ContinueWith(_ => { }, TaskScheduler.Default);
             Limiter.Cleanup(key);
             TryDelete(dir);
+            File.Delete(Path.Combine(StateDir, key));
             return p.ExitCode;
         });
         return rp;
+    }
+
+    private string StateDir => Path.Combine(workRoot, ".running");
+
+    // One file per live job: "job id, process group id". A restarted agent reads them to stop what its predecessor left.
+    private void RecordRunning(string key, long jobId, int pgid)
+    {
+        Directory.CreateDirectory(StateDir);
+        File.WriteAllText(Path.Combine(StateDir, key), $"{jobId.ToString(CultureInfo.InvariantCulture)} {pgid.ToString(CultureInfo.InvariantCulture)}");
+    }
+
+    /// <summary>
+    /// Stops the jobs a previous agent process left running in this work folder (it was killed, so nobody reaps them
+    /// and the server has already treated them as lost). A process is killed only when it is in the recorded process
+    /// group and carries that job's SUANLI_JOB_ID, so a recycled process id is never hit. Returns how many jobs were
+    /// found.
+    /// </summary>
+    public int ReapLeftovers()
+    {
+        if (!Directory.Exists(StateDir))
+        {
+            return 0;
+        }
+
+        var found = 0;
+        foreach (var file in Directory.GetFiles(StateDir))
+        {
+            var parts = File.ReadAllText(file).Split(' ');
+            if (parts.Length == 2 && long.TryParse(parts[0], CultureInfo.InvariantCulture, out var jobId) && int.TryParse(parts[1], CultureInfo.InvariantCulture, out var pgid))
+            {
+                found++;
+                foreach (var pid in ProcessesOf(pgid, jobId))
+                {
+                    _ = Native.kill(pid, Native.SIGKILL);
+                }
+
+                Limiter.Cleanup(Path.GetFileName(file));
+            }
+
+            File.Delete(file);
+        }
+
+        return found;
+    }
+
+    private static IEnumerable<int> ProcessesOf(int pgid, long jobId)
+    {
+        var marker = $"SUANLI_JOB_ID={jobId.ToString(CultureInfo.InvariantCulture)}\0";
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), CultureInfo.InvariantCulture, out var pid))
+            {
+                continue;
+            }
+
+            string stat, environ;
+            try
+            {
+                stat = File.ReadAllText(Path.Combine(dir, "stat"));
+                environ = File.ReadAllText(Path.Combine(dir, "environ"));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                continue;
+            }
+
+            // Fields after the command name in parentheses: state, ppid, pgrp, ...
+            var rest = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            if (rest.Length > 2 && int.TryParse(rest[2], CultureInfo.InvariantCulture, out var group) && group == pgid
+                && ("\0" + environ).Contains("\0" + marker, StringComparison.Ordinal))
+            {
+                yield return pid;
+            }
+        }
     }
 
     /// <summary>Stops a job's whole process tree (process group and control group).</summary>

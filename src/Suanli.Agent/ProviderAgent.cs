@@ -67,6 +67,11 @@ public sealed class ProviderAgent : IAsyncDisposable
     /// <summary>Runs until cancelled: register, then heartbeat and lease loops; re-registers after fencing.</summary>
     public async Task RunAsync(CancellationToken ct)
     {
+        if (_backend.ReapLeftovers() is > 0 and var left)
+        {
+            _log($"stopped {left} job(s) a previous agent left running in {_options.WorkDir}");
+        }
+
         while (!ct.IsCancellationRequested)
         {
             try
@@ -267,15 +272,29 @@ public sealed class ProviderAgent : IAsyncDisposable
         }
     }
 
-    internal async Task ShipLogAsync(long id, long epoch, string data)
+    /// <summary>Ships one chunk; resends on transient failures (the offset makes a resend harmless).</summary>
+    internal async Task ShipLogAsync(long id, long epoch, long offset, string data)
     {
-        try
+        for (var attempt = 0; attempt < 5; attempt++)
         {
-            using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/logs", new { epoch, data }, Web);
-        }
-        catch (HttpRequestException)
-        {
-            // Output is best effort while the server is unreachable.
+            try
+            {
+                using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/logs", new { epoch, data, offset }, Web);
+                if (resp.IsSuccessStatusCode || (int)resp.StatusCode is >= 400 and < 500)
+                {
+                    return;
+                }
+            }
+            catch (HttpRequestException)
+            {
+                // Retried below; output is best effort while the server stays unreachable.
+            }
+            catch (TaskCanceledException)
+            {
+                // Timed out: the server may have stored it; the offset makes the resend safe.
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(200 * (attempt + 1)));
         }
     }
 
@@ -303,6 +322,7 @@ public sealed class ProviderAgent : IAsyncDisposable
         private readonly Lock _gate = new();
         private readonly SemaphoreSlim _send = new(1, 1);
         private Task _pending = Task.CompletedTask;
+        private long _offset;
 
         public Task Add(string text)
         {
@@ -339,7 +359,8 @@ public sealed class ProviderAgent : IAsyncDisposable
 
                 if (data.Length > 0)
                 {
-                    await agent.ShipLogAsync(id, epoch, data);
+                    await agent.ShipLogAsync(id, epoch, _offset, data);
+                    _offset += data.Length;
                 }
             }
             finally

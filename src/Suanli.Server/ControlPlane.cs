@@ -483,8 +483,9 @@ public sealed partial class ControlPlane : BackgroundService
     }
 
     /// <summary>Appends agent output to a job's log (only the provider holding the job, under its epoch).</summary>
-    public async Task AppendLogAsync(long providerId, long epoch, long jobId, string data)
+    public async Task AppendLogAsync(long providerId, long epoch, long jobId, long? offset, string data)
     {
+        int attempt;
         lock (_gate)
         {
             DrainInboxLocked();
@@ -492,9 +493,11 @@ public sealed partial class ControlPlane : BackgroundService
             {
                 throw new StoreConflictException("stale_epoch", $"job {jobId} is not held by this provider under epoch {epoch}");
             }
+
+            attempt = j.Record.Attempt;
         }
 
-        await _store.AppendLogAsync(jobId, data);
+        await _store.AppendLogAsync(jobId, attempt, offset, data);
     }
 
     /// <summary>Moves a leased or running job of a lost provider back to the queue, or to lost when no attempt is left.</summary>

@@ -139,4 +139,54 @@ public class CrashTests
         Assert.Equal(HttpStatusCode.Conflict, leaseStale.StatusCode);
         await p.Post("/api/v1/agent/heartbeat", new { epoch = e2, running = Array.Empty<long>() });
     }
+
+    private static int Count(string marker)
+    {
+        using var p = Process.Start(new ProcessStartInfo("pgrep", ["-f", marker]) { RedirectStandardOutput = true })!;
+        var n = p.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries).Length;
+        p.WaitForExit();
+        return n;
+    }
+
+    [Fact]
+    public async Task RestartedAgent_StopsTheJobsItsKilledPredecessorLeftRunning()
+    {
+        using var s = new ServerProcess(localProvider: false, lostAfterSeconds: 2);
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("t");
+        var (_, pkey) = await admin.Provider("edge");
+        var work = Path.Combine(s.DataDir, "agent-work");
+        var marker = "43" + Random.Shared.Next(10000, 99999).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var out1 = new StringBuilder();
+        var agent = ServerProcess.StartSuanli(out1, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "1", "--memory-mib", "512", "--work-dir", work);
+        Process? again = null;
+        try
+        {
+            using var t = s.Client(key);
+            var id = (await t.Post("/api/v1/jobs", Api.Job("orphan", ["/bin/sh", "-c", $"sleep 600 # {marker}"], timeLimit: 900), HttpStatusCode.Created))["id"]!.GetValue<long>();
+            await t.WaitJob(id, j => j.State() == "running", 30);
+            agent.Kill(entireProcessTree: false);
+            agent.WaitForExit();
+            await Task.Delay(300);
+            Assert.True(Count($"# {marker}") > 0, "the job should outlive its killed agent");
+
+            again = ServerProcess.StartSuanli(out1, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "1", "--memory-mib", "512", "--work-dir", work);
+            var sw = Stopwatch.StartNew();
+            while (Count($"# {marker}") > 0 && sw.Elapsed < TimeSpan.FromSeconds(20))
+            {
+                await Task.Delay(100);
+            }
+
+            Assert.True(Count($"# {marker}") == 0, "the restarted agent did not stop the orphan:\n" + out1);
+            Assert.Contains("previous agent left running", out1.ToString(), StringComparison.Ordinal);
+        }
+        finally
+        {
+            agent.Dispose();
+            again?.Kill(true);
+            again?.Dispose();
+            using var kill = Process.Start("pkill", ["-f", $"# {marker}"]);
+            kill.WaitForExit();
+        }
+    }
 }

@@ -82,6 +82,24 @@ public abstract class StoreCompliance
     }
 
     [Fact]
+    public async Task LogChunks_ResentWithTheSameOffset_AreStoredOnce()
+    {
+        await using var s = Create();
+        var t = await s.CreateTenantAsync("a", "x", 1, 1);
+        var (j, _) = await s.SubmitAsync(Job(t.Id));
+        await s.AppendLogAsync(j.Id, 1, 0, "hello ");
+        await s.AppendLogAsync(j.Id, 1, 0, "hello ");
+        await s.AppendLogAsync(j.Id, 1, 6, "world\n");
+        await s.AppendLogAsync(j.Id, 2, 0, "again\n");
+        await s.AppendLogAsync(j.Id, 2, null, "x");
+        await s.AppendLogAsync(j.Id, 2, null, "x");
+        var chunks = await s.ReadLogsAsync(j.Id, 0, 100);
+        Assert.Equal("hello world\nagain\nxx", string.Concat(chunks.Select(c => c.Data)));
+        Assert.Equal(chunks.Select(c => c.Seq).Order(), chunks.Select(c => c.Seq));
+        Assert.Single(await s.ReadLogsAsync(j.Id, chunks[^2].Seq, 100));
+    }
+
+    [Fact]
     public async Task Names_AreUnique_AndKeysResolveByHashOnlyUntilRevoked()
     {
         await using var s = Create();

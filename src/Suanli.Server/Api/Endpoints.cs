@@ -44,7 +44,7 @@ public sealed record AgentLease(long Epoch, double? WaitSeconds);
 
 public sealed record AgentReport(long Epoch, string State, int? ExitCode, string? Message);
 
-public sealed record AgentLog(long Epoch, string Data);
+public sealed record AgentLog(long Epoch, string Data, long? Offset);
 
 public sealed record UsageRow(string Key, DateTimeOffset? Bucket, int Jobs, decimal CoreHours, decimal CardHours, decimal Fp16TflopsHours, decimal Fp32TflopsHours, decimal Fp64TflopsHours);
 
@@ -217,7 +217,12 @@ public static class Endpoints
             var l = body.Deserialize<AgentLog>(Web)!;
             return await Fenced(async () =>
             {
-                await cp.AppendLogAsync(Who(h).ProviderId!.Value, l.Epoch, id, l.Data ?? "");
+                if (l.Offset is < 0)
+                {
+                    return Problems.Validation("offset", "range", "must not be negative");
+                }
+
+                await cp.AppendLogAsync(Who(h).ProviderId!.Value, l.Epoch, id, l.Offset, l.Data ?? "");
                 return Results.NoContent();
             });
         }).AddEndpointFilter(provider).Accepts<AgentLog>("application/json");

@@ -87,7 +87,11 @@ public interface IControlStore : IAsyncDisposable
 
     Task<JobRecord> ApplyAsync(Transition transition);
 
-    Task AppendLogAsync(long jobId, string data);
+    /// <summary>
+    /// Appends output of an attempt. With an <paramref name="offset"/> (the sender's position in that attempt's output)
+    /// a chunk sent twice is stored once.
+    /// </summary>
+    Task AppendLogAsync(long jobId, int attempt, long? offset, string data);
 
     Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit);
 

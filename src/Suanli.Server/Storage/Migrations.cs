@@ -92,6 +92,12 @@ public static class Migrations
             created INTEGER NOT NULL,
             PRIMARY KEY (scope, key));
         """,
+        // 2: log chunks carry the attempt and the agent's character offset, so a resent chunk is stored once.
+        """
+        ALTER TABLE job_logs ADD COLUMN attempt INTEGER;
+        ALTER TABLE job_logs ADD COLUMN chunk_offset INTEGER;
+        CREATE UNIQUE INDEX job_logs_chunk ON job_logs(job_id, attempt, chunk_offset) WHERE chunk_offset IS NOT NULL;
+        """,
     ];
 
     /// <summary>Brings the database up to date.</summary>

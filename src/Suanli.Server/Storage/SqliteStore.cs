@@ -420,9 +420,10 @@ public sealed class SqliteStore : IControlStore
         return rec;
     }
 
-    public Task AppendLogAsync(long jobId, string data) => Write(c =>
+    public Task AppendLogAsync(long jobId, int attempt, long? offset, string data) => Write(c =>
     {
-        using var cmd = Cmd(c, "INSERT INTO job_logs(job_id, seq, data) VALUES($j, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_logs WHERE job_id = $j), $d)", ("$j", jobId), ("$d", data));
+        using var cmd = Cmd(c, "INSERT OR IGNORE INTO job_logs(job_id, seq, data, attempt, chunk_offset) VALUES($j, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_logs WHERE job_id = $j), $d, $a, $o)",
+            ("$j", jobId), ("$d", data), ("$a", attempt), ("$o", offset));
         return cmd.ExecuteNonQuery();
     });
 
