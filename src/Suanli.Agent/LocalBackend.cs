@@ -6,7 +6,11 @@ namespace Suanli.Agent;
 
 /// <summary>What the agent needs to start one job (from the lease).</summary>
 public sealed record JobLaunch(long Id, int Attempt, IReadOnlyList<string>? Command, string? Script, IReadOnlyDictionary<string, string> Env,
-    decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds);
+    decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds)
+{
+    /// <summary>A batch script: run as a file with its own interpreter and the SLURM_* variables a script expects.</summary>
+    public bool Sbatch { get; init; }
+}
 
 /// <summary>A job process the backend runs.</summary>
 public sealed class RunningProcess
@@ -46,7 +50,27 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot)
         var key = $"job-{job.Id}-{job.Attempt}";
         var dir = Path.Combine(workRoot, key);
         Directory.CreateDirectory(dir);
-        var argv = job.Command is { Count: > 0 } c ? c : ["/bin/sh", "-c", job.Script ?? "true"];
+        IReadOnlyList<string> argv;
+        if (job.Command is { Count: > 0 } c)
+        {
+            argv = c;
+        }
+        else if (job.Script is { } script && script.StartsWith("#!", StringComparison.Ordinal))
+        {
+            // A script with an interpreter line runs as a file, as sbatch runs it.
+            var file = Path.Combine(dir, "job-script");
+            File.WriteAllText(file, script);
+            if (!OperatingSystem.IsWindows())
+            {
+                File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            }
+            argv = [file];
+        }
+        else
+        {
+            argv = ["/bin/sh", "-c", job.Script ?? "true"];
+        }
+
         var cores = job.Cpu * job.Tasks;
         var memory = job.MemoryMiB * job.Tasks;
         var prelude = string.Join("; ", Limiter.Prelude(key, cores, memory));
@@ -73,6 +97,18 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot)
         psi.Environment["SUANLI_JOB_ID"] = job.Id.ToString(CultureInfo.InvariantCulture);
         psi.Environment["SUANLI_ATTEMPT"] = job.Attempt.ToString(CultureInfo.InvariantCulture);
         psi.Environment["SUANLI_TASKS"] = job.Tasks.ToString(CultureInfo.InvariantCulture);
+        if (job.Sbatch)
+        {
+            var id = job.Id.ToString(CultureInfo.InvariantCulture);
+            psi.Environment["SLURM_JOB_ID"] = id;
+            psi.Environment["SLURM_JOBID"] = id;
+            psi.Environment["SLURM_SUBMIT_DIR"] = dir;
+            psi.Environment["SLURM_CLUSTER_NAME"] = "suanli-local";
+            psi.Environment["SLURM_JOB_NODELIST"] = Environment.MachineName;
+            psi.Environment["SLURMD_NODENAME"] = Environment.MachineName;
+            psi.Environment["SLURM_RESTART_COUNT"] = (job.Attempt - 1).ToString(CultureInfo.InvariantCulture);
+        }
+
         foreach (var (k, v) in job.Env)
         {
             psi.Environment[k] = v;

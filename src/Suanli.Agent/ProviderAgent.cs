@@ -60,7 +60,7 @@ public sealed class ProviderAgent : IAsyncDisposable
     private sealed record HeartbeatReply(List<long> Stop);
 
     private sealed record Leased(long Id, int Attempt, string Name, List<string>? Command, string? Script, Dictionary<string, string> Env,
-        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch);
+        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch, string? Format);
 
     private sealed record LeasePage(List<Leased> Items);
 
@@ -219,7 +219,7 @@ public sealed class ProviderAgent : IAsyncDisposable
     private void Launch(Leased l)
     {
         var epoch = Epoch;
-        var job = new JobLaunch(l.Id, l.Attempt, l.Command, l.Script, l.Env, l.Cpu, l.MemoryMiB, l.Tasks, l.TimeLimitSeconds);
+        var job = new JobLaunch(l.Id, l.Attempt, l.Command, l.Script, l.Env, l.Cpu, l.MemoryMiB, l.Tasks, l.TimeLimitSeconds) { Sbatch = l.Format == "sbatch" };
         var logs = new LogShipper(this, l.Id, epoch);
         RunningProcess rp;
         try

@@ -224,61 +224,105 @@ internal static class PlatformCommands
     // ------------------------------------------------------------------ jobs
     private static Command Submit()
     {
-        var file = new Argument<string>("FILE") { Description = "Job file, YAML or JSON (- for stdin) / 作业文件" };
+        var file = new Argument<string>("FILE") { Description = "Job file: YAML, JSON or an sbatch script (- for stdin) / 作业文件" };
         var wait = new Option<bool>("--wait") { Description = "Wait until the job ends, with a progress line / 等待作业结束" };
         var idem = new Option<string?>("--idempotency-key") { Description = "Make a retried submit safe / 幂等键" };
-        var cmd = WithClientOptions(new Command("submit", "Submit a job / 提交作业") { file, wait, idem });
-        cmd.SetAction(r => Client(r, async api =>
+        var dryRun = new Option<bool>("--dry-run") { Description = "Print the parsed job spec and submit nothing / 仅解析不提交" };
+        var tenant = new Option<string?>("--tenant") { Description = "Tenant to submit for (operator keys) / 代表的租户" };
+        var cmd = WithClientOptions(new Command("submit", "Submit a job / 提交作业") { file, wait, idem, dryRun, tenant });
+        cmd.SetAction(r =>
         {
             var path = r.GetValue(file)!;
-            if (path != "-" && !File.Exists(path))
+            string text;
+            try
             {
-                throw new FileNotFoundException(Messages.T($"job file '{path}' does not exist", $"作业文件 '{path}' 不存在"));
+                text = path == "-" ? Console.In.ReadToEnd() : File.ReadAllText(path);
+            }
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+            {
+                Console.Error.WriteLine($"{Messages.Error}: {Messages.T($"job file '{path}' does not exist", $"作业文件 '{path}' 不存在")}");
+                return ExitCodes.MissingFile;
             }
 
-            var text = path == "-" ? await Console.In.ReadToEndAsync() : await File.ReadAllTextAsync(path);
             var isJson = text.TrimStart().StartsWith('{');
-            var job = await api.PostTextAsync("/api/v1/jobs", text, isJson ? "application/json" : "application/yaml", r.GetValue(idem));
-            var id = job["id"]!.GetValue<long>();
-            if (!r.GetValue(wait))
+            var isSbatch = !isJson && Sbatch.Looks(text);
+            if (r.GetValue(dryRun))
             {
-                Print(r, job, _ => Console.WriteLine(Messages.T($"submitted job {id}", $"已提交作业 {id}")));
-                return ExitCodes.Ok;
+                return DryRun(text, isSbatch);
             }
 
-            var sw = Stopwatch.StartNew();
-            var last = "";
-            while (true)
+            return Client(r, async api =>
             {
-                job = await api.GetAsync($"/api/v1/jobs/{id}");
-                var state = job["state"]!.GetValue<string>();
-                if (!r.GetValue(JsonOpt) && !Console.IsErrorRedirected)
+                var contentType = isJson ? "application/json" : isSbatch ? "text/x-shellscript" : "application/yaml";
+                var target = "/api/v1/jobs" + (r.GetValue(tenant) is { } t ? $"?tenant={Uri.EscapeDataString(t)}" : "");
+                var job = await api.PostTextAsync(target, text, contentType, r.GetValue(idem));
+                var id = job["id"]!.GetValue<long>();
+                if (!r.GetValue(wait))
                 {
-                    Console.Error.Write($"\r{Messages.T("job", "作业")} {id}: {state,-10} {sw.Elapsed.TotalSeconds,6:F1} s");
-                }
-                else if (state != last && !r.GetValue(JsonOpt))
-                {
-                    Console.Error.WriteLine($"{Messages.T("job", "作业")} {id}: {state}");
-                }
-
-                last = state;
-                if (JobStates.IsTerminal(state))
-                {
-                    break;
+                    Print(r, job, _ => Console.WriteLine(Messages.T($"submitted job {id}", $"已提交作业 {id}")));
+                    return ExitCodes.Ok;
                 }
 
-                await Task.Delay(TimeSpan.FromMilliseconds(200));
+                return await WaitFor(r, api, id);
+            });
+        });
+        return cmd;
+    }
+
+    /// <summary>Parses locally and prints the job spec the server would store, or every broken rule.</summary>
+    private static int DryRun(string text, bool isSbatch)
+    {
+        try
+        {
+            var doc = isSbatch ? Sbatch.ToJob(text, Core.Domain.AcceleratorCatalogue.BuiltIn) : JobDocument.Parse(text, Core.Domain.AcceleratorCatalogue.BuiltIn);
+            Console.WriteLine(JsonNode.Parse(doc.ToJson())!.ToJsonString(Pretty));
+            return ExitCodes.Ok;
+        }
+        catch (ValidationException e)
+        {
+            foreach (var err in e.Errors)
+            {
+                Console.Error.WriteLine($"{Messages.Error}: {err.Field}: {err.Message} ({err.Rule})");
             }
 
+            return ExitCodes.BadInput;
+        }
+    }
+
+    private static async Task<int> WaitFor(ParseResult r, ApiClient api, long id)
+    {
+        var sw = Stopwatch.StartNew();
+        var last = "";
+        JsonNode job;
+        while (true)
+        {
+            job = await api.GetAsync($"/api/v1/jobs/{id}");
+            var state = job["state"]!.GetValue<string>();
             if (!r.GetValue(JsonOpt) && !Console.IsErrorRedirected)
             {
-                Console.Error.WriteLine();
+                Console.Error.Write($"\r{Messages.T("job", "作业")} {id}: {state,-10} {sw.Elapsed.TotalSeconds,6:F1} s");
+            }
+            else if (state != last && !r.GetValue(JsonOpt))
+            {
+                Console.Error.WriteLine($"{Messages.T("job", "作业")} {id}: {state}");
             }
 
-            Print(r, job, PrintJob);
-            return last == JobStates.Succeeded ? ExitCodes.Ok : JobUnsuccessful;
-        }));
-        return cmd;
+            last = state;
+            if (JobStates.IsTerminal(state))
+            {
+                break;
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(200));
+        }
+
+        if (!r.GetValue(JsonOpt) && !Console.IsErrorRedirected)
+        {
+            Console.Error.WriteLine();
+        }
+
+        Print(r, job, PrintJob);
+        return last == JobStates.Succeeded ? ExitCodes.Ok : JobUnsuccessful;
     }
 
     private static void PrintJob(JsonNode j)

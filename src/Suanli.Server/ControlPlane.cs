@@ -303,7 +303,7 @@ public sealed partial class ControlPlane : BackgroundService
 
     /// <summary>A leased job handed to an agent: everything it needs to start the job.</summary>
     public sealed record LeasedJob(long Id, int Attempt, string Name, IReadOnlyList<string>? Command, string? Script, IReadOnlyDictionary<string, string> Env,
-        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch);
+        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch, string? Format);
 
     /// <summary>Jobs leased to the provider and not yet started; waits up to <paramref name="wait"/> for one to appear.</summary>
     public async Task<IReadOnlyList<LeasedJob>> LeasesAsync(long providerId, long epoch, TimeSpan wait, CancellationToken ct)
@@ -322,7 +322,7 @@ public sealed partial class ControlPlane : BackgroundService
                 var leased = _jobs.Values.Where(j => j.Record.State == JobStates.Leased && j.Record.ProviderId == providerId && j.Record.Epoch == epoch)
                     .OrderBy(j => j.Record.Id)
                     .Select(j => new LeasedJob(j.Record.Id, j.Record.Attempt, j.Record.Name, j.Doc.Command, j.Doc.Script, j.Doc.Env, j.Doc.Resources.Cpu,
-                        j.Doc.Resources.MemoryMiB, j.Doc.Tasks, j.Doc.TimeLimitSeconds, j.Record.GroupId!, epoch)).ToList();
+                        j.Doc.Resources.MemoryMiB, j.Doc.Tasks, j.Doc.TimeLimitSeconds, j.Record.GroupId!, epoch, j.Doc.Format)).ToList();
                 var left = deadline - _time.GetUtcNow();
                 if (leased.Count > 0 || left <= TimeSpan.Zero)
                 {

@@ -42,6 +42,10 @@ public sealed record JobDocument(
     string? Tenant)
 {
     public const int MaxNameLength = 128;
+
+    /// <summary>"sbatch" when the job came from a batch script (runs it as a file, with SLURM_* variables); else null.</summary>
+    public string? Format { get; init; }
+
     public const int MaxBodyBytes = 1 << 20;
     public const long MaxTimeLimitSeconds = 366L * 24 * 3600;
     private static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web) { WriteIndented = false };

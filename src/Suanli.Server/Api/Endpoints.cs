@@ -125,7 +125,7 @@ public static class Endpoints
             .AddEndpointFilter(op).WithTags("keys").WithSummary("Revoke a key");
 
         // ---------------------------------------------------------------- jobs
-        api.MapPost("/jobs", SubmitJob).AddEndpointFilter(opOrTenant).Accepts<JsonObject>("application/json", "application/yaml")
+        api.MapPost("/jobs", SubmitJob).AddEndpointFilter(opOrTenant).Accepts<JsonObject>("application/json", "application/yaml", "text/yaml", "text/x-shellscript", "application/x-sbatch")
             .Produces<JobView>(201).Produces<JobView>(200).ProducesProblem(400).ProducesProblem(413).WithTags("jobs")
             .WithSummary("Submit a job (JSON or YAML, docs/job-spec.md); Idempotency-Key makes retries safe");
         api.MapGet("/jobs", ListJobs).AddEndpointFilter(opOrTenant).Produces<ListPage<JobView>>().WithTags("jobs").WithSummary("List jobs (paged: limit, after)");
@@ -414,7 +414,15 @@ public static class Endpoints
         JobDocument doc;
         try
         {
-            doc = JobDocument.Parse(text!, cp.Catalogue);
+            var type = h.Request.ContentType ?? "";
+            doc = type.StartsWith("text/x-shellscript", StringComparison.Ordinal) || type.StartsWith("application/x-sbatch", StringComparison.Ordinal)
+                || (!type.Contains("json", StringComparison.Ordinal) && !type.Contains("yaml", StringComparison.Ordinal) && Sbatch.Looks(text!))
+                ? Sbatch.ToJob(text!, cp.Catalogue)
+                : JobDocument.Parse(text!, cp.Catalogue);
+            if (h.Request.Query["tenant"].ToString() is { Length: > 0 } qt)
+            {
+                doc = doc with { Tenant = qt };
+            }
         }
         catch (ValidationException e)
         {
