@@ -12,27 +12,12 @@ public sealed record JobLaunch(long Id, int Attempt, IReadOnlyList<string>? Comm
     public bool Sbatch { get; init; }
 }
 
-/// <summary>A job process the backend runs.</summary>
-public sealed class RunningProcess
+/// <summary>A job process the local backend runs.</summary>
+internal sealed class LocalHandle(JobLaunch job, Process process, string key) : JobHandle(job)
 {
-    internal RunningProcess(JobLaunch job, Process process, string key)
-    {
-        Job = job;
-        Process = process;
-        Key = key;
-    }
+    public Process Process { get; } = process;
 
-    public JobLaunch Job { get; }
-
-    internal Process Process { get; }
-
-    internal string Key { get; }
-
-    /// <summary>Set when the agent stopped it (cancel, time limit, self-fencing).</summary>
-    public string? StoppedBecause { get; internal set; }
-
-    /// <summary>Completes with the exit code when the process and its output are done.</summary>
-    public Task<int> Exited { get; internal set; } = Task.FromResult(0);
+    public string Key { get; } = key;
 }
 
 /// <summary>
@@ -40,12 +25,29 @@ public sealed class RunningProcess
 /// control group with its declared CPU and memory where the machine allows (<see cref="ResourceLimiter"/>), with
 /// stdout and stderr streamed to a callback. Stopping a job kills its whole process group and control group.
 /// </summary>
-public sealed class LocalBackend(ResourceLimiter limiter, string workRoot)
+public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IReadOnlyList<GroupOffer>? offer = null) : IJobBackend
 {
     public ResourceLimiter Limiter { get; } = limiter;
 
+    public string Describe => $"local processes; limits: {Limiter.Describe}";
+
+    public Task<IReadOnlyList<GroupOffer>?> DiscoverAsync(CancellationToken ct)
+    {
+        if (offer is not null)
+        {
+            return Task.FromResult<IReadOnlyList<GroupOffer>?>(offer);
+        }
+
+        var (cpu, mem) = MachineCapacity();
+        return Task.FromResult<IReadOnlyList<GroupOffer>?>([new GroupOffer("local", cpu, mem, null, 0, 1, null)]);
+    }
+
+    public Task<JobHandle> StartAsync(JobLaunch job, string group, Func<string, Task> output) => Task.FromResult<JobHandle>(Start(job, output));
+
+    public void Stop(JobHandle job, string why) => Stop((LocalHandle)job, why);
+
     /// <summary>Starts a job; <paramref name="output"/> receives its output in order.</summary>
-    public RunningProcess Start(JobLaunch job, Func<string, Task> output)
+    private LocalHandle Start(JobLaunch job, Func<string, Task> output)
     {
         var key = $"job-{job.Id}-{job.Attempt}";
         var dir = Path.Combine(workRoot, key);
@@ -117,7 +119,7 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot)
         var p = Process.Start(psi) ?? throw new InvalidOperationException($"job {job.Id}: the process did not start");
         p.StandardInput.Close();
         RecordRunning(key, job.Id, p.Id);
-        var rp = new RunningProcess(job, p, key);
+        var rp = new LocalHandle(job, p, key) { Where = $"{Environment.MachineName} pid {p.Id}" };
         var gate = new SemaphoreSlim(1, 1);
         async Task Pump(StreamReader r)
         {
@@ -238,14 +240,14 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot)
     }
 
     /// <summary>Stops a job's whole process tree (process group and control group).</summary>
-    public void Stop(RunningProcess rp, string why)
+    private void Stop(LocalHandle rp, string why)
     {
         rp.StoppedBecause ??= why;
         KillGroup(rp);
         Limiter.Cleanup(rp.Key);
     }
 
-    private static void KillGroup(RunningProcess rp)
+    private static void KillGroup(LocalHandle rp)
     {
         try
         {

@@ -32,15 +32,16 @@ public sealed class ProviderAgent : IAsyncDisposable
     private static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web);
     private readonly AgentOptions _options;
     private readonly HttpClient _http;
-    private readonly LocalBackend _backend;
-    private readonly ConcurrentDictionary<long, RunningProcess> _running = new();
+    private readonly IJobBackend _backend;
+    private readonly ConcurrentDictionary<long, JobHandle> _running = new();
+    private readonly ConcurrentDictionary<long, byte> _launching = new();
     private readonly Action<string> _log;
     private long _epoch;
     private TimeSpan _heartbeat = TimeSpan.FromSeconds(5);
     private TimeSpan _leaseTimeout = TimeSpan.FromSeconds(30);
     private DateTimeOffset _lastRenewed;
 
-    public ProviderAgent(AgentOptions options, LocalBackend backend, Action<string>? log = null)
+    public ProviderAgent(AgentOptions options, IJobBackend backend, Action<string>? log = null)
     {
         _options = options;
         _backend = backend;
@@ -110,7 +111,8 @@ public sealed class ProviderAgent : IAsyncDisposable
 
     private async Task RegisterAsync(CancellationToken ct)
     {
-        using var resp = await _http.PostAsJsonAsync("/api/v1/agent/register", new { region = _options.Region, groups = _options.Groups }, Web, ct);
+        var groups = _options.Groups.Count > 0 ? _options.Groups : await _backend.DiscoverAsync(ct) ?? [];
+        using var resp = await _http.PostAsJsonAsync("/api/v1/agent/register", new { region = _options.Region, groups }, Web, ct);
         if (!resp.IsSuccessStatusCode)
         {
             var body = await resp.Content.ReadAsStringAsync(ct);
@@ -127,7 +129,7 @@ public sealed class ProviderAgent : IAsyncDisposable
         _heartbeat = TimeSpan.FromSeconds(r.HeartbeatSeconds);
         _leaseTimeout = TimeSpan.FromSeconds(r.LeaseTimeoutSeconds);
         _lastRenewed = DateTimeOffset.UtcNow;
-        _log($"registered as provider {r.Name} (epoch {r.Epoch}); limits: {_backend.Limiter.Describe}");
+        _log($"registered as provider {r.Name} (epoch {r.Epoch}) with {groups.Count} node group(s); backend: {_backend.Describe}");
     }
 
     private async Task HeartbeatLoop(CancellationTokenSource fenced)
@@ -207,7 +209,7 @@ public sealed class ProviderAgent : IAsyncDisposable
                 var page = await resp.Content.ReadFromJsonAsync<LeasePage>(Web, ct);
                 foreach (var l in page?.Items ?? [])
                 {
-                    if (l.Epoch == Epoch && !_running.ContainsKey(l.Id))
+                    if (l.Epoch == Epoch && !_running.ContainsKey(l.Id) && _launching.TryAdd(l.Id, 0))
                     {
                         Launch(l);
                     }
@@ -221,21 +223,26 @@ public sealed class ProviderAgent : IAsyncDisposable
         var epoch = Epoch;
         var job = new JobLaunch(l.Id, l.Attempt, l.Command, l.Script, l.Env, l.Cpu, l.MemoryMiB, l.Tasks, l.TimeLimitSeconds) { Sbatch = l.Format == "sbatch" };
         var logs = new LogShipper(this, l.Id, epoch);
-        RunningProcess rp;
-        try
-        {
-            rp = _backend.Start(job, logs.Add);
-        }
-        catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception or IOException)
-        {
-            _ = ReportAsync(l.Id, epoch, "failed", 127, $"could not start: {e.Message}");
-            return;
-        }
-
-        _running[l.Id] = rp;
         _ = Task.Run(async () =>
         {
-            await ReportAsync(l.Id, epoch, "running", null, $"started on {Environment.MachineName} (pid {rp.Process.Id})");
+            JobHandle rp;
+            try
+            {
+                rp = await _backend.StartAsync(job, l.Group, logs.Add);
+            }
+            catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception or IOException or HttpRequestException
+                or UnauthorizedAccessException or TaskCanceledException or System.Text.Json.JsonException)
+            {
+                _log($"job {l.Id}: could not start: {e.Message}");
+                await ReportAsync(l.Id, epoch, "failed", 127, $"could not start: {e.Message}");
+                _launching.TryRemove(l.Id, out _);
+                return;
+            }
+
+            _running[l.Id] = rp;
+            _launching.TryRemove(l.Id, out _);
+            await rp.Started;
+            await ReportAsync(l.Id, epoch, "running", null, $"started: {rp.Where}");
             var code = await rp.Exited;
             await logs.FlushAsync();
             logs.Dispose();

@@ -168,32 +168,45 @@ internal static class PlatformCommands
     {
         var server = new Option<string>("--server") { Description = "Control plane URL / 控制面地址", Required = true };
         var key = new Option<string>("--key") { Description = "Provider key / 提供方密钥", Required = true };
-        var backendOpt = new Option<string>("--backend") { Description = "Backend: local / 后端", DefaultValueFactory = _ => "local" };
+        var backendOpt = new Option<string>("--backend") { Description = "Backend: local | slurm / 后端", DefaultValueFactory = _ => "local" };
+        var slurmrestd = new Option<string?>("--slurmrestd") { Description = "slurmrestd endpoint: unix:/path/to.sock or an http URL (slurm backend) / slurmrestd 地址" };
+        var outputDir = new Option<string?>("--output-dir") { Description = "Folder the cluster writes job output to, readable here (slurm backend) / 作业输出目录" };
         var name = new Option<string?>("--name") { Description = "Expected provider name (checked) / 提供方名称" };
         var region = new Option<string?>("--region") { Description = "Region / 区域" };
         var cpu = new Option<double?>("--cpu") { Description = "Cores offered (default: all) / 提供核数" };
         var mem = new Option<long?>("--memory-mib") { Description = "Memory offered in MiB (default: all) / 提供内存" };
         var price = new Option<decimal?>("--price") { Description = "Price per node-hour (CNY) / 每节点小时价格" };
         var work = new Option<string>("--work-dir") { Description = "Job working folders / 作业工作目录", DefaultValueFactory = _ => Path.Combine(Path.GetTempPath(), "suanli-agent") };
-        var cmd = new Command("agent", "Run a provider agent / 运行提供方代理") { server, key, backendOpt, name, region, cpu, mem, price, work };
+        var cmd = new Command("agent", "Run a provider agent / 运行提供方代理") { server, key, backendOpt, slurmrestd, outputDir, name, region, cpu, mem, price, work };
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
-            if (r.GetValue(backendOpt) != "local")
+            IJobBackend backend;
+            IReadOnlyList<Suanli.Agent.GroupOffer> offer;
+            switch (r.GetValue(backendOpt))
             {
-                throw new ArgumentException("--backend: only 'local' is available in this build");
+                case "local":
+                    var (machineCpu, machineMem) = LocalBackend.MachineCapacity();
+                    var milli = r.GetValue(cpu) is { } c ? (long)(c * 1000) : machineCpu;
+                    var mib = r.GetValue(mem) ?? machineMem;
+                    if (milli < 1 || mib < 1)
+                    {
+                        throw new ArgumentException("--cpu/--memory-mib: must be positive");
+                    }
+
+                    backend = new LocalBackend(ResourceLimiter.Detect(), r.GetValue(work)!);
+                    offer = [new Suanli.Agent.GroupOffer("local", milli, mib, null, 0, 1, r.GetValue(price))];
+                    break;
+                case "slurm":
+                    var endpoint = r.GetValue(slurmrestd) ?? throw new ArgumentException("--slurmrestd: the slurm backend needs the slurmrestd endpoint (unix:/path or http URL)");
+                    var outDir = r.GetValue(outputDir) ?? throw new ArgumentException("--output-dir: the slurm backend needs a folder the cluster writes job output to");
+                    backend = new SlurmBackend(new SlurmApiV0038(SlurmApiV0038.Client(endpoint)), outDir, endpoint);
+                    offer = []; // discovered from the cluster's partitions at registration
+                    break;
+                default:
+                    throw new ArgumentException("--backend: choose local or slurm");
             }
 
-            var (machineCpu, machineMem) = LocalBackend.MachineCapacity();
-            var milli = r.GetValue(cpu) is { } c ? (long)(c * 1000) : machineCpu;
-            var mib = r.GetValue(mem) ?? machineMem;
-            if (milli < 1 || mib < 1)
-            {
-                throw new ArgumentException("--cpu/--memory-mib: must be positive");
-            }
-
-            var backend = new LocalBackend(ResourceLimiter.Detect(), r.GetValue(work)!);
-            var options = new AgentOptions(new Uri(r.GetValue(server)!), r.GetValue(key)!, r.GetValue(region),
-                [new Suanli.Agent.GroupOffer("local", milli, mib, null, 0, 1, r.GetValue(price))], r.GetValue(work)!) { Name = r.GetValue(name) };
+            var options = new AgentOptions(new Uri(r.GetValue(server)!), r.GetValue(key)!, r.GetValue(region), offer, r.GetValue(work)!) { Name = r.GetValue(name) };
             using var stop = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) =>
             {

@@ -1,0 +1,38 @@
+namespace Suanli.Agent;
+
+/// <summary>A job a backend has taken: completes <see cref="Started"/> when it really runs and <see cref="Exited"/> at its end.</summary>
+public class JobHandle(JobLaunch job)
+{
+    public JobLaunch Job { get; } = job;
+
+    /// <summary>Where it runs, for the "running" report (a pid, a Slurm job id).</summary>
+    public string Where { get; set; } = "";
+
+    /// <summary>Set when the agent or the backend stopped it (cancel, time limit, self-fencing).</summary>
+    public string? StoppedBecause { get; set; }
+
+    /// <summary>Completes when the job's processes have started (a batch system may queue it first).</summary>
+    public Task Started { get; set; } = Task.CompletedTask;
+
+    /// <summary>Completes with the exit code once the job and its output are done.</summary>
+    public Task<int> Exited { get; set; } = Task.FromResult(0);
+}
+
+/// <summary>Where an agent runs jobs: this machine (<see cref="LocalBackend"/>) or a Slurm cluster (<see cref="SlurmBackend"/>).</summary>
+public interface IJobBackend
+{
+    /// <summary>What the backend is and enforces, for the agent's start-up line.</summary>
+    string Describe { get; }
+
+    /// <summary>The node groups this backend offers when the agent was given none (discovery), else null.</summary>
+    Task<IReadOnlyList<GroupOffer>?> DiscoverAsync(CancellationToken ct);
+
+    /// <summary>Starts a job in node group <paramref name="group"/>; <paramref name="output"/> receives its output in order.</summary>
+    Task<JobHandle> StartAsync(JobLaunch job, string group, Func<string, Task> output);
+
+    /// <summary>Stops a job and everything it started.</summary>
+    void Stop(JobHandle job, string why);
+
+    /// <summary>Stops what a previous, killed agent left running; returns how many jobs it found.</summary>
+    int ReapLeftovers();
+}

@@ -1,0 +1,169 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+
+namespace Suanli.Server.Tests;
+
+/// <summary>
+/// Two real Slurm clusters (slurmctld, slurmd, slurmrestd, munge from Debian) started by scripts/slurm-testbed.sh on
+/// loopback, a control plane with its local provider, and one Slurm agent per cluster. If Slurm cannot be installed
+/// or started the fixture fails: these tests never pass without the real daemons.
+/// </summary>
+public sealed class SlurmFixture : IAsyncLifetime
+{
+    public string Dir { get; } = Path.Combine(Path.GetTempPath(), "suanli-slurm-" + Guid.NewGuid().ToString("N")[..8]);
+
+    public ServerProcess Server { get; private set; } = null!;
+
+    public string TenantKey { get; private set; } = "";
+
+    public List<Process> Agents { get; } = [];
+
+    public StringBuilder AgentOutput { get; } = new();
+
+    private static string Script()
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "scripts", "slurm-testbed.sh")))
+        {
+            dir = dir.Parent;
+        }
+
+        return Path.Combine(dir?.FullName ?? throw new FileNotFoundException("scripts/slurm-testbed.sh not found above the test folder"), "scripts", "slurm-testbed.sh");
+    }
+
+    private void Testbed(params string[] args)
+    {
+        var psi = new ProcessStartInfo("bash", [Script(), .. args]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var p = Process.Start(psi)!;
+        var o = p.StandardOutput.ReadToEndAsync();
+        var e = p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(TimeSpan.FromMinutes(10)), "slurm-testbed.sh did not finish in 10 minutes");
+        Assert.True(p.ExitCode == 0, $"slurm-testbed.sh {string.Join(' ', args)} failed ({p.ExitCode}):\n{o.Result}\n{e.Result}");
+    }
+
+    public async Task InitializeAsync()
+    {
+        var basePort = 20000 + (Random.Shared.Next(0, 400) * 20);
+        Testbed("start", "2", Dir, basePort.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Server = new ServerProcess(localProvider: true, lostAfterSeconds: 4);
+        using var admin = Server.Admin();
+        (_, TenantKey) = await admin.Tenant("hpc-lab");
+        for (var i = 1; i <= 2; i++)
+        {
+            var (_, key) = await admin.Provider($"centre-{i}");
+            Agents.Add(ServerProcess.StartSuanli(AgentOutput, null, "agent", "--server", Server.Url, "--key", key, "--backend", "slurm",
+                "--slurmrestd", $"unix:{Dir}/c{i}/rest/rest.sock", "--output-dir", $"{Dir}/c{i}/jobs", "--work-dir", $"{Dir}/agent{i}"));
+        }
+
+        var sw = Stopwatch.StartNew();
+        while (sw.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            var ready = (await admin.Get("/api/v1/providers"))["items"]!.AsArray().Count(p => p!["state"]!.GetValue<string>() == "ready");
+            if (ready == 3)
+            {
+                return;
+            }
+
+            await Task.Delay(200);
+        }
+
+        Assert.Fail("the Slurm agents did not register:\n" + AgentOutput);
+    }
+
+    public Task DisposeAsync()
+    {
+        foreach (var a in Agents)
+        {
+            if (!a.HasExited)
+            {
+                a.Kill(true);
+            }
+
+            a.Dispose();
+        }
+
+        Server.Dispose();
+        Testbed("stop", Dir);
+        return Task.CompletedTask;
+    }
+}
+
+public class SlurmTests(SlurmFixture f) : IClassFixture<SlurmFixture>
+{
+    [Fact]
+    public async Task Providers_DiscoveredFromSlurmPartitions()
+    {
+        using var admin = f.Server.Admin();
+        var providers = (await admin.Get("/api/v1/providers"))["items"]!.AsArray();
+        var centre = providers.First(p => p!["name"]!.GetValue<string>() == "centre-1")!;
+        var group = Assert.Single(centre["groups"]!.AsArray())!;
+        Assert.Equal("main", group["id"]!.GetValue<string>());
+        Assert.Equal(2000, group["milliCpu"]!.GetValue<long>());
+        Assert.Equal(2000, group["memoryMiB"]!.GetValue<long>());
+    }
+
+    [Theory]
+    [InlineData("centre-1", "suanli-c1")]
+    [InlineData("centre-2", "suanli-c2")]
+    public async Task SbatchScript_RunsUnchangedOnTheChosenSlurmCluster(string provider, string cluster)
+    {
+        using var t = f.Server.Client(f.TenantKey);
+        var script = "#!/bin/bash\n#SBATCH -J sb-test\n#SBATCH -n 1\n#SBATCH -t 2\n#SBATCH --mem=100M\n" +
+            "echo \"cluster=$SLURM_CLUSTER_NAME suanli=$SUANLI_JOB_ID\"\n";
+        // Submitted as a JSON job so it can carry a provider constraint; its script is the sbatch script, unchanged.
+        var created = await t.Post("/api/v1/jobs", new
+        {
+            name = "sb-test", script, resources = new { cpu = 1, memoryMiB = 100 }, timeLimitSeconds = 120,
+            constraints = new { providers = new[] { provider } },
+        }, HttpStatusCode.Created);
+        var id = created["id"]!.GetValue<long>();
+        var done = await t.WaitJob(id, j => j.State() is "succeeded" or "failed", 60);
+        Assert.True(done.State() == "succeeded", done.ToJsonString() + "\n" + f.AgentOutput);
+        var logs = string.Concat((await t.Get($"/api/v1/jobs/{id}/logs"))["items"]!.AsArray().Select(c => c!["data"]!.GetValue<string>()));
+        Assert.Equal($"cluster={cluster} suanli={id}\n", logs);
+        var events = (await t.Get($"/api/v1/jobs/{id}/events"))["items"]!.AsArray().Select(e => e!["message"]!.GetValue<string>()).ToList();
+        Assert.Contains(events, m => m.Contains("Slurm job", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task FailingAndCancelledJobs_OnSlurm()
+    {
+        using var t = f.Server.Client(f.TenantKey);
+        var fail = await t.Post("/api/v1/jobs", new
+        {
+            name = "exit-5", command = new[] { "/bin/sh", "-c", "exit 5" }, resources = new { cpu = 1, memoryMiB = 100 }, timeLimitSeconds = 60,
+            constraints = new { providers = new[] { "centre-1" } },
+        }, HttpStatusCode.Created);
+        var sleeper = await t.Post("/api/v1/jobs", new
+        {
+            name = "long", command = new[] { "sleep", "300" }, resources = new { cpu = 1, memoryMiB = 100 }, timeLimitSeconds = 600,
+            constraints = new { providers = new[] { "centre-2" } },
+        }, HttpStatusCode.Created);
+        var failed = await t.WaitJob(fail["id"]!.GetValue<long>(), j => j.State() is "succeeded" or "failed", 60);
+        Assert.Equal("failed", failed.State());
+        Assert.Equal(5, failed["exitCode"]!.GetValue<int>());
+
+        var id = sleeper["id"]!.GetValue<long>();
+        await t.WaitJob(id, j => j.State() == "running", 60);
+        await t.Post($"/api/v1/jobs/{id}/cancel", new { });
+        var sw = Stopwatch.StartNew();
+        string? state = null;
+        while (sw.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            var psi = new ProcessStartInfo("squeue", ["-h", "-o", "%j %T"]) { RedirectStandardOutput = true };
+            psi.Environment["SLURM_CONF"] = $"{f.Dir}/c2/slurm.conf";
+            using var p = Process.Start(psi)!;
+            state = (await p.StandardOutput.ReadToEndAsync()).Trim();
+            await p.WaitForExitAsync();
+            if (!state.Contains($"suanli-{id}", StringComparison.Ordinal))
+            {
+                break;
+            }
+
+            await Task.Delay(300);
+        }
+
+        Assert.DoesNotContain($"suanli-{id} RUNNING", state ?? "", StringComparison.Ordinal);
+    }
+}
