@@ -35,4 +35,10 @@ public interface IJobBackend
 
     /// <summary>Stops what a previous, killed agent left running; returns how many jobs it found.</summary>
     int ReapLeftovers();
+
+    /// <summary>
+    /// Null when the backend can take and run jobs, else why not. An agent whose backend is unhealthy stops
+    /// heartbeating, so the control plane marks the provider lost and its jobs go elsewhere.
+    /// </summary>
+    Task<string?> HealthAsync(CancellationToken ct);
 }

@@ -44,6 +44,8 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
 
     public Task<JobHandle> StartAsync(JobLaunch job, string group, Func<string, Task> output) => Task.FromResult<JobHandle>(Start(job, output));
 
+    public Task<string?> HealthAsync(CancellationToken ct) => Task.FromResult<string?>(null);
+
     public void Stop(JobHandle job, string why) => Stop((LocalHandle)job, why);
 
     /// <summary>Starts a job; <paramref name="output"/> receives its output in order.</summary>

@@ -75,6 +75,13 @@ public sealed class ProviderAgent : IAsyncDisposable
 
         while (!ct.IsCancellationRequested)
         {
+            if (await _backend.HealthAsync(ct) is { } why)
+            {
+                _log($"backend unhealthy, waiting before registering: {why}");
+                await Task.Delay(TimeSpan.FromSeconds(1), ct).ContinueWith(_ => { }, TaskScheduler.Default);
+                continue;
+            }
+
             try
             {
                 await RegisterAsync(ct);
@@ -137,35 +144,44 @@ public sealed class ProviderAgent : IAsyncDisposable
         var ct = fenced.Token;
         while (!ct.IsCancellationRequested)
         {
-            try
+            if (await _backend.HealthAsync(ct) is { } unhealthy)
             {
-                using var resp = await _http.PostAsJsonAsync("/api/v1/agent/heartbeat", new { epoch = Epoch, running = Running }, Web, ct);
-                if (resp.StatusCode == HttpStatusCode.Conflict)
+                // No heartbeat while the backend cannot run jobs: the control plane marks this provider lost and
+                // moves its jobs; the lease check below then self-fences this agent.
+                _log($"backend unhealthy, not renewing the lease: {unhealthy}");
+            }
+            else
+            {
+                try
                 {
-                    _log("heartbeat refused: stale epoch");
-                    return;
-                }
-
-                if (resp.IsSuccessStatusCode)
-                {
-                    _lastRenewed = DateTimeOffset.UtcNow;
-                    var reply = await resp.Content.ReadFromJsonAsync<HeartbeatReply>(Web, ct);
-                    foreach (var id in reply?.Stop ?? [])
+                    using var resp = await _http.PostAsJsonAsync("/api/v1/agent/heartbeat", new { epoch = Epoch, running = Running }, Web, ct);
+                    if (resp.StatusCode == HttpStatusCode.Conflict)
                     {
-                        if (_running.TryGetValue(id, out var rp))
+                        _log("heartbeat refused: stale epoch");
+                        return;
+                    }
+
+                    if (resp.IsSuccessStatusCode)
+                    {
+                        _lastRenewed = DateTimeOffset.UtcNow;
+                        var reply = await resp.Content.ReadFromJsonAsync<HeartbeatReply>(Web, ct);
+                        foreach (var id in reply?.Stop ?? [])
                         {
-                            _backend.Stop(rp, "cancelled");
+                            if (_running.TryGetValue(id, out var rp))
+                            {
+                                _backend.Stop(rp, "cancelled");
+                            }
                         }
                     }
                 }
-            }
-            catch (HttpRequestException e)
-            {
-                _log($"heartbeat failed: {e.Message}");
-            }
-            catch (TaskCanceledException) when (!ct.IsCancellationRequested)
-            {
-                _log("heartbeat timed out");
+                catch (HttpRequestException e)
+                {
+                    _log($"heartbeat failed: {e.Message}");
+                }
+                catch (TaskCanceledException) when (!ct.IsCancellationRequested)
+                {
+                    _log("heartbeat timed out");
+                }
             }
 
             if (DateTimeOffset.UtcNow - _lastRenewed > _leaseTimeout)

@@ -30,6 +30,9 @@ public interface ISlurmApi
     Task<SlurmJobStatus?> JobAsync(long id, CancellationToken ct);
 
     Task CancelAsync(long id, CancellationToken ct);
+
+    /// <summary>Null when the controller answers UP, else what is wrong.</summary>
+    Task<string?> PingAsync(CancellationToken ct);
 }
 
 /// <summary>slurmrestd <c>openapi/v0.0.38</c> (Slurm 22.05, Debian 12).</summary>
@@ -178,6 +181,22 @@ public sealed class SlurmApiV0038(HttpClient http) : ISlurmApi
         return new SlurmJobStatus(id, j["job_state"]!.GetValue<string>(), (wait >> 8) & 0xff, wait & 0x7f, j["state_reason"]?.GetValue<string>());
     }
 
+    public async Task<string?> PingAsync(CancellationToken ct)
+    {
+        using var resp = await http.GetAsync($"{Base}/ping", ct);
+        var text = await resp.Content.ReadAsStringAsync(ct);
+        var node = text.TrimStart().StartsWith('{') ? JsonNode.Parse(text) : null;
+        var pings = node?["pings"] as JsonArray;
+        if (pings is { Count: > 0 } && pings.All(p => p?["ping"]?.GetValue<string>() == "UP"))
+        {
+            return null;
+        }
+
+        return node?["errors"] is JsonArray { Count: > 0 } errors
+            ? "slurmctld: " + string.Join("; ", errors.Select(e => e?["error"]?.ToString()))
+            : $"slurmctld does not answer UP ({(int)resp.StatusCode})";
+    }
+
     public async Task CancelAsync(long id, CancellationToken ct)
     {
         using var resp = await http.DeleteAsync($"{Base}/job/{id.ToString(CultureInfo.InvariantCulture)}", ct);
@@ -322,7 +341,26 @@ public sealed class SlurmBackend(ISlurmApi api, string outputDir, string cluster
     public void Stop(JobHandle job, string why)
     {
         job.StoppedBecause ??= why;
-        api.CancelAsync(((SlurmHandle)job).SlurmId, CancellationToken.None).GetAwaiter().GetResult();
+        try
+        {
+            api.CancelAsync(((SlurmHandle)job).SlurmId, CancellationToken.None).GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException or InvalidOperationException)
+        {
+            // The cluster is unreachable; the job id stays recorded and a restarted agent cancels it.
+        }
+    }
+
+    public async Task<string?> HealthAsync(CancellationToken ct)
+    {
+        try
+        {
+            return await api.PingAsync(ct);
+        }
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException or System.Text.Json.JsonException)
+        {
+            return $"slurmrestd unreachable: {e.Message}";
+        }
     }
 
     private string StateDir => Path.Combine(outputDir, ".submitted");

@@ -32,7 +32,7 @@ public sealed class SlurmFixture : IAsyncLifetime
         return Path.Combine(dir?.FullName ?? throw new FileNotFoundException("scripts/slurm-testbed.sh not found above the test folder"), "scripts", "slurm-testbed.sh");
     }
 
-    private void Testbed(params string[] args)
+    public void Testbed(params string[] args)
     {
         var psi = new ProcessStartInfo("bash", [Script(), .. args]) { RedirectStandardOutput = true, RedirectStandardError = true };
         using var p = Process.Start(psi)!;
@@ -165,5 +165,50 @@ public class SlurmTests(SlurmFixture f) : IClassFixture<SlurmFixture>
         }
 
         Assert.DoesNotContain($"suanli-{id} RUNNING", state ?? "", StringComparison.Ordinal);
+    }
+}
+
+public class SlurmFailoverTests
+{
+    [Fact]
+    public async Task DeadSlurmController_ProviderMarkedLost_AndItsJobRunsOnAnotherCentre()
+    {
+        var fixture = new SlurmFixture();
+        await fixture.InitializeAsync();
+        try
+        {
+            using var t = fixture.Server.Client(fixture.TenantKey);
+            var created = await t.Post("/api/v1/jobs", new
+            {
+                name = "failover", command = new[] { "/bin/sh", "-c", "sleep 4; echo finished on $SLURM_CLUSTER_NAME" },
+                resources = new { cpu = 1, memoryMiB = 100 }, timeLimitSeconds = 120, retry = new { maxAttempts = 2 },
+                constraints = new { providers = new[] { "centre-1", "centre-2" } },
+            }, HttpStatusCode.Created);
+            var id = created["id"]!.GetValue<long>();
+            var running = await t.WaitJob(id, j => j.State() == "running", 60);
+            using var admin = fixture.Server.Admin();
+            var providers = (await admin.Get("/api/v1/providers"))["items"]!.AsArray();
+            var holder = providers.First(p => p!["id"]!.GetValue<long>() == running["providerId"]!.GetValue<long>())!["name"]!.GetValue<string>();
+            var index = holder == "centre-1" ? 1 : 2;
+
+            // Kill that centre's controller: its agent stops renewing, the provider is marked lost, the job moves.
+            var pid = File.ReadAllText(Path.Combine(fixture.Dir, $"c{index}", "slurmctld.pid")).Trim();
+            using (var kill = Process.Start("kill", ["-9", pid]))
+            {
+                await kill.WaitForExitAsync();
+            }
+
+            var done = await t.WaitJob(id, j => j.State() is "succeeded" or "failed" or "lost", 90);
+            Assert.True(done.State() == "succeeded", done.ToJsonString() + "\n" + fixture.AgentOutput);
+            Assert.Equal(2, done["attempt"]!.GetValue<int>());
+            Assert.NotEqual(running["providerId"]!.GetValue<long>(), done["providerId"]!.GetValue<long>());
+            var lost = (await admin.Get("/api/v1/providers"))["items"]!.AsArray().First(p => p!["name"]!.GetValue<string>() == holder)!;
+            Assert.Equal("lost", lost["state"]!.GetValue<string>());
+            Assert.Contains("backend unhealthy", fixture.AgentOutput.ToString(), StringComparison.Ordinal);
+        }
+        finally
+        {
+            await fixture.DisposeAsync();
+        }
     }
 }
