@@ -10,7 +10,7 @@ namespace Suanli.Simulation.Tests;
 
 public class SimulatorTests
 {
-    private static List<TraceJob> RandomWorkload(int seed, int count, int nodes, bool runWithinRequest)
+    internal static List<TraceJob> RandomWorkload(int seed, int count, int nodes, bool runWithinRequest)
     {
         var rng = new System.Random(seed);
         var jobs = new List<TraceJob>();

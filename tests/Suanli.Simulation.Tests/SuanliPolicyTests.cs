@@ -36,21 +36,6 @@ public class SuanliPolicyTests
         Assert.True(sdsc < 1098.22, "SDSC-SP2: F1 with backfilling (1098.22) is the best classic policy");
     }
 
-    private static List<TraceJob> Workload(int seed, int count, int nodes)
-    {
-        var rng = new System.Random(seed);
-        var jobs = new List<TraceJob>();
-        long t = 0;
-        for (var i = 0; i < count; i++)
-        {
-            t += rng.Next(0, 40);
-            var req = rng.Next(10, 800);
-            jobs.Add(new TraceJob(new JobSpec(i, "t" + rng.Next(3), new TaskResources(1000, 0), rng.Next(1, nodes + 1), t, req), rng.Next(1, req + 1)));
-        }
-
-        return jobs;
-    }
-
     /// <summary>
     /// Online: a job's actual run time is revealed only when it ends. Changing one job's run time leaves the start of
     /// every job that started before that job ended (in either run) unchanged — also while it was still running.
@@ -60,7 +45,7 @@ public class SuanliPolicyTests
     {
         var pool = Pool.Uniform(6, new NodeShape(1000, 0));
         var policy = PolicyRegistry.Build("suanli", pool, backfill: conservative ? BackfillMode.Conservative : BackfillMode.Easy);
-        var jobs = Workload(seed, 60, 6);
+        var jobs = SimulatorTests.RandomWorkload(seed, 60, 6, runWithinRequest: true);
         var before = new Simulator(pool, policy).Run(jobs).Jobs.ToDictionary(j => j.Id);
         var target = (int)(((uint)seed) % (uint)jobs.Count);
         var original = jobs[target].RunSeconds;
