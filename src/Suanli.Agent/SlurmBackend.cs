@@ -210,14 +210,14 @@ public sealed class SlurmApiV0038(HttpClient http) : ISlurmApi
 /// the job's state and output file, and cancels through the API. Output files live in a folder the agent and the
 /// cluster's nodes share (here: this machine).
 /// </summary>
-public sealed class SlurmBackend(ISlurmApi api, string outputDir, string cluster) : IJobBackend
+public sealed class SlurmBackend(ISlurmApi api, string outputDir, string cluster, decimal? pricePerNodeHour = null) : IJobBackend
 {
     private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(500);
 
     public string Describe => $"Slurm cluster {cluster} via slurmrestd {api.Version}";
 
     public async Task<IReadOnlyList<GroupOffer>?> DiscoverAsync(CancellationToken ct) =>
-        [.. (await api.PartitionsAsync(ct)).Select(p => new GroupOffer(p.Name, p.MilliCpu, p.MemoryMiB, p.GpuType, p.Gpus, p.Nodes, null))];
+        [.. (await api.PartitionsAsync(ct)).Select(p => new GroupOffer(p.Name, p.MilliCpu, p.MemoryMiB, p.GpuType, p.Gpus, p.Nodes, pricePerNodeHour))];
 
     private sealed class SlurmHandle(JobLaunch job, long slurmId, string output) : JobHandle(job)
     {

@@ -84,7 +84,8 @@ internal static class PlatformCommands
         var noLocal = new Option<bool>("--no-local-provider") { Description = "Do not run the in-process local provider / 不启动本地提供方" };
         var lostAfter = new Option<double>("--lost-after") { Description = "Seconds without heartbeat before a provider is lost / 心跳超时秒数", DefaultValueFactory = _ => 30 };
         var policy = new Option<string>("--policy") { Description = "Queue order / 排队策略", DefaultValueFactory = _ => "fair-share" };
-        var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台") { urls, data, noLocal, lostAfter, policy };
+        var placement = new Option<string>("--placement") { Description = "Placement: bestfit, spread, price, latency, heterogeneity, … / 放置策略", DefaultValueFactory = _ => "bestfit" };
+        var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台") { urls, data, noLocal, lostAfter, policy, placement };
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
             if (r.GetValue(lostAfter) is < 1 or > 3600)
@@ -97,8 +98,14 @@ internal static class PlatformCommands
                 throw new ArgumentException($"--policy: choose one of {string.Join(", ", Core.Scheduling.PolicyRegistry.PolicyNames)}");
             }
 
+            if (!Core.Scheduling.PolicyRegistry.PlacementNames.Contains(r.GetValue(placement)!))
+            {
+                throw new ArgumentException($"--placement: choose one of {string.Join(", ", Core.Scheduling.PolicyRegistry.PlacementNames)}");
+            }
+
             return RunUp(r.GetValue(urls)!, Path.GetFullPath(r.GetValue(data)!), !r.GetValue(noLocal),
-                new ControlPlaneOptions { LostAfter = TimeSpan.FromSeconds(r.GetValue(lostAfter)), Policy = r.GetValue(policy)! }).GetAwaiter().GetResult();
+                new ControlPlaneOptions { LostAfter = TimeSpan.FromSeconds(r.GetValue(lostAfter)), Policy = r.GetValue(policy)!, Placement = r.GetValue(placement)! })
+                .GetAwaiter().GetResult();
         }));
         return cmd;
     }
@@ -199,7 +206,7 @@ internal static class PlatformCommands
                 case "slurm":
                     var endpoint = r.GetValue(slurmrestd) ?? throw new ArgumentException("--slurmrestd: the slurm backend needs the slurmrestd endpoint (unix:/path or http URL)");
                     var outDir = r.GetValue(outputDir) ?? throw new ArgumentException("--output-dir: the slurm backend needs a folder the cluster writes job output to");
-                    backend = new SlurmBackend(new SlurmApiV0038(SlurmApiV0038.Client(endpoint)), outDir, endpoint);
+                    backend = new SlurmBackend(new SlurmApiV0038(SlurmApiV0038.Client(endpoint)), outDir, endpoint, r.GetValue(price));
                     offer = []; // discovered from the cluster's partitions at registration
                     break;
                 default:

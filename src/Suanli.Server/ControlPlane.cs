@@ -21,6 +21,9 @@ public sealed record ControlPlaneOptions
     /// <summary>Queue order (a name from the policy registry).</summary>
     public string Policy { get; init; } = "fair-share";
 
+    /// <summary>Placement (node-group and node scoring): bestfit, spread, price, latency, heterogeneity, …</summary>
+    public string Placement { get; init; } = "bestfit";
+
     public BackfillMode Backfill { get; init; } = BackfillMode.Easy;
 }
 
@@ -630,7 +633,7 @@ public sealed partial class ControlPlane : BackgroundService
         var groups = ready.SelectMany(p => p.Record.Groups.Select(g => new NodeGroup($"{p.Record.Name}/{g.Id}", p.Record.Name,
             new NodeShape(g.MilliCpu, g.MemoryMiB, g.Accelerator, g.Accelerators, g.GpuSharing), g.Nodes, g.PricePerNodeHour))).ToList();
         _pool = new Pool(providers, groups);
-        _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, backfill: Options.Backfill)) : null;
+        _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill)) : null;
         _state = new ClusterState(_pool);
         var index = groups.Select((g, i) => (g.Id, i)).ToDictionary(x => x.Id, x => x.i, StringComparer.Ordinal);
         foreach (var j in _jobs.Values)

@@ -15,8 +15,9 @@ public sealed class ServerProcess : IDisposable
     private Process? _process;
     private readonly StringBuilder _output = new();
 
-    public ServerProcess(bool localProvider = true, double lostAfterSeconds = 30, string? dataDir = null)
+    public ServerProcess(bool localProvider = true, double lostAfterSeconds = 30, string? dataDir = null, params string[] extraArgs)
     {
+        ExtraArgs = extraArgs;
         DataDir = dataDir ?? Path.Combine(Path.GetTempPath(), "suanli-test-" + Guid.NewGuid().ToString("N")[..12]);
         Port = FreePort();
         LocalProvider = localProvider;
@@ -25,6 +26,8 @@ public sealed class ServerProcess : IDisposable
     }
 
     public string DataDir { get; }
+
+    public IReadOnlyList<string> ExtraArgs { get; }
 
     public int Port { get; }
 
@@ -87,6 +90,8 @@ public sealed class ServerProcess : IDisposable
         {
             args.Add("--no-local-provider");
         }
+
+        args.AddRange(ExtraArgs);
 
         _process = StartSuanli(_output, null, [.. args]);
         using var http = new HttpClient { BaseAddress = new Uri(Url) };

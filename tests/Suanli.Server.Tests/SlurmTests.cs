@@ -46,14 +46,15 @@ public sealed class SlurmFixture : IAsyncLifetime
     {
         var basePort = 20000 + (Random.Shared.Next(0, 400) * 20);
         Testbed("start", "2", Dir, basePort.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        Server = new ServerProcess(localProvider: true, lostAfterSeconds: 4);
+        Server = new ServerProcess(localProvider: true, lostAfterSeconds: 4, dataDir: null, "--placement", "price");
         using var admin = Server.Admin();
         (_, TenantKey) = await admin.Tenant("hpc-lab");
         for (var i = 1; i <= 2; i++)
         {
             var (_, key) = await admin.Provider($"centre-{i}");
             Agents.Add(ServerProcess.StartSuanli(AgentOutput, null, "agent", "--server", Server.Url, "--key", key, "--backend", "slurm",
-                "--slurmrestd", $"unix:{Dir}/c{i}/rest/rest.sock", "--output-dir", $"{Dir}/c{i}/jobs", "--work-dir", $"{Dir}/agent{i}"));
+                "--slurmrestd", $"unix:{Dir}/c{i}/rest/rest.sock", "--output-dir", $"{Dir}/c{i}/jobs", "--work-dir", $"{Dir}/agent{i}",
+                "--region", "r1", "--price", i == 1 ? "3.5" : "1.2"));
         }
 
         var sw = Stopwatch.StartNew();
@@ -124,6 +125,36 @@ public class SlurmTests(SlurmFixture f) : IClassFixture<SlurmFixture>
         Assert.Equal($"cluster={cluster} suanli={id}\n", logs);
         var events = (await t.Get($"/api/v1/jobs/{id}/events"))["items"]!.AsArray().Select(e => e!["message"]!.GetValue<string>()).ToList();
         Assert.Contains(events, m => m.Contains("Slurm job", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task UnconstrainedJob_GoesToTheCheapestCentre_AndExplainSaysWhereItRuns()
+    {
+        using var t = f.Server.Client(f.TenantKey);
+        var created = await t.Post("/api/v1/jobs", new
+        {
+            name = "cheap", command = new[] { "true" }, resources = new { cpu = 1, memoryMiB = 100 }, timeLimitSeconds = 60,
+            constraints = new { regions = new[] { "r1" } },
+        }, HttpStatusCode.Created);
+        var id = created["id"]!.GetValue<long>();
+        var done = await t.WaitJob(id, j => j.State() is "succeeded" or "failed", 60);
+        Assert.Equal("succeeded", done.State());
+        using var admin = f.Server.Admin();
+        var cheapest = (await admin.Get("/api/v1/providers"))["items"]!.AsArray().First(p => p!["name"]!.GetValue<string>() == "centre-2")!["id"]!.GetValue<long>();
+        Assert.Equal(cheapest, done["providerId"]!.GetValue<long>());
+
+        // A job no centre can run is explained per node group.
+        var big = await t.Post("/api/v1/jobs", new
+        {
+            name = "too-big", command = new[] { "true" }, resources = new { cpu = 64, memoryMiB = 100 }, timeLimitSeconds = 60,
+            constraints = new { regions = new[] { "r1" } },
+        }, HttpStatusCode.Created);
+        await Task.Delay(500);
+        var lines = (await t.Get($"/api/v1/jobs/{big["id"]!.GetValue<long>()}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()).ToList();
+        Assert.Contains(lines, l => l.StartsWith("centre-1/main: filtered by shape", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith("centre-2/main: filtered by shape", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith("local/local: filtered by", StringComparison.Ordinal));
+        await t.Post($"/api/v1/jobs/{big["id"]!.GetValue<long>()}/cancel", new { });
     }
 
     [Fact]

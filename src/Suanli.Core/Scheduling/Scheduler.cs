@@ -793,7 +793,9 @@ public sealed class Scheduler
 
         for (var g = 0; g < Pool.Groups.Count; g++)
         {
-            var name = $"{Pool.Groups[g].ProviderId}/{Pool.Groups[g].Id}";
+            // Live pools already name groups "provider/group"; trace pools name them per provider.
+            var group = Pool.Groups[g];
+            var name = group.Id.StartsWith(group.ProviderId + "/", StringComparison.Ordinal) ? group.Id : $"{group.ProviderId}/{group.Id}";
             if (FirstRejection(job, g) is { } rej)
             {
                 lines.Add($"{name}: filtered by {rej}");
