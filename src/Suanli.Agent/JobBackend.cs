@@ -16,6 +16,9 @@ public class JobHandle(JobLaunch job)
 
     /// <summary>Completes with the exit code once the job and its output are done.</summary>
     public Task<int> Exited { get; set; } = Task.FromResult(0);
+
+    /// <summary>What the backend's own accounting says once the job ended (elapsed seconds, allocated TRES); null if none.</summary>
+    public (long ElapsedSeconds, string Tres)? Accounting { get; set; }
 }
 
 /// <summary>Where an agent runs jobs: this machine (<see cref="LocalBackend"/>) or a Slurm cluster (<see cref="SlurmBackend"/>).</summary>

@@ -269,18 +269,20 @@ public sealed class ProviderAgent : IAsyncDisposable
             }
 
             var state = code == 0 && rp.StoppedBecause is null ? "succeeded" : "failed";
-            await ReportAsync(l.Id, epoch, state, code, rp.StoppedBecause ?? $"exit {code}");
+            await ReportAsync(l.Id, epoch, state, code, rp.StoppedBecause ?? $"exit {code}", rp.Accounting);
         });
     }
 
     /// <summary>Reports a state change, retrying transient failures; a refusal (409/404) is final.</summary>
-    private async Task ReportAsync(long id, long epoch, string state, int? exitCode, string message)
+    private async Task ReportAsync(long id, long epoch, string state, int? exitCode, string message, (long ElapsedSeconds, string Tres)? accounting = null)
     {
+        var backendElapsedSeconds = accounting?.ElapsedSeconds;
+        var backendTres = accounting?.Tres;
         for (var attempt = 0; attempt < 20; attempt++)
         {
             try
             {
-                using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/report", new { epoch, state, exitCode, message }, Web);
+                using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/report", new { epoch, state, exitCode, message, backendElapsedSeconds, backendTres }, Web);
                 if (resp.IsSuccessStatusCode || (int)resp.StatusCode is 404 or 409 or 400)
                 {
                     return;

@@ -6,7 +6,7 @@ using System.Text.Json.Nodes;
 namespace Suanli.Agent;
 
 /// <summary>A Slurm job as the agent needs it, whatever the REST API version.</summary>
-public sealed record SlurmJobStatus(long Id, string State, int ExitStatus, int Signal, string? Reason);
+public sealed record SlurmJobStatus(long Id, string State, int ExitStatus, int Signal, string? Reason, long StartTime = 0, long EndTime = 0, string? Tres = null);
 
 /// <summary>One partition's nodes, as discovered.</summary>
 public sealed record SlurmPartition(string Name, int Nodes, long MilliCpu, long MemoryMiB, string? GpuType, int Gpus);
@@ -178,7 +178,8 @@ public sealed class SlurmApiV0038(HttpClient http) : ISlurmApi
 
         var j = jobs[0]!;
         var wait = j["exit_code"]?.GetValue<int>() ?? 0;
-        return new SlurmJobStatus(id, j["job_state"]!.GetValue<string>(), (wait >> 8) & 0xff, wait & 0x7f, j["state_reason"]?.GetValue<string>());
+        return new SlurmJobStatus(id, j["job_state"]!.GetValue<string>(), (wait >> 8) & 0xff, wait & 0x7f, j["state_reason"]?.GetValue<string>(),
+            j["start_time"]?.GetValue<long>() ?? 0, j["end_time"]?.GetValue<long>() ?? 0, j["tres_alloc_str"]?.GetValue<string>());
     }
 
     public async Task<string?> PingAsync(CancellationToken ct)
@@ -296,6 +297,11 @@ public sealed class SlurmBackend(ISlurmApi api, string outputDir, string cluster
 
             await Task.Delay(200);
             await Tail(h.Output, read, output);
+            if (st.StartTime > 0 && st.EndTime >= st.StartTime)
+            {
+                h.Accounting = (st.EndTime - st.StartTime, st.Tres ?? "");
+            }
+
             Forget(h.Job);
             TryDelete(h.Output);
             return st.State switch

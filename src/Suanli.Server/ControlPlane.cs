@@ -352,7 +352,8 @@ public sealed partial class ControlPlane : BackgroundService
     }
 
     /// <summary>An agent's report of a state change of one of its jobs (fenced by the epoch).</summary>
-    public async Task<JobRecord> ReportAsync(long providerId, long epoch, long jobId, string state, int? exitCode, string? message)
+    public async Task<JobRecord> ReportAsync(long providerId, long epoch, long jobId, string state, int? exitCode, string? message,
+        long? backendElapsedSeconds = null, string? backendTres = null)
     {
         LiveJob? live;
         lock (_gate)
@@ -378,7 +379,16 @@ public sealed partial class ControlPlane : BackgroundService
         }
 
         var current = live?.Record ?? await _store.GetJobAsync(jobId) ?? throw new StoreConflictException("not_found", $"job {jobId} does not exist");
-        var usage = UsageOf(current, live, now);
+        var usage = UsageOf(current, live, now) is { } metered
+            ? metered with { BackendElapsedSeconds = backendElapsedSeconds, BackendTres = backendTres }
+            : null;
+        if (usage?.BackendElapsedSeconds is { } be)
+        {
+            // Reconciliation is visible in the job's history: the provider's figure next to Suanli's.
+            var ours = Math.Max(0, (usage.EndedMs - usage.StartedMs) / 1000);
+            message = $"{message ?? $"exit {exitCode}"}; provider accounting: elapsed {be} s (Suanli metered {ours} s, difference {ours - be} s), TRES {backendTres}";
+        }
+
         if (current.State == JobStates.Cancelled)
         {
             // The process of a cancelled job ended: meter it and free its resources.

@@ -63,6 +63,7 @@ public class AuthTests(AuthFixture f) : IClassFixture<AuthFixture>
         { "GET", "/api/v1/jobs/{job}/logs", O + "," + T },
         { "GET", "/api/v1/jobs/{job}/events", O + "," + T },
         { "GET", "/api/v1/jobs/{job}/explain", O + "," + T },
+        { "GET", "/api/v1/jobs/{job}/usage", O + "," + T },
         { "GET", "/api/v1/usage", O + "," + T },
         { "POST", "/api/v1/agent/register", P },
         { "POST", "/api/v1/agent/heartbeat", P },
@@ -96,6 +97,23 @@ public class AuthTests(AuthFixture f) : IClassFixture<AuthFixture>
         Assert.Equal(401, await Send(none, method, path));
         using var bogus = f.Server.Client("sk-not-a-real-key-0000000000000");
         Assert.Equal(401, await Send(bogus, method, path));
+    }
+
+    [Fact]
+    public async Task EveryApiEndpoint_IsInTheRoleTable()
+    {
+        using var anon = new HttpClient { BaseAddress = new Uri(f.Server.Url) };
+        var doc = System.Text.Json.Nodes.JsonNode.Parse(await anon.GetStringAsync("/openapi/v1.json"))!;
+        static string Norm(string p) => System.Text.RegularExpressions.Regex.Replace(p, @"\{[^}]+\}|/[0-9]+(?=/|$)", m => m.Value.StartsWith('/') ? "/{x}" : "{x}");
+        var table = Endpoints().Select(row => $"{row[0]} {Norm((string)row[1])}").ToHashSet();
+        foreach (var (path, ops) in doc["paths"]!.AsObject())
+        {
+            foreach (var (verb, _) in ops!.AsObject())
+            {
+                var key = $"{verb.ToUpperInvariant()} {Norm(path)}";
+                Assert.True(table.Contains(key), $"{key} has no wrong-role test in AuthTests.Endpoints");
+            }
+        }
     }
 
     private static async Task<int> Send(HttpClient c, string method, string path)

@@ -125,6 +125,10 @@ public class SlurmTests(SlurmFixture f) : IClassFixture<SlurmFixture>
         Assert.Equal($"cluster={cluster} suanli={id}\n", logs);
         var events = (await t.Get($"/api/v1/jobs/{id}/events"))["items"]!.AsArray().Select(e => e!["message"]!.GetValue<string>()).ToList();
         Assert.Contains(events, m => m.Contains("Slurm job", StringComparison.Ordinal));
+        Assert.Contains(events, m => m.Contains("provider accounting: elapsed", StringComparison.Ordinal));
+        var usage = Assert.Single((await t.Get($"/api/v1/jobs/{id}/usage"))["items"]!.AsArray())!;
+        Assert.NotNull(usage["backendElapsedSeconds"]);
+        Assert.Contains("cpu=1", usage["backendTres"]!.GetValue<string>(), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -42,7 +42,7 @@ public sealed record AgentHeartbeatReply(IReadOnlyList<long> Stop);
 
 public sealed record AgentLease(long Epoch, double? WaitSeconds);
 
-public sealed record AgentReport(long Epoch, string State, int? ExitCode, string? Message);
+public sealed record AgentReport(long Epoch, string State, int? ExitCode, string? Message, long? BackendElapsedSeconds = null, string? BackendTres = null);
 
 public sealed record AgentLog(long Epoch, string Data, long? Offset);
 
@@ -161,6 +161,9 @@ public static class Endpoints
         api.MapGet("/jobs/{id:long}/events", async (long id, HttpContext h, IControlStore s) =>
             await Visible(h, s, id) is null ? Problems.NotFound($"job {id}") : Results.Ok(new ListPage<JobEvent>(await s.EventsAsync(id), null)))
             .AddEndpointFilter(opOrTenant).WithTags("jobs").WithSummary("A job's state history");
+        api.MapGet("/jobs/{id:long}/usage", async (long id, HttpContext h, IControlStore s) =>
+            await Visible(h, s, id) is null ? Problems.NotFound($"job {id}") : Results.Ok(new ListPage<UsageRecord>(await s.JobUsageAsync(id), null)))
+            .AddEndpointFilter(opOrTenant).WithTags("jobs").WithSummary("Metered attempts of a job, with the provider's own accounting beside them");
         api.MapGet("/jobs/{id:long}/explain", async (long id, HttpContext h, IControlStore s, ControlPlane cp) =>
             await Visible(h, s, id) is { } j ? Results.Ok(new { id, state = j.State, lines = cp.Explain(j) }) : Problems.NotFound($"job {id}"))
             .AddEndpointFilter(opOrTenant).WithTags("jobs").WithSummary("Why a job waits, per node group");
@@ -204,7 +207,7 @@ public static class Endpoints
             }
 
             var r = body.Deserialize<AgentReport>(Web)!;
-            return await Fenced(async () => Results.Ok(JobView.Of(await cp.ReportAsync(Who(h).ProviderId!.Value, r.Epoch, id, r.State, r.ExitCode, r.Message))));
+            return await Fenced(async () => Results.Ok(JobView.Of(await cp.ReportAsync(Who(h).ProviderId!.Value, r.Epoch, id, r.State, r.ExitCode, r.Message, r.BackendElapsedSeconds, r.BackendTres))));
         }).AddEndpointFilter(provider).Accepts<AgentReport>("application/json");
         agent.MapPost("/jobs/{id:long}/logs", async (long id, HttpContext h, ControlPlane cp) =>
         {

@@ -99,6 +99,9 @@ public interface IControlStore : IAsyncDisposable
 
     Task<IReadOnlyList<UsageRecord>> UsageAsync(long? tenantId, long fromMs, long toMs);
 
+    /// <summary>Every metered attempt of one job.</summary>
+    Task<IReadOnlyList<UsageRecord>> JobUsageAsync(long jobId);
+
     /// <summary>The resource a creating request with this idempotency key made before, or null.</summary>
     Task<string?> IdempotentGetAsync(string scope, string key);
 

@@ -98,6 +98,11 @@ public static class Migrations
         ALTER TABLE job_logs ADD COLUMN chunk_offset INTEGER;
         CREATE UNIQUE INDEX job_logs_chunk ON job_logs(job_id, attempt, chunk_offset) WHERE chunk_offset IS NOT NULL;
         """,
+        // 3: what the provider's own accounting (Slurm) says about each attempt, kept beside Suanli's metering.
+        """
+        ALTER TABLE usage ADD COLUMN backend_elapsed INTEGER;
+        ALTER TABLE usage ADD COLUMN backend_tres TEXT;
+        """,
     ];
 
     /// <summary>Brings the database up to date.</summary>

@@ -85,7 +85,14 @@ public sealed record UsageRecord(
     long MilliCpu,
     long MemoryMiB,
     long StartedMs,
-    long EndedMs);
+    long EndedMs)
+{
+    /// <summary>Elapsed seconds as the provider's own system (Slurm) accounted the attempt; null when it reports none.</summary>
+    public long? BackendElapsedSeconds { get; init; }
+
+    /// <summary>Allocated resources as the provider's system reported them (Slurm TRES, e.g. "cpu=2,mem=1G,node=1").</summary>
+    public string? BackendTres { get; init; }
+}
 
 /// <summary>One page of a list and the cursor of the next page (null at the end).</summary>
 public sealed record Page<T>(IReadOnlyList<T> Items, string? Next);

@@ -411,9 +411,9 @@ public sealed class SqliteStore : IControlStore
         AddEvent(c, t.JobId, t.AtMs, t.To, t.Message);
         if (t.Usage is { } u)
         {
-            using var cmd = Cmd(c, "INSERT OR REPLACE INTO usage(job_id, attempt, tenant_id, provider_id, group_id, model, cards, gpu_milli, milli_cpu, memory_mib, started, ended) VALUES($j, $a, $t, $p, $g, $m, $cards, $gm, $cpu, $mem, $s, $e)",
+            using var cmd = Cmd(c, "INSERT OR REPLACE INTO usage(job_id, attempt, tenant_id, provider_id, group_id, model, cards, gpu_milli, milli_cpu, memory_mib, started, ended, backend_elapsed, backend_tres) VALUES($j, $a, $t, $p, $g, $m, $cards, $gm, $cpu, $mem, $s, $e, $be, $bt)",
                 ("$j", u.JobId), ("$a", u.Attempt), ("$t", u.TenantId), ("$p", u.ProviderId), ("$g", u.GroupId), ("$m", u.Model), ("$cards", u.Cards), ("$gm", u.GpuMilli),
-                ("$cpu", u.MilliCpu), ("$mem", u.MemoryMiB), ("$s", u.StartedMs), ("$e", u.EndedMs));
+                ("$cpu", u.MilliCpu), ("$mem", u.MemoryMiB), ("$s", u.StartedMs), ("$e", u.EndedMs), ("$be", u.BackendElapsedSeconds), ("$bt", u.BackendTres));
             cmd.ExecuteNonQuery();
         }
 
@@ -435,10 +435,20 @@ public sealed class SqliteStore : IControlStore
         Query(c, "SELECT job_id, seq, at, state, message FROM job_events WHERE job_id = $j ORDER BY seq",
             r => new JobEvent(r.GetInt64(0), r.GetInt32(1), r.GetInt64(2), r.GetString(3), r.GetString(4)), ("$j", jobId)));
 
+    private const string UsageCols = "job_id, attempt, tenant_id, provider_id, group_id, model, cards, gpu_milli, milli_cpu, memory_mib, started, ended, backend_elapsed, backend_tres";
+
+    private static UsageRecord MapUsage(SqliteDataReader r) =>
+        new(r.GetInt64(0), r.GetInt32(1), r.GetInt64(2), r.GetInt64(3), r.GetString(4), NStr(r, 5), r.GetInt32(6), r.GetInt64(7), r.GetInt64(8), r.GetInt64(9), r.GetInt64(10), r.GetInt64(11))
+        {
+            BackendElapsedSeconds = NLong(r, 12), BackendTres = NStr(r, 13),
+        };
+
     public Task<IReadOnlyList<UsageRecord>> UsageAsync(long? tenantId, long fromMs, long toMs) => Read<IReadOnlyList<UsageRecord>>(c =>
-        Query(c, "SELECT job_id, attempt, tenant_id, provider_id, group_id, model, cards, gpu_milli, milli_cpu, memory_mib, started, ended FROM usage WHERE ended > $f AND started < $to AND ($t IS NULL OR tenant_id = $t) ORDER BY job_id, attempt",
-            r => new UsageRecord(r.GetInt64(0), r.GetInt32(1), r.GetInt64(2), r.GetInt64(3), r.GetString(4), NStr(r, 5), r.GetInt32(6), r.GetInt64(7), r.GetInt64(8), r.GetInt64(9), r.GetInt64(10), r.GetInt64(11)),
+        Query(c, $"SELECT {UsageCols} FROM usage WHERE ended > $f AND started < $to AND ($t IS NULL OR tenant_id = $t) ORDER BY job_id, attempt", MapUsage,
             ("$f", fromMs), ("$to", toMs), ("$t", tenantId)));
+
+    public Task<IReadOnlyList<UsageRecord>> JobUsageAsync(long jobId) => Read<IReadOnlyList<UsageRecord>>(c =>
+        Query(c, $"SELECT {UsageCols} FROM usage WHERE job_id = $j ORDER BY attempt", MapUsage, ("$j", jobId)));
 
     public Task<string?> IdempotentGetAsync(string scope, string key) =>
         Read(c => Query(c, "SELECT resource FROM idempotency WHERE scope = $s AND key = $k", r => r.GetString(0), ("$s", scope), ("$k", key)).FirstOrDefault());
