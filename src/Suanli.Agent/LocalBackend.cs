@@ -51,7 +51,9 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
     /// <summary>Starts a job; <paramref name="output"/> receives its output in order.</summary>
     private LocalHandle Start(JobLaunch job, Func<string, Task> output)
     {
-        var key = $"job-{job.Id}-{job.Attempt}";
+        // Job ids repeat across control planes, and several agents may share this machine's control groups: the key
+        // carries this backend's own instance id so one agent never touches another's jobs.
+        var key = $"{Instance}-job-{job.Id.ToString(CultureInfo.InvariantCulture)}-{job.Attempt.ToString(CultureInfo.InvariantCulture)}";
         var dir = Path.Combine(workRoot, key);
         Directory.CreateDirectory(dir);
         IReadOnlyList<string> argv;
@@ -168,6 +170,29 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
     }
 
     private string StateDir => Path.Combine(workRoot, ".running");
+
+    private string? _instance;
+
+    /// <summary>A random id of this work folder, kept in it so a restarted agent recognises its predecessor's jobs.</summary>
+    private string Instance
+    {
+        get
+        {
+            if (_instance is not null)
+            {
+                return _instance;
+            }
+
+            Directory.CreateDirectory(workRoot);
+            var file = Path.Combine(workRoot, ".instance");
+            if (!File.Exists(file))
+            {
+                File.WriteAllText(file, Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(4)).ToLowerInvariant());
+            }
+
+            return _instance = File.ReadAllText(file).Trim();
+        }
+    }
 
     // One file per live job: "job id, process group id". A restarted agent reads them to stop what its predecessor left.
     private void RecordRunning(string key, long jobId, int pgid)
