@@ -187,11 +187,12 @@ public sealed partial class ControlPlane : BackgroundService
     }
 
     /// <summary>Cancels a job: a queued job stops at once; a leased or running job's process is stopped by its agent.</summary>
-    public async Task<JobRecord> CancelAsync(long jobId)
+    public async Task<JobRecord> CancelAsync(long jobId, string reason = "cancelled")
     {
-        var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Queued, JobStates.Leased, JobStates.Running], JobStates.Cancelled, "cancelled by request")
+        var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Queued, JobStates.Leased, JobStates.Running], JobStates.Cancelled,
+            reason == "cancelled" ? "cancelled by request" : reason)
         {
-            AtMs = NowMs, EndedMs = NowMs, Reason = "cancelled",
+            AtMs = NowMs, EndedMs = NowMs, Reason = reason,
         });
         string from;
         lock (_gate)
@@ -689,6 +690,7 @@ public sealed partial class ControlPlane : BackgroundService
     public async Task CycleAsync()
     {
         var t0 = Stopwatch.GetTimestamp();
+        var held = await HeldByDependenciesAsync();
         List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch)> leases = [];
         lock (_gate)
         {
@@ -698,7 +700,7 @@ public sealed partial class ControlPlane : BackgroundService
                 RebuildPoolLocked();
             }
 
-            var queued = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null).ToList();
+            var queued = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null && !held.Contains(j.Record.Id)).ToList();
             _metrics.QueueDepth(queued.Count);
             if (queued.Count == 0 || _scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
             {
@@ -773,6 +775,94 @@ public sealed partial class ControlPlane : BackgroundService
         _metrics.Cycle(_lastCycle.TotalSeconds, leases.Count);
     }
 
+    private Dictionary<long, string> _dependencyWait = [];
+
+    /// <summary>
+    /// Queued jobs whose dependencies do not hold yet (kept out of this cycle). A job whose dependency can no longer
+    /// hold (afterok on a job that failed, afternotok on one that succeeded, or a dependency that vanished) is
+    /// cancelled with the reason, as Slurm does with DependencyNeverSatisfied.
+    /// </summary>
+    private async Task<HashSet<long>> HeldByDependenciesAsync()
+    {
+        List<(long Id, List<(string Kind, long Job)> Deps)> waiting;
+        var active = new Dictionary<long, string>();
+        lock (_gate)
+        {
+            DrainInboxLocked();
+            waiting = [.. _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Doc.Dependencies.Count > 0)
+                .Select(j => (j.Record.Id, j.Doc.DependencyList.ToList()))];
+            foreach (var (_, deps) in waiting)
+            {
+                foreach (var (_, dep) in deps)
+                {
+                    if (_jobs.TryGetValue(dep, out var d) && d.Record.State is JobStates.Queued or JobStates.Leased or JobStates.Running)
+                    {
+                        active[dep] = d.Record.State;
+                    }
+                }
+            }
+        }
+
+        var held = new HashSet<long>();
+        var why = new Dictionary<long, string>();
+        var finals = new Dictionary<long, string?>();
+        foreach (var (id, deps) in waiting)
+        {
+            var pending = new List<string>();
+            string? impossible = null;
+            foreach (var (kind, dep) in deps)
+            {
+                if (active.TryGetValue(dep, out var state))
+                {
+                    pending.Add($"{kind}:{dep} (job {dep} is {state})");
+                    continue;
+                }
+
+                if (!finals.TryGetValue(dep, out var final))
+                {
+                    final = finals[dep] = (await _store.GetJobAsync(dep))?.State;
+                }
+
+                var holds = kind switch
+                {
+                    "afterok" => final == JobStates.Succeeded,
+                    "afternotok" => final is JobStates.Failed or JobStates.Cancelled or JobStates.Lost,
+                    _ => final is not null && JobStates.IsTerminal(final),
+                };
+                if (!holds)
+                {
+                    impossible ??= final is null ? $"dependency {kind}:{dep}: job {dep} does not exist" : $"dependency {kind}:{dep} can never be satisfied: job {dep} ended {final}";
+                }
+            }
+
+            if (impossible is not null)
+            {
+                try
+                {
+                    await CancelAsync(id, impossible);
+                }
+                catch (StoreConflictException)
+                {
+                    // Cancelled or started meanwhile.
+                }
+
+                held.Add(id);
+            }
+            else if (pending.Count > 0)
+            {
+                held.Add(id);
+                why[id] = string.Join(", ", pending);
+            }
+        }
+
+        lock (_gate)
+        {
+            _dependencyWait = why;
+        }
+
+        return held;
+    }
+
     /// <summary>Why a job waits (or where it could run), in words.</summary>
     public IReadOnlyList<string> Explain(JobRecord job)
     {
@@ -792,6 +882,11 @@ public sealed partial class ControlPlane : BackgroundService
             if (_scheduler is null || _state is null || !_jobs.TryGetValue(job.Id, out var live))
             {
                 return ["no provider with capacity has registered yet"];
+            }
+
+            if (_dependencyWait.TryGetValue(job.Id, out var deps))
+            {
+                return [$"waiting for dependencies: {deps}"];
             }
 
             WaitReason? reason = _waits.TryGetValue(job.Id, out var w) ? w : null;

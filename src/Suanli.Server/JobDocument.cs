@@ -46,6 +46,51 @@ public sealed record JobDocument(
     /// <summary>"sbatch" when the job came from a batch script (runs it as a file, with SLURM_* variables); else null.</summary>
     public string? Format { get; init; }
 
+    /// <summary>
+    /// Jobs this one waits for, Slurm-style: "afterok:ID" (ended succeeded), "afternotok:ID" (ended failed, cancelled or
+    /// lost) or "afterany:ID" (ended). All must hold; one that can no longer hold cancels the job.
+    /// </summary>
+    public IReadOnlyList<string> Dependencies { get; init; } = [];
+
+    /// <summary>The parsed <see cref="Dependencies"/>: (kind, job id).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public IEnumerable<(string Kind, long Job)> DependencyList =>
+        Dependencies.Select(d => (d[..d.IndexOf(':', StringComparison.Ordinal)], long.Parse(d[(d.IndexOf(':', StringComparison.Ordinal) + 1)..], CultureInfo.InvariantCulture)));
+
+    /// <summary>Validates Slurm-style dependency items ("afterok:12"; a Slurm list "afterok:12:13" is split into items).</summary>
+    public static List<string> ParseDependencies(IEnumerable<string> items, string field, List<FieldError> errors)
+    {
+        var result = new List<string>();
+        foreach (var item in items)
+        {
+            var parts = item.Split(':');
+            if (parts.Length < 2 || parts[0] is not ("afterok" or "afternotok" or "afterany"))
+            {
+                errors.Add(new FieldError(field, "format", $"'{item}' is not afterok:ID, afternotok:ID or afterany:ID"));
+                continue;
+            }
+
+            foreach (var id in parts.Skip(1))
+            {
+                if (long.TryParse(id, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0)
+                {
+                    result.Add($"{parts[0]}:{n.ToString(CultureInfo.InvariantCulture)}");
+                }
+                else
+                {
+                    errors.Add(new FieldError(field, "format", $"'{id}' in '{item}' is not a job id"));
+                }
+            }
+        }
+
+        if (result.Count > 64)
+        {
+            errors.Add(new FieldError(field, "length", "at most 64 dependencies"));
+        }
+
+        return result;
+    }
+
     public const int MaxBodyBytes = 1 << 20;
     public const long MaxTimeLimitSeconds = 366L * 24 * 3600;
     private static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web) { WriteIndented = false };
@@ -56,7 +101,7 @@ public sealed record JobDocument(
         ["low"] = 0, ["normal"] = 1, ["high"] = 2, ["urgent"] = 3,
     };
 
-    private static readonly HashSet<string> TopFields = ["name", "command", "script", "env", "resources", "tasks", "timeLimitSeconds", "priority", "retry", "constraints", "budget", "tenant"];
+    private static readonly HashSet<string> TopFields = ["name", "command", "script", "env", "resources", "tasks", "timeLimitSeconds", "priority", "retry", "constraints", "budget", "tenant", "dependencies"];
 
     /// <summary>Parses YAML or JSON (JSON is YAML; a body starting with '{' is read as JSON for exact error positions).</summary>
     public static JobDocument Parse(string text, AcceleratorCatalogue catalogue)
@@ -229,12 +274,25 @@ public sealed record JobDocument(
         }
 
         var tenant = Str(o, "tenant", errors, required: false, max: MaxNameLength);
+        List<string> dependencies = [];
+        if (o["dependencies"] is { } depNode)
+        {
+            if (depNode is JsonArray deps && deps.All(d => d is JsonValue v && v.TryGetValue<string>(out _)))
+            {
+                dependencies = ParseDependencies(deps.Select(d => d!.GetValue<string>()), "dependencies", errors);
+            }
+            else
+            {
+                errors.Add(new FieldError("dependencies", "type", "must be a list of strings such as \"afterok:12\""));
+            }
+        }
+
         if (errors.Count > 0)
         {
             throw new ValidationException(errors);
         }
 
-        return new JobDocument(name!, command, script, env, resources!, tasks, limit, priority, retry, constraints, budget, tenant);
+        return new JobDocument(name!, command, script, env, resources!, tasks, limit, priority, retry, constraints, budget, tenant) { Dependencies = dependencies };
     }
 
     private static JobResources? ParseResources(JsonNode? node, AcceleratorCatalogue catalogue, List<FieldError> errors)

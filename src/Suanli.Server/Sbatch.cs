@@ -22,7 +22,11 @@ public sealed record SbatchRequest(
     string? Error,
     string? WorkDir,
     string? Export,
-    bool Exclusive);
+    bool Exclusive)
+{
+    /// <summary>The --dependency value (Slurm syntax), if any.</summary>
+    public string? Dependency { get; init; }
+}
 
 /// <summary>
 /// Reads <c>#SBATCH</c> directives (long and short forms, <c>=</c> or space) from the comment block at the top of a
@@ -100,14 +104,14 @@ public static partial class Sbatch
             return null;
         }
 
-        foreach (var k in new[] { "array", "dependency" })
+        if (V("array") is not null)
         {
-            if (V(k) is not null)
-            {
-                errors.Add(new FieldError($"#SBATCH --{k}", "unsupported", k == "array"
-                    ? "job arrays are not supported yet: no provider can honour it; submit one job per task"
-                    : "job dependencies are not supported yet: no provider can honour it; submit after the job you depend on ends"));
-            }
+            errors.Add(new FieldError("#SBATCH --array", "unsupported", "job arrays are not supported yet: no provider can honour it; submit one job per task"));
+        }
+
+        if (V("dependency") is { } dep && dep.Contains('?', StringComparison.Ordinal))
+        {
+            errors.Add(new FieldError("#SBATCH --dependency", "unsupported", "'?' (any of) cannot be honoured; list dependencies that must all hold, separated by ','"));
         }
 
         if (values.ContainsKey("nodes") && V("nodes") is { } nodesText && nodesText.Contains('-', StringComparison.Ordinal))
@@ -135,7 +139,10 @@ public static partial class Sbatch
             V("error"),
             V("chdir"),
             V("export"),
-            values.ContainsKey("exclusive"));
+            values.ContainsKey("exclusive"))
+        {
+            Dependency = V("dependency"),
+        };
     }
 
     private static readonly HashSet<string> Known =
@@ -456,12 +463,13 @@ public static partial class Sbatch
             }
         }
 
+        var dependencies = r.Dependency is { } dl ? JobDocument.ParseDependencies(dl.Split(','), "#SBATCH --dependency", errors) : [];
         if (errors.Count > 0)
         {
             throw new ValidationException(errors);
         }
 
         return new JobDocument(name, null, script, env, new JobResources(cores, memory, models, gpus, 1000), tasks, r.TimeSeconds!.Value, 1,
-            new RetryPolicy(1, false), JobConstraints.None, null, null) { Format = "sbatch" };
+            new RetryPolicy(1, false), JobConstraints.None, null, null) { Format = "sbatch", Dependencies = dependencies };
     }
 }

@@ -140,6 +140,14 @@ public class CrashTests
         await p.Post("/api/v1/agent/heartbeat", new { epoch = e2, running = Array.Empty<long>() });
     }
 
+    private static string Snapshot(StringBuilder sb)
+    {
+        lock (sb)
+        {
+            return sb.ToString();
+        }
+    }
+
     private static int Count(string marker)
     {
         using var p = Process.Start(new ProcessStartInfo("pgrep", ["-f", marker]) { RedirectStandardOutput = true })!;
@@ -178,7 +186,15 @@ public class CrashTests
             }
 
             Assert.True(Count($"# {marker}") == 0, "the restarted agent did not stop the orphan:\n" + out1);
-            Assert.Contains("previous agent left running", out1.ToString(), StringComparison.Ordinal);
+
+            // The agent logs the reaping right after it; its output arrives asynchronously.
+            sw.Restart();
+            while (!Snapshot(out1).Contains("previous agent left running", StringComparison.Ordinal) && sw.Elapsed < TimeSpan.FromSeconds(10))
+            {
+                await Task.Delay(100);
+            }
+
+            Assert.Contains("previous agent left running", Snapshot(out1), StringComparison.Ordinal);
         }
         finally
         {

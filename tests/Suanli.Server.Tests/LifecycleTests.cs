@@ -146,3 +146,45 @@ public class LifecycleTests
         }
     }
 }
+
+public class DependencyTests
+{
+    [Fact]
+    public async Task Dependencies_HoldJobs_AndCancelThoseThatCanNeverRun()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("dep");
+        var (_, other) = await admin.Tenant("other");
+        using var t = s.Client(key);
+        long Id(System.Text.Json.Nodes.JsonNode j) => j["id"]!.GetValue<long>();
+        var a = Id(await t.Post("/api/v1/jobs", Api.Job("a", ["sleep", "1.5"]), HttpStatusCode.Created));
+        var c = Id(await t.Post("/api/v1/jobs", Api.Job("c", ["false"]), HttpStatusCode.Created));
+        object After(string name, string dep) => new { name, command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, dependencies = new[] { dep } };
+        var b = Id(await t.Post("/api/v1/jobs", After("b", $"afterok:{a}"), HttpStatusCode.Created));
+        var d = Id(await t.Post("/api/v1/jobs", After("d", $"afterok:{c}"), HttpStatusCode.Created));
+        var e = Id(await t.Post("/api/v1/jobs", After("e", $"afternotok:{c}"), HttpStatusCode.Created));
+
+        // The next cycle records why b waits (explain before it has run may still show b's placement).
+        var explain = "";
+        for (var i = 0; i < 50 && !explain.StartsWith("waiting", StringComparison.Ordinal); i++)
+        {
+            await Task.Delay(100);
+            explain = (await t.Get($"/api/v1/jobs/{b}/explain"))["lines"]![0]!.GetValue<string>();
+        }
+
+        Assert.StartsWith($"waiting for dependencies: afterok:{a}", explain, StringComparison.Ordinal);
+
+        var ja = await t.WaitJob(a, j => j.State() == "succeeded");
+        var jb = await t.WaitJob(b, j => j.State() == "succeeded");
+        Assert.True(jb["startedAt"]!.GetValue<DateTimeOffset>() >= ja["endedAt"]!.GetValue<DateTimeOffset>(), "b started before a ended");
+        var jd = await t.WaitJob(d, j => j.State() == "cancelled");
+        Assert.Contains("can never be satisfied", jd["reason"]!.GetValue<string>(), StringComparison.Ordinal);
+        await t.WaitJob(e, j => j.State() == "succeeded");
+
+        // A dependency on a job the tenant does not have is refused at submit.
+        using var o = s.Client(other);
+        var bad = await (await o.PostAsJsonAsync("/api/v1/jobs", After("x", $"afterok:{a}"))).Json(HttpStatusCode.BadRequest);
+        Assert.Equal("dependencies", bad["errors"]![0]!["field"]!.GetValue<string>());
+    }
+}

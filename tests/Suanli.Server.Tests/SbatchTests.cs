@@ -80,7 +80,8 @@ public class SbatchTests
 
     [Theory]
     [InlineData("#SBATCH --array=0-9", "#SBATCH --array", "unsupported")]
-    [InlineData("#SBATCH --dependency=afterok:12", "#SBATCH --dependency", "unsupported")]
+    [InlineData("#SBATCH --dependency=afterok:12?afterany:13", "#SBATCH --dependency", "unsupported")]
+    [InlineData("#SBATCH --dependency=singleton", "#SBATCH --dependency", "format")]
     [InlineData("#SBATCH --constraint=haswell", "#SBATCH --constraint", "unsupported")]
     [InlineData("#SBATCH --gres=gpu:XYZ:2", "#SBATCH --gres", "known")]
     [InlineData("#SBATCH --gres=fpga:1", "#SBATCH --gres", "unsupported")]
@@ -90,6 +91,13 @@ public class SbatchTests
     {
         var e = Assert.Throws<ValidationException>(() => Parse($"#!/bin/sh\n#SBATCH -t 5\n{line}\necho\n"));
         Assert.Contains(e.Errors, x => x.Field == field && x.Rule == rule);
+    }
+
+    [Fact]
+    public void Dependency_SlurmListSyntax_BecomesItems()
+    {
+        var doc = Parse("#!/bin/sh\n#SBATCH -t 5\n#SBATCH --dependency=afterok:12:13,afterany:14\necho\n");
+        Assert.Equal(["afterok:12", "afterok:13", "afterany:14"], doc.Dependencies);
     }
 
     [Fact]

@@ -454,6 +454,14 @@ public static class Endpoints
             tenantId = who.TenantId!.Value;
         }
 
+        foreach (var (kind, dep) in doc.DependencyList)
+        {
+            if (await s.GetJobAsync(dep) is not { } other || other.TenantId != tenantId)
+            {
+                return Problems.Validation("dependencies", "known", $"{kind}:{dep}: the tenant has no job {dep}");
+            }
+        }
+
         var (job, replayed) = await cp.SubmitAsync(tenantId, doc with { Tenant = null }, idem);
         var view = JobView.Of(job);
         return replayed ? Results.Ok(view) : Results.Created($"/api/v1/jobs/{job.Id}", view);
