@@ -36,7 +36,8 @@ public class LifecycleTests
         var row = Assert.Single(usage["items"]!.AsArray());
         Assert.Equal("acme", row!["key"]!.GetValue<string>());
         Assert.Equal(2, row["jobs"]!.GetValue<int>());
-        Assert.InRange(row["coreHours"]!.GetValue<decimal>(), 2m / 3600, 3m / 3600);
+        // sleep 2.2 metered in whole seconds between the agent's running and final reports: 2 s, more on a loaded machine.
+        Assert.InRange(row["coreHours"]!.GetValue<decimal>(), 2m / 3600, 6m / 3600);
         var bySector = await admin.Get("/api/v1/usage?groupBy=sector&bucket=hour");
         Assert.Equal("research", bySector["items"]![0]!["key"]!.GetValue<string>());
         Assert.NotNull(bySector["items"]![0]!["bucket"]);
