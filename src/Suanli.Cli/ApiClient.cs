@@ -69,6 +69,9 @@ internal sealed class ApiClient : IDisposable
         if (body is not null)
         {
             req.Content = new StringContent(body, Encoding.UTF8, contentType!);
+
+            // A large body waits for the server's go-ahead, so a refusal (413) arrives instead of a broken upload.
+            req.Headers.ExpectContinue = body.Length > 65536;
         }
 
         if (idempotencyKey is not null)

@@ -87,8 +87,13 @@ public class InputTests(InputFixture f) : IClassFixture<InputFixture>
         var before = await JobCount();
         using var c = f.Server.Client(f.TenantKey);
         var big = "{\"name\":\"big\",\"command\":[\"true\"],\"script\":\"" + new string('a', 3 << 20) + "\"}";
-        var resp = await c.PostAsync("/api/v1/jobs", new StringContent(big, Encoding.UTF8, "application/json"));
+        // Expect: 100-continue, as a well-behaved client sends a large body: the server refuses before the upload, so
+        // the answer cannot race a connection closed mid-upload.
+        using var req = new HttpRequestMessage(HttpMethod.Post, "/api/v1/jobs") { Content = new StringContent(big, Encoding.UTF8, "application/json") };
+        req.Headers.ExpectContinue = true;
+        var resp = await c.SendAsync(req);
         Assert.Equal(HttpStatusCode.RequestEntityTooLarge, resp.StatusCode);
+        Assert.Equal("body_too_large", (await resp.Json(HttpStatusCode.RequestEntityTooLarge))["code"]!.GetValue<string>());
         Assert.Equal(before, await JobCount());
     }
 
