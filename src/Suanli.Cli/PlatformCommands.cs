@@ -85,7 +85,9 @@ internal static class PlatformCommands
         var lostAfter = new Option<double>("--lost-after") { Description = "Seconds without heartbeat before a provider is lost / 心跳超时秒数", DefaultValueFactory = _ => 30 };
         var policy = new Option<string>("--policy") { Description = "Queue order / 排队策略", DefaultValueFactory = _ => "fair-share" };
         var placement = new Option<string>("--placement") { Description = "Placement: bestfit, spread, price, latency, heterogeneity, … / 放置策略", DefaultValueFactory = _ => "bestfit" };
-        var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台") { urls, data, noLocal, lostAfter, policy, placement };
+        var latency = new Option<string?>("--latency") { Description = "Region latency file: \"FROM TO MS\" per line / 区域时延文件" };
+        var localRegion = new Option<string>("--local-region") { Description = "Region of the local provider / 本地提供方区域", DefaultValueFactory = _ => "local" };
+        var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台") { urls, data, noLocal, lostAfter, policy, placement, latency, localRegion };
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
             if (r.GetValue(lostAfter) is < 1 or > 3600)
@@ -104,13 +106,17 @@ internal static class PlatformCommands
             }
 
             return RunUp(r.GetValue(urls)!, Path.GetFullPath(r.GetValue(data)!), !r.GetValue(noLocal),
-                new ControlPlaneOptions { LostAfter = TimeSpan.FromSeconds(r.GetValue(lostAfter)), Policy = r.GetValue(policy)!, Placement = r.GetValue(placement)! })
+                new ControlPlaneOptions
+                {
+                    LostAfter = TimeSpan.FromSeconds(r.GetValue(lostAfter)), Policy = r.GetValue(policy)!, Placement = r.GetValue(placement)!,
+                    Latency = r.GetValue(latency) is { } file ? ControlPlaneOptions.ReadLatency(file) : [],
+                }, r.GetValue(localRegion)!)
                 .GetAwaiter().GetResult();
         }));
         return cmd;
     }
 
-    private static async Task<int> RunUp(string urls, string dataDir, bool localProvider, ControlPlaneOptions cp)
+    private static async Task<int> RunUp(string urls, string dataDir, bool localProvider, ControlPlaneOptions cp, string localRegion)
     {
         var app = await ServerHost.BuildAsync(new ServerOptions(urls, dataDir, cp));
         await app.StartAsync();
@@ -133,7 +139,7 @@ internal static class PlatformCommands
             var store = app.Services.GetRequiredService<IControlStore>();
             var keys = app.Services.GetRequiredService<KeyService>();
             var plane = app.Services.GetRequiredService<ControlPlane>();
-            var provider = await store.FindProviderAsync("local") ?? await store.CreateProviderAsync("local", "local", TimeProvider.System.GetUtcNow().ToUnixTimeMilliseconds());
+            var provider = await store.FindProviderAsync("local") ?? await store.CreateProviderAsync("local", localRegion, TimeProvider.System.GetUtcNow().ToUnixTimeMilliseconds());
             plane.ProviderCreated(provider);
             var keyFile = Path.Combine(dataDir, "local-provider.key");
             var secret = File.Exists(keyFile) ? (await File.ReadAllTextAsync(keyFile)).Trim() : null;
@@ -145,7 +151,7 @@ internal static class PlatformCommands
 
             var (cpu, mem) = LocalBackend.MachineCapacity();
             var backend = new LocalBackend(ResourceLimiter.Detect(), Path.Combine(dataDir, "work"));
-            agent = new ProviderAgent(new AgentOptions(new Uri(address), secret, "local", [new Suanli.Agent.GroupOffer("local", cpu, mem, null, 0, 1, null)], Path.Combine(dataDir, "work")),
+            agent = new ProviderAgent(new AgentOptions(new Uri(address), secret, localRegion, [new Suanli.Agent.GroupOffer("local", cpu, mem, null, 0, 1, null)], Path.Combine(dataDir, "work")),
                 backend, m => Console.WriteLine($"[local provider] {m}"));
             agentTask = agent.RunAsync(stop.Token);
         }

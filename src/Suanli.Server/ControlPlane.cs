@@ -24,6 +24,38 @@ public sealed record ControlPlaneOptions
     /// <summary>Placement (node-group and node scoring): bestfit, spread, price, latency, heterogeneity, …</summary>
     public string Placement { get; init; } = "bestfit";
 
+    /// <summary>Network latency between regions in milliseconds (symmetric), for latency bounds and latency placement.</summary>
+    public IReadOnlyList<(string From, string To, int Ms)> Latency { get; init; } = [];
+
+    /// <summary>
+    /// Reads a latency file: one "FROM TO MS" per line (symmetric; '#' starts a comment). Errors name the line and
+    /// the rule.
+    /// </summary>
+    public static IReadOnlyList<(string From, string To, int Ms)> ReadLatency(string path)
+    {
+        var result = new List<(string, string, int)>();
+        var n = 0;
+        foreach (var raw in File.ReadLines(path))
+        {
+            n++;
+            var line = raw.Split('#')[0].Trim();
+            if (line.Length == 0)
+            {
+                continue;
+            }
+
+            var p = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+            if (p.Length != 3 || !int.TryParse(p[2], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms) || ms > 100_000)
+            {
+                throw new ArgumentException($"--latency: line {n}: expected \"FROM TO MS\" with MS a whole number from 0 to 100000, got \"{line}\"");
+            }
+
+            result.Add((p[0], p[1], ms));
+        }
+
+        return result;
+    }
+
     public BackfillMode Backfill { get; init; } = BackfillMode.Easy;
 }
 
@@ -643,7 +675,7 @@ public sealed partial class ControlPlane : BackgroundService
         var providers = ready.Select(p => new Provider(p.Record.Name, p.Record.Region, p.Record.Name)).ToList();
         var groups = ready.SelectMany(p => p.Record.Groups.Select(g => new NodeGroup($"{p.Record.Name}/{g.Id}", p.Record.Name,
             new NodeShape(g.MilliCpu, g.MemoryMiB, g.Accelerator, g.Accelerators, g.GpuSharing), g.Nodes, g.PricePerNodeHour))).ToList();
-        _pool = new Pool(providers, groups);
+        _pool = new Pool(providers, groups, Options.Latency);
         _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill)) : null;
         _state = new ClusterState(_pool);
         var index = groups.Select((g, i) => (g.Id, i)).ToDictionary(x => x.Id, x => x.i, StringComparer.Ordinal);

@@ -189,3 +189,56 @@ public class DependencyTests
         Assert.Equal("dependencies", bad["errors"]![0]!["field"]!.GetValue<string>());
     }
 }
+
+public class RoutingTests
+{
+    [Fact]
+    public async Task LatencyBound_ChoosesTheCloseRegion_AndExplainsTheFarOne()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "suanli-lat-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        var latency = Path.Combine(dir, "latency.txt");
+        await File.WriteAllTextAsync(latency, "# from to ms\nshanghai guangzhou 28\nshanghai beijing 12\n");
+        using var s = new ServerProcess(localProvider: true, lostAfterSeconds: 30, dataDir: null,
+            "--latency", latency, "--local-region", "guangzhou", "--placement", "latency");
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("geo");
+        var (bjId, bjKey) = await admin.Provider("bj-centre");
+        var output = new StringBuilder();
+        using var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", bjKey, "--region", "beijing",
+            "--cpu", "1", "--memory-mib", "512", "--work-dir", Path.Combine(dir, "bj"));
+        try
+        {
+            var sw = Stopwatch.StartNew();
+            while ((await admin.Get("/api/v1/providers"))["items"]!.AsArray().Count(p => p!["state"]!.GetValue<string>() == "ready") < 2 && sw.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(200);
+            }
+
+            using var t = s.Client(key);
+            object Job(string name, int maxMs) => new
+            {
+                name, command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60,
+                constraints = new { userRegion = "shanghai", maxLatencyMs = maxMs },
+            };
+            var near = await t.Post("/api/v1/jobs", Job("near", 20), HttpStatusCode.Created);
+            var done = await t.WaitJob(near["id"]!.GetValue<long>(), j => j.State() == "succeeded", 30);
+            Assert.Equal(bjId, done["providerId"]!.GetValue<long>());
+
+            var either = await t.Post("/api/v1/jobs", Job("closest", 50), HttpStatusCode.Created);
+            var closest = await t.WaitJob(either["id"]!.GetValue<long>(), j => j.State() == "succeeded", 30);
+            Assert.Equal(bjId, closest["providerId"]!.GetValue<long>());
+
+            var tooFar = await t.Post("/api/v1/jobs", Job("too-far", 5), HttpStatusCode.Created);
+            await Task.Delay(500);
+            var lines = (await t.Get($"/api/v1/jobs/{tooFar["id"]!.GetValue<long>()}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()).ToList();
+            Assert.Contains(lines, l => l.Contains("latency shanghai -> beijing is 12 ms, job allows at most 5 ms", StringComparison.Ordinal));
+            Assert.Contains(lines, l => l.Contains("latency shanghai -> guangzhou is 28 ms", StringComparison.Ordinal));
+        }
+        finally
+        {
+            agent.Kill(true);
+            Directory.Delete(dir, true);
+        }
+    }
+}
