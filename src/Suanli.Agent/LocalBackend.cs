@@ -113,6 +113,10 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
             psi.Environment["SLURM_JOB_NODELIST"] = Environment.MachineName;
             psi.Environment["SLURMD_NODENAME"] = Environment.MachineName;
             psi.Environment["SLURM_RESTART_COUNT"] = (job.Attempt - 1).ToString(CultureInfo.InvariantCulture);
+            if (job.Env.ContainsKey("SLURM_ARRAY_TASK_ID") && !job.Env.ContainsKey("SLURM_ARRAY_JOB_ID"))
+            {
+                psi.Environment["SLURM_ARRAY_JOB_ID"] = id; // the array's first element is its own array job
+            }
         }
 
         foreach (var (k, v) in job.Env)

@@ -283,6 +283,13 @@ internal static class PlatformCommands
                 var target = "/api/v1/jobs" + (r.GetValue(tenant) is { } t ? $"?tenant={Uri.EscapeDataString(t)}" : "");
                 var job = await api.PostTextAsync(target, text, contentType, r.GetValue(idem));
                 var id = job["id"]!.GetValue<long>();
+                if (job["arrayJobs"] is JsonArray array)
+                {
+                    var ids = string.Join(", ", array.Select(x => x!.ToString()));
+                    Print(r, job, _ => Console.WriteLine(Messages.T($"submitted array of {array.Count} jobs: {ids}", $"已提交 {array.Count} 个数组作业：{ids}")));
+                    return r.GetValue(wait) ? await WaitFor(r, api, array.Select(x => x!.GetValue<long>()).ToList()) : ExitCodes.Ok;
+                }
+
                 if (!r.GetValue(wait))
                 {
                     Print(r, job, _ => Console.WriteLine(Messages.T($"submitted job {id}", $"已提交作业 {id}")));
@@ -313,6 +320,18 @@ internal static class PlatformCommands
 
             return ExitCodes.BadInput;
         }
+    }
+
+    /// <summary>Waits for every job of an array; succeeds when all do.</summary>
+    private static async Task<int> WaitFor(ParseResult r, ApiClient api, List<long> ids)
+    {
+        var worst = ExitCodes.Ok;
+        foreach (var id in ids)
+        {
+            worst = Math.Max(worst, await WaitFor(r, api, id));
+        }
+
+        return worst;
     }
 
     private static async Task<int> WaitFor(ParseResult r, ApiClient api, long id)

@@ -52,6 +52,29 @@ public sealed record JobDocument(
     /// </summary>
     public IReadOnlyList<string> Dependencies { get; init; } = [];
 
+    /// <summary>Array task indices (from #SBATCH --array): the submission becomes one job per index; empty otherwise.</summary>
+    public IReadOnlyList<int> ArrayTasks { get; init; } = [];
+
+    /// <summary>
+    /// The jobs of an array submission: one per index, each with SLURM_ARRAY_TASK_ID and the array's bounds in its
+    /// environment (SLURM_ARRAY_JOB_ID is the first element's id and is added once that is known).
+    /// </summary>
+    public IEnumerable<(int Index, JobDocument Job)> ArrayElements()
+    {
+        foreach (var i in ArrayTasks)
+        {
+            var env = new Dictionary<string, string>(Env, StringComparer.Ordinal)
+            {
+                ["SLURM_ARRAY_TASK_ID"] = i.ToString(CultureInfo.InvariantCulture),
+                ["SLURM_ARRAY_TASK_COUNT"] = ArrayTasks.Count.ToString(CultureInfo.InvariantCulture),
+                ["SLURM_ARRAY_TASK_MIN"] = ArrayTasks[0].ToString(CultureInfo.InvariantCulture),
+                ["SLURM_ARRAY_TASK_MAX"] = ArrayTasks[^1].ToString(CultureInfo.InvariantCulture),
+            };
+            var name = $"{Name}_{i.ToString(CultureInfo.InvariantCulture)}";
+            yield return (i, this with { Name = name.Length <= MaxNameLength ? name : Name, Env = env, ArrayTasks = [] });
+        }
+    }
+
     /// <summary>The parsed <see cref="Dependencies"/>: (kind, job id).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public IEnumerable<(string Kind, long Job)> DependencyList =>

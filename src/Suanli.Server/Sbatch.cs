@@ -26,6 +26,9 @@ public sealed record SbatchRequest(
 {
     /// <summary>The --dependency value (Slurm syntax), if any.</summary>
     public string? Dependency { get; init; }
+
+    /// <summary>The --array task indices, if any.</summary>
+    public IReadOnlyList<int>? Array { get; init; }
 }
 
 /// <summary>
@@ -104,10 +107,7 @@ public static partial class Sbatch
             return null;
         }
 
-        if (V("array") is not null)
-        {
-            errors.Add(new FieldError("#SBATCH --array", "unsupported", "job arrays are not supported yet: no provider can honour it; submit one job per task"));
-        }
+        var array = V("array") is { } arrayText ? ArrayIndices(arrayText, errors) : null;
 
         if (V("dependency") is { } dep && dep.Contains('?', StringComparison.Ordinal))
         {
@@ -142,8 +142,58 @@ public static partial class Sbatch
             values.ContainsKey("exclusive"))
         {
             Dependency = V("dependency"),
+            Array = array,
         };
     }
+
+    /// <summary>
+    /// Slurm array indices: "0-15", "1,3,5", "0-9:2" (step) and mixes, at most 10,000 tasks, each 0..4,000,000.
+    /// A "%N" limit on simultaneously running tasks cannot be honoured yet and is an error.
+    /// </summary>
+    public static List<int>? ArrayIndices(string text, List<FieldError> errors)
+    {
+        if (text.Contains('%', StringComparison.Ordinal))
+        {
+            errors.Add(new FieldError("#SBATCH --array", "unsupported", $"'{text}': a limit on simultaneously running tasks (%N) cannot be honoured yet; drop it"));
+            return null;
+        }
+
+        var result = new SortedSet<int>();
+        foreach (var part in text.Split(','))
+        {
+            var m = ArrayRegex().Match(part);
+            if (!m.Success)
+            {
+                errors.Add(new FieldError("#SBATCH --array", "format", $"'{part}' is not N, N-M or N-M:STEP"));
+                return null;
+            }
+
+            var from = int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
+            var to = m.Groups[2].Success ? int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture) : from;
+            var step = m.Groups[3].Success ? int.Parse(m.Groups[3].Value, CultureInfo.InvariantCulture) : 1;
+            if (to < from || step < 1 || to > 4_000_000 || (to - from) / step >= 10_000)
+            {
+                errors.Add(new FieldError("#SBATCH --array", "range", $"'{part}': need N ≤ M ≤ 4000000, STEP ≥ 1 and at most 10000 tasks"));
+                return null;
+            }
+
+            for (var i = from; i <= to; i += step)
+            {
+                result.Add(i);
+            }
+        }
+
+        if (result.Count > 10_000)
+        {
+            errors.Add(new FieldError("#SBATCH --array", "range", "at most 10000 tasks"));
+            return null;
+        }
+
+        return [.. result];
+    }
+
+    [GeneratedRegex("^([0-9]{1,7})(?:-([0-9]{1,7})(?::([0-9]{1,7}))?)?$")]
+    private static partial Regex ArrayRegex();
 
     private static readonly HashSet<string> Known =
     [
@@ -470,6 +520,6 @@ public static partial class Sbatch
         }
 
         return new JobDocument(name, null, script, env, new JobResources(cores, memory, models, gpus, 1000), tasks, r.TimeSeconds!.Value, 1,
-            new RetryPolicy(1, false), JobConstraints.None, null, null) { Format = "sbatch", Dependencies = dependencies };
+            new RetryPolicy(1, false), JobConstraints.None, null, null) { Format = "sbatch", Dependencies = dependencies, ArrayTasks = r.Array ?? [] };
     }
 }

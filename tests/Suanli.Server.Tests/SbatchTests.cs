@@ -79,7 +79,9 @@ public class SbatchTests
     }
 
     [Theory]
-    [InlineData("#SBATCH --array=0-9", "#SBATCH --array", "unsupported")]
+    [InlineData("#SBATCH --array=0-9%2", "#SBATCH --array", "unsupported")]
+    [InlineData("#SBATCH --array=5-1", "#SBATCH --array", "range")]
+    [InlineData("#SBATCH --array=x", "#SBATCH --array", "format")]
     [InlineData("#SBATCH --dependency=afterok:12?afterany:13", "#SBATCH --dependency", "unsupported")]
     [InlineData("#SBATCH --dependency=singleton", "#SBATCH --dependency", "format")]
     [InlineData("#SBATCH --constraint=haswell", "#SBATCH --constraint", "unsupported")]
@@ -98,6 +100,41 @@ public class SbatchTests
     {
         var doc = Parse("#!/bin/sh\n#SBATCH -t 5\n#SBATCH --dependency=afterok:12:13,afterany:14\necho\n");
         Assert.Equal(["afterok:12", "afterok:13", "afterany:14"], doc.Dependencies);
+    }
+
+    [Theory]
+    [InlineData("0-3", new[] { 0, 1, 2, 3 })]
+    [InlineData("1,3,5", new[] { 1, 3, 5 })]
+    [InlineData("0-9:4", new[] { 0, 4, 8 })]
+    [InlineData("7,0-2", new[] { 0, 1, 2, 7 })]
+    public void ArrayIndices_SlurmSyntax(string text, int[] expected)
+    {
+        var errors = new List<FieldError>();
+        Assert.Equal(expected, Sbatch.ArrayIndices(text, errors));
+        Assert.Empty(errors);
+    }
+
+    [Fact]
+    public async Task ArrayScript_BecomesOneJobPerTask_WithArrayVariables()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("arrays");
+        using var t = s.Client(key);
+        var script = "#!/bin/sh\n#SBATCH -J sweep\n#SBATCH --array=1-3\n#SBATCH -t 1\n#SBATCH --mem=64M\n" +
+            "echo \"task=$SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT array=$SLURM_ARRAY_JOB_ID\"\n";
+        var created = await (await t.PostAsync("/api/v1/jobs", new StringContent(script, Encoding.UTF8, "text/x-shellscript"))).Json(HttpStatusCode.Created);
+        var ids = created["arrayJobs"]!.AsArray().Select(x => x!.GetValue<long>()).ToList();
+        Assert.Equal(3, ids.Count);
+        Assert.Equal(ids[0], created["id"]!.GetValue<long>());
+        for (var i = 0; i < 3; i++)
+        {
+            var j = await t.WaitJob(ids[i], x => x.State() is "succeeded" or "failed");
+            Assert.Equal("succeeded", j.State());
+            Assert.Equal($"sweep_{i + 1}", j["name"]!.GetValue<string>());
+            var logs = string.Concat((await t.Get($"/api/v1/jobs/{ids[i]}/logs"))["items"]!.AsArray().Select(c => c!["data"]!.GetValue<string>()));
+            Assert.Equal($"task={i + 1} of 3 array={ids[0]}\n", logs);
+        }
     }
 
     [Fact]

@@ -12,6 +12,9 @@ namespace Suanli.Server;
 public sealed record JobView(long Id, string Name, long TenantId, string State, int Attempt, int MaxAttempts, int PriorityClass, DateTimeOffset SubmittedAt,
     long? ProviderId, string? Group, DateTimeOffset? StartedAt, DateTimeOffset? EndedAt, int? ExitCode, string? Reason, JsonElement Spec)
 {
+    /// <summary>For an array submission: the ids of all its jobs, in index order (null otherwise).</summary>
+    public IReadOnlyList<long>? ArrayJobs { get; init; }
+
     public static JobView Of(JobRecord j)
     {
         using var d = JsonDocument.Parse(j.Spec);
@@ -460,6 +463,30 @@ public static class Endpoints
             {
                 return Problems.Validation("dependencies", "known", $"{kind}:{dep}: the tenant has no job {dep}");
             }
+        }
+
+        if (doc.ArrayTasks.Count > 0)
+        {
+            // An array: one job per index; the answer is the first element with every element's id.
+            var ids = new List<long>();
+            JobRecord? first = null;
+            var anyNew = false;
+            foreach (var (index, element) in doc.ArrayElements())
+            {
+                var el = element with { Tenant = null };
+                if (first is not null)
+                {
+                    el = el with { Env = new Dictionary<string, string>(el.Env, StringComparer.Ordinal) { ["SLURM_ARRAY_JOB_ID"] = first.Id.ToString(CultureInfo.InvariantCulture) } };
+                }
+
+                var (rec, again) = await cp.SubmitAsync(tenantId, el, idem is null ? null : $"{idem}#{index.ToString(CultureInfo.InvariantCulture)}");
+                first ??= rec;
+                anyNew |= !again;
+                ids.Add(rec.Id);
+            }
+
+            var arrayView = JobView.Of(first!) with { ArrayJobs = ids };
+            return anyNew ? Results.Created($"/api/v1/jobs/{first!.Id}", arrayView) : Results.Ok(arrayView);
         }
 
         var (job, replayed) = await cp.SubmitAsync(tenantId, doc with { Tenant = null }, idem);
