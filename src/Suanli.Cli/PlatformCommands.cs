@@ -598,9 +598,26 @@ internal static class PlatformCommands
     {
         var groupBy = new Option<string>("--group-by") { Description = "tenant | sector | provider", DefaultValueFactory = _ => "tenant" };
         var bucket = new Option<string>("--bucket") { Description = "none | hour | day", DefaultValueFactory = _ => "none" };
-        var cmd = WithClientOptions(new Command("usage", "Metered use in standard units / 标准单位用量") { groupBy, bucket });
+        var reconcile = new Option<bool>("--reconcile") { Description = "Metering beside each provider's own accounting, per attempt / 与提供方记账对账" };
+        var cmd = WithClientOptions(new Command("usage", "Metered use in standard units / 标准单位用量") { groupBy, bucket, reconcile });
         cmd.SetAction(r => Client(r, async api =>
         {
+            if (r.GetValue(reconcile))
+            {
+                Print(r, await api.GetAsync("/api/v1/usage/reconciliation"), p =>
+                {
+                    Table([Messages.T("JOB", "作业"), Messages.T("ATTEMPT", "尝试"), Messages.T("PROVIDER", "提供方"), Messages.T("METERED-S", "平台计量秒"), Messages.T("PROVIDER-S", "提供方记账秒"), Messages.T("DIFF-S", "差异秒"), "TRES"],
+                        p["items"]!.AsArray().Select(x => new[]
+                        {
+                            x!["jobId"]!.ToString(), x["attempt"]!.ToString(), x["provider"]!.ToString(), x["meteredSeconds"]!.ToString(),
+                            x["backendSeconds"]?.ToString() ?? "-", x["differenceSeconds"]?.ToString() ?? "-", x["backendTres"]?.ToString() ?? "-",
+                        }));
+                    Console.WriteLine(Messages.T($"{p["attempts"]} attempts, {p["withBackendRecord"]} with a provider record, {p["differing"]} differing",
+                        $"{p["attempts"]} 次尝试，{p["withBackendRecord"]} 次有提供方记录，{p["differing"]} 次不一致"));
+                });
+                return ExitCodes.Ok;
+            }
+
             var page = await api.GetAsync($"/api/v1/usage?groupBy={Uri.EscapeDataString(r.GetValue(groupBy)!)}&bucket={Uri.EscapeDataString(r.GetValue(bucket)!)}");
             Print(r, page, p => Table([Messages.T("KEY", "分组"), Messages.T("BUCKET", "时段"), Messages.T("JOBS", "作业"), Messages.T("CORE-H", "核时"), Messages.T("CARD-H", "卡时"), "FP16 TFLOPS·h", "FP32 TFLOPS·h", "FP64 TFLOPS·h"],
                 p["items"]!.AsArray().Select(u => new[]

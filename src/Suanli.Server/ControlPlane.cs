@@ -733,6 +733,7 @@ public sealed partial class ControlPlane : BackgroundService
             }
 
             var queued = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null && !held.Contains(j.Record.Id)).ToList();
+            queued = ThrottleArraysLocked(queued);
             _metrics.QueueDepth(queued.Count);
             if (queued.Count == 0 || _scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
             {
@@ -805,6 +806,40 @@ public sealed partial class ControlPlane : BackgroundService
         await Task.WhenAll(writes);
         _lastCycle = Stopwatch.GetElapsedTime(t0);
         _metrics.Cycle(_lastCycle.TotalSeconds, leases.Count);
+    }
+
+    /// <summary>
+    /// Array throttling (Slurm's --array=…%N): of an array's queued elements only as many are offered to the scheduler
+    /// as the limit leaves after its leased and running elements, lowest ids first.
+    /// </summary>
+    private List<LiveJob> ThrottleArraysLocked(List<LiveJob> queued)
+    {
+        if (!queued.Any(j => j.Doc.ArrayLimit is not null))
+        {
+            return queued;
+        }
+
+        var active = _jobs.Values.Where(j => j.Doc.ArrayLimit is not null && j.Record.State is JobStates.Leased or JobStates.Running)
+            .GroupBy(j => j.Doc.ArrayKey(j.Record.Id)!.Value).ToDictionary(g => g.Key, g => g.Count());
+        var offered = new Dictionary<long, int>();
+        var result = new List<LiveJob>(queued.Count);
+        foreach (var j in queued.OrderBy(j => j.Record.Id))
+        {
+            if (j.Doc.ArrayKey(j.Record.Id) is not { } key)
+            {
+                result.Add(j);
+                continue;
+            }
+
+            var used = active.GetValueOrDefault(key) + offered.GetValueOrDefault(key);
+            if (used < j.Doc.ArrayLimit!.Value)
+            {
+                offered[key] = offered.GetValueOrDefault(key) + 1;
+                result.Add(j);
+            }
+        }
+
+        return result;
     }
 
     private Dictionary<long, string> _dependencyWait = [];

@@ -55,6 +55,13 @@ public sealed record JobDocument(
     /// <summary>Array task indices (from #SBATCH --array): the submission becomes one job per index; empty otherwise.</summary>
     public IReadOnlyList<int> ArrayTasks { get; init; } = [];
 
+    /// <summary>For array elements: at most this many of the array's jobs leased or running at once (Slurm's "%N").</summary>
+    public int? ArrayLimit { get; init; }
+
+    /// <summary>The array an element belongs to: SLURM_ARRAY_JOB_ID, or the element's own id for the first one.</summary>
+    public long? ArrayKey(long ownId) =>
+        ArrayLimit is null ? null : Env.TryGetValue("SLURM_ARRAY_JOB_ID", out var a) && long.TryParse(a, CultureInfo.InvariantCulture, out var k) ? k : ownId;
+
     /// <summary>
     /// The jobs of an array submission: one per index, each with SLURM_ARRAY_TASK_ID and the array's bounds in its
     /// environment (SLURM_ARRAY_JOB_ID is the first element's id and is added once that is known).

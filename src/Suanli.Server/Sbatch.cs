@@ -29,6 +29,9 @@ public sealed record SbatchRequest(
 
     /// <summary>The --array task indices, if any.</summary>
     public IReadOnlyList<int>? Array { get; init; }
+
+    /// <summary>The --array "%N" limit on tasks running at once, if any.</summary>
+    public int? ArrayLimit { get; init; }
 }
 
 /// <summary>
@@ -107,7 +110,7 @@ public static partial class Sbatch
             return null;
         }
 
-        var array = V("array") is { } arrayText ? ArrayIndices(arrayText, errors) : null;
+        var (array, arrayLimit) = V("array") is { } arrayText ? ArraySpec(arrayText, errors) : (null, null);
 
         if (V("dependency") is { } dep && dep.Contains('?', StringComparison.Ordinal))
         {
@@ -143,21 +146,38 @@ public static partial class Sbatch
         {
             Dependency = V("dependency"),
             Array = array,
+            ArrayLimit = arrayLimit,
         };
     }
 
+    /// <summary>Slurm array indices (see <see cref="ArraySpec"/>).</summary>
+    public static List<int>? ArrayIndices(string text, List<FieldError> errors) => ArraySpec(text, errors).Indices;
+
     /// <summary>
-    /// Slurm array indices: "0-15", "1,3,5", "0-9:2" (step) and mixes, at most 10,000 tasks, each 0..4,000,000.
-    /// A "%N" limit on simultaneously running tasks cannot be honoured yet and is an error.
+    /// Slurm array indices: "0-15", "1,3,5", "0-9:2" (step) and mixes, at most 10,000 tasks, each 0..4,000,000, with an
+    /// optional "%N": at most N tasks leased or running at once.
     /// </summary>
-    public static List<int>? ArrayIndices(string text, List<FieldError> errors)
+    public static (List<int>? Indices, int? Limit) ArraySpec(string text, List<FieldError> errors)
     {
-        if (text.Contains('%', StringComparison.Ordinal))
+        int? limit = null;
+        var pct = text.IndexOf('%', StringComparison.Ordinal);
+        if (pct >= 0)
         {
-            errors.Add(new FieldError("#SBATCH --array", "unsupported", $"'{text}': a limit on simultaneously running tasks (%N) cannot be honoured yet; drop it"));
-            return null;
+            if (!int.TryParse(text[(pct + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out var n) || n < 1)
+            {
+                errors.Add(new FieldError("#SBATCH --array", "format", $"'{text}': the limit after % must be a whole number of at least 1"));
+                return (null, null);
+            }
+
+            limit = n;
+            text = text[..pct];
         }
 
+        return (Indices(text, errors), limit);
+    }
+
+    private static List<int>? Indices(string text, List<FieldError> errors)
+    {
         var result = new SortedSet<int>();
         foreach (var part in text.Split(','))
         {
@@ -520,6 +540,6 @@ public static partial class Sbatch
         }
 
         return new JobDocument(name, null, script, env, new JobResources(cores, memory, models, gpus, 1000), tasks, r.TimeSeconds!.Value, 1,
-            new RetryPolicy(1, false), JobConstraints.None, null, null) { Format = "sbatch", Dependencies = dependencies, ArrayTasks = r.Array ?? [] };
+            new RetryPolicy(1, false), JobConstraints.None, null, null) { Format = "sbatch", Dependencies = dependencies, ArrayTasks = r.Array ?? [], ArrayLimit = r.ArrayLimit };
     }
 }

@@ -65,6 +65,7 @@ public class AuthTests(AuthFixture f) : IClassFixture<AuthFixture>
         { "GET", "/api/v1/jobs/{job}/explain", O + "," + T },
         { "GET", "/api/v1/jobs/{job}/usage", O + "," + T },
         { "GET", "/api/v1/usage", O + "," + T },
+        { "GET", "/api/v1/usage/reconciliation", O + "," + T },
         { "POST", "/api/v1/agent/register", P },
         { "POST", "/api/v1/agent/heartbeat", P },
         { "POST", "/api/v1/agent/lease", P },

@@ -79,7 +79,7 @@ public class SbatchTests
     }
 
     [Theory]
-    [InlineData("#SBATCH --array=0-9%2", "#SBATCH --array", "unsupported")]
+    [InlineData("#SBATCH --array=0-9%0", "#SBATCH --array", "format")]
     [InlineData("#SBATCH --array=5-1", "#SBATCH --array", "range")]
     [InlineData("#SBATCH --array=x", "#SBATCH --array", "format")]
     [InlineData("#SBATCH --dependency=afterok:12?afterany:13", "#SBATCH --dependency", "unsupported")]
@@ -121,8 +121,9 @@ public class SbatchTests
         using var admin = s.Admin();
         var (_, key) = await admin.Tenant("arrays");
         using var t = s.Client(key);
-        var script = "#!/bin/sh\n#SBATCH -J sweep\n#SBATCH --array=1-3\n#SBATCH -t 1\n#SBATCH --mem=64M\n" +
-            "echo \"task=$SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT array=$SLURM_ARRAY_JOB_ID\"\n";
+        // At most one element at a time (%1): each starts only after the previous one ended.
+        var script = "#!/bin/sh\n#SBATCH -J sweep\n#SBATCH --array=1-3%1\n#SBATCH -t 1\n#SBATCH --mem=64M\n#SBATCH -c 1\n" +
+            "sleep 0.5; echo \"task=$SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT array=$SLURM_ARRAY_JOB_ID\"\n";
         var created = await (await t.PostAsync("/api/v1/jobs", new StringContent(script, Encoding.UTF8, "text/x-shellscript"))).Json(HttpStatusCode.Created);
         var ids = created["arrayJobs"]!.AsArray().Select(x => x!.GetValue<long>()).ToList();
         Assert.Equal(3, ids.Count);
@@ -134,6 +135,17 @@ public class SbatchTests
             Assert.Equal($"sweep_{i + 1}", j["name"]!.GetValue<string>());
             var logs = string.Concat((await t.Get($"/api/v1/jobs/{ids[i]}/logs"))["items"]!.AsArray().Select(c => c!["data"]!.GetValue<string>()));
             Assert.Equal($"task={i + 1} of 3 array={ids[0]}\n", logs);
+        }
+
+        var jobs = new List<System.Text.Json.Nodes.JsonNode>();
+        foreach (var id in ids)
+        {
+            jobs.Add(await t.Get($"/api/v1/jobs/{id}"));
+        }
+
+        for (var i = 1; i < 3; i++)
+        {
+            Assert.True(jobs[i]["startedAt"]!.GetValue<DateTimeOffset>() >= jobs[i - 1]["endedAt"]!.GetValue<DateTimeOffset>(), $"element {i} overlapped element {i - 1} despite %1");
         }
     }
 

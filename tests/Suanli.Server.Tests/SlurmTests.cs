@@ -129,6 +129,14 @@ public class SlurmTests(SlurmFixture f) : IClassFixture<SlurmFixture>
         var usage = Assert.Single((await t.Get($"/api/v1/jobs/{id}/usage"))["items"]!.AsArray())!;
         Assert.NotNull(usage["backendElapsedSeconds"]);
         Assert.Contains("cpu=1", usage["backendTres"]!.GetValue<string>(), StringComparison.Ordinal);
+        using var admin = f.Server.Admin();
+        var centre = (await admin.Get("/api/v1/providers"))["items"]!.AsArray().First(p => p!["name"]!.GetValue<string>() == provider)!["id"]!.GetValue<long>();
+        var rec = await admin.Get($"/api/v1/usage/reconciliation?provider={centre}");
+        var row = rec["items"]!.AsArray().First(r => r!["jobId"]!.GetValue<long>() == id)!;
+        Assert.Equal(provider, row["provider"]!.GetValue<string>());
+        Assert.NotNull(row["backendSeconds"]);
+        Assert.Equal(row["meteredSeconds"]!.GetValue<long>() - row["backendSeconds"]!.GetValue<long>(), row["differenceSeconds"]!.GetValue<long>());
+        Assert.True(rec["withBackendRecord"]!.GetValue<int>() >= 1);
     }
 
     [Fact]
@@ -159,6 +167,24 @@ public class SlurmTests(SlurmFixture f) : IClassFixture<SlurmFixture>
         Assert.Contains(lines, l => l.StartsWith("centre-2/main: filtered by shape", StringComparison.Ordinal));
         Assert.Contains(lines, l => l.StartsWith("local/local: filtered by", StringComparison.Ordinal));
         await t.Post($"/api/v1/jobs/{big["id"]!.GetValue<long>()}/cancel", new { });
+    }
+
+    [Fact]
+    public async Task SameScript_RunsOnTheLocalProviderToo()
+    {
+        using var t = f.Server.Client(f.TenantKey);
+        var script = "#!/bin/bash\n#SBATCH -J here\n#SBATCH -n 1\n#SBATCH -t 2\necho \"on $SLURM_CLUSTER_NAME\"\n";
+        var created = await t.Post("/api/v1/jobs", new
+        {
+            name = "here", script, resources = new { cpu = 1, memoryMiB = 100 }, timeLimitSeconds = 120,
+            constraints = new { providers = new[] { "local" } },
+        }, HttpStatusCode.Created);
+        var id = created["id"]!.GetValue<long>();
+        var done = await t.WaitJob(id, j => j.State() is "succeeded" or "failed", 60);
+        Assert.Equal("succeeded", done.State());
+        using var admin = f.Server.Admin();
+        var local = (await admin.Get("/api/v1/providers"))["items"]!.AsArray().First(p => p!["name"]!.GetValue<string>() == "local")!["id"]!.GetValue<long>();
+        Assert.Equal(local, done["providerId"]!.GetValue<long>());
     }
 
     [Fact]

@@ -49,6 +49,10 @@ public sealed record AgentReport(long Epoch, string State, int? ExitCode, string
 
 public sealed record AgentLog(long Epoch, string Data, long? Offset);
 
+public sealed record ReconciliationRow(long JobId, int Attempt, long ProviderId, string Provider, long MeteredSeconds, long? BackendSeconds, long? DifferenceSeconds, string? BackendTres);
+
+public sealed record Reconciliation(IReadOnlyList<ReconciliationRow> Items, int Attempts, int WithBackendRecord, int Differing, long MeteredSeconds, long BackendSeconds);
+
 public sealed record UsageRow(string Key, DateTimeOffset? Bucket, int Jobs, decimal CoreHours, decimal CardHours, decimal Fp16TflopsHours, decimal Fp32TflopsHours, decimal Fp64TflopsHours);
 
 /// <summary>The REST API under /api/v1.</summary>
@@ -174,6 +178,23 @@ public static class Endpoints
         // ---------------------------------------------------------------- usage
         api.MapGet("/usage", Usage).AddEndpointFilter(opOrTenant).Produces<ListPage<UsageRow>>().WithTags("usage")
             .WithSummary("Metered use in standard units, grouped by tenant, sector or provider and a time bucket");
+
+        api.MapGet("/usage/reconciliation", async (HttpContext h, IControlStore s, ControlPlane cp, long? provider, DateTimeOffset? from, DateTimeOffset? to) =>
+        {
+            var who = Who(h);
+            var names = cp.ProviderNames();
+            var rows = (await s.UsageAsync(who.IsOperator ? null : who.TenantId, from?.ToUnixTimeMilliseconds() ?? 0, to?.ToUnixTimeMilliseconds() ?? long.MaxValue))
+                .Where(u => provider is null || u.ProviderId == provider)
+                .Select(u =>
+                {
+                    var metered = Math.Max(0, (u.EndedMs - u.StartedMs) / 1000);
+                    return new ReconciliationRow(u.JobId, u.Attempt, u.ProviderId, names.GetValueOrDefault(u.ProviderId, "?"), metered, u.BackendElapsedSeconds,
+                        u.BackendElapsedSeconds is { } b ? metered - b : null, u.BackendTres);
+                }).ToList();
+            return Results.Ok(new Reconciliation(rows, rows.Count, rows.Count(r => r.BackendSeconds is not null), rows.Count(r => r.DifferenceSeconds is not null and not 0),
+                rows.Sum(r => r.MeteredSeconds), rows.Sum(r => r.BackendSeconds ?? 0)));
+        }).AddEndpointFilter(opOrTenant).Produces<Reconciliation>().WithTags("usage")
+            .WithSummary("Suanli's metering beside each provider system's own accounting (Slurm elapsed and TRES), attempt by attempt");
 
         // ---------------------------------------------------------------- agents
         var agent = api.MapGroup("/agent").WithTags("agent");
