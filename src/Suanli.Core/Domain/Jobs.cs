@@ -41,6 +41,7 @@ public sealed record JobConstraints(
 /// <summary>
 /// A job as the scheduler sees it. It carries no actual run time: the scheduler is online and only knows the requested
 /// time limit. Times are seconds on the scheduler's clock (simulated or real epoch seconds). Money is decimal.
+/// <see cref="Tier"/> is the sales tier the job buys (Market.Tiers); null = on-demand.
 /// </summary>
 public sealed record JobSpec(
     long Id,
@@ -52,7 +53,8 @@ public sealed record JobSpec(
     int PriorityClass = 0,
     long? Deadline = null,
     JobConstraints? Constraints = null,
-    decimal? Budget = null)
+    decimal? Budget = null,
+    string? Tier = null)
 {
     /// <summary>Constraints, never null.</summary>
     public JobConstraints Where => Constraints ?? JobConstraints.None;

@@ -23,7 +23,14 @@ public sealed record NodeGroup(
     string ProviderId,
     NodeShape Shape,
     int NodeCount,
-    decimal? PricePerNodeHour = null);
+    decimal? PricePerNodeHour = null,
+    MarketTerms? Terms = null);
+
+/// <summary>
+/// The sales terms of a node group that is (part of) a live offer: its tier and, for a reserved contract, the only
+/// tenant that may use it. A group without terms is unpriced capacity open to every job.
+/// </summary>
+public sealed record MarketTerms(string Tier, string? ReservedFor = null, long? OfferId = null);
 
 /// <summary>
 /// A resource pool: providers, their node groups and the network latency between regions (milliseconds, symmetric).

@@ -178,6 +178,32 @@ public sealed class LatencyFilter : IGroupFilter
     }
 }
 
+/// <summary>
+/// Sales tier: a group sold under an offer takes only jobs buying that tier (on-demand when the job names none), and a
+/// reserved contract only its tenant's jobs. Unpriced groups (no offer) take every job.
+/// </summary>
+public sealed class TierFilter : IGroupFilter
+{
+    public string Name => "tier";
+
+    public bool Admits(JobSpec job, int group, Pool pool) =>
+        pool.Groups[group].Terms is not { } t
+        || (string.Equals(t.Tier, job.Tier ?? Market.Tiers.OnDemand, StringComparison.Ordinal)
+            && (t.ReservedFor is null || string.Equals(t.ReservedFor, job.Tenant, StringComparison.Ordinal)));
+
+    public Rejection? Filter(JobSpec job, int group, Pool pool)
+    {
+        if (Admits(job, group, pool))
+        {
+            return null;
+        }
+
+        var t = pool.Groups[group].Terms!;
+        var tier = job.Tier ?? Market.Tiers.OnDemand;
+        return t.Tier != tier ? new(Name, $"offered as {t.Tier}, job buys {tier}") : new(Name, $"reserved for tenant {t.ReservedFor}");
+    }
+}
+
 /// <summary>Budget cap: the estimated cost at the group's price for the requested time must not exceed the budget.</summary>
 public sealed class BudgetFilter : IGroupFilter
 {

@@ -55,7 +55,7 @@ public static class PolicyRegistry
 
     /// <summary>The default filters, in order.</summary>
     public static IReadOnlyList<IGroupFilter> DefaultFilters { get; } =
-        [new ShapeFilter(), new PlacementConstraintFilter(), new LatencyFilter(), new BudgetFilter()];
+        [new ShapeFilter(), new PlacementConstraintFilter(), new LatencyFilter(), new TierFilter(), new BudgetFilter()];
 
     /// <summary>Builds queue order <paramref name="name"/>; throws <see cref="ArgumentException"/> naming the choices.</summary>
     public static QueueOrder Order(string name) => name switch
