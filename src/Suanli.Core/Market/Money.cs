@@ -100,3 +100,27 @@ public static class Charging
     public static long Cost(long priceFen, long unitsMilli, long milliseconds) =>
         Money.Round((decimal)priceFen * unitsMilli * milliseconds / 3_600_000_000m);
 }
+
+/// <summary>How a settled amount is split between the tenant, its voucher, the provider and the platform.</summary>
+public readonly record struct SettlementSplit(long Charged, long Tenant, long Voucher, long Provider, long Fee);
+
+/// <summary>The settlement rule (docs/trading.md), pure so that settlement, verification and tests share it.</summary>
+public static class Settlement
+{
+    /// <summary>
+    /// Splits the cost of one attempt. The tenant is never charged more than was held: charged = min(cost, hold). A
+    /// voucher covers its share of the charge, at most what it held. The provider receives the charge at the seller's
+    /// price (equal to the buyer's except after an auction's trade reduction) less the platform fee; the platform keeps
+    /// the fee and any market surplus.
+    /// </summary>
+    public static SettlementSplit Split(long costFen, long sellerCostFen, long holdFen, long voucherHoldFen, int voucherShareBps, int feeBps)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(costFen);
+        ArgumentOutOfRangeException.ThrowIfNegative(sellerCostFen);
+        var charged = Math.Min(costFen, holdFen);
+        var sellerCharged = Math.Min(sellerCostFen, charged);
+        var voucher = Math.Min(Money.Share(charged, voucherShareBps), voucherHoldFen);
+        var fee = Money.Share(sellerCharged, feeBps) + (charged - sellerCharged);
+        return new SettlementSplit(charged, charged - voucher, voucher, charged - fee, fee);
+    }
+}

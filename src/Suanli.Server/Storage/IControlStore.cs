@@ -31,6 +31,15 @@ public sealed record Transition(long JobId, IReadOnlyList<string> From, string T
     public UsageRecord? Usage { get; init; }
 
     public long AtMs { get; init; }
+
+    /// <summary>Escrow to hold with a lease (priced capacity); the lease fails with insufficient_funds when the wallet cannot cover it.</summary>
+    public HoldPlan? Hold { get; init; }
+
+    /// <summary>Ends the attempt's hold (charge or void) in the same transaction; ignored when the attempt holds nothing.</summary>
+    public SettlePlan? Settle { get; init; }
+
+    /// <summary>Platform fee in basis points for <see cref="Settle"/>.</summary>
+    public int FeeBps { get; init; }
 }
 
 /// <summary>Filter and cursor of a job listing.</summary>

@@ -103,6 +103,120 @@ public static class Migrations
         ALTER TABLE usage ADD COLUMN backend_elapsed INTEGER;
         ALTER TABLE usage ADD COLUMN backend_tres TEXT;
         """,
+        // 4: the trading centre: double-entry ledger (append-only journal), offers, settlements, vouchers, relations, auction rounds.
+        """
+        CREATE TABLE ledger_accounts(
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            floor INTEGER,
+            posted INTEGER NOT NULL DEFAULT 0,
+            pending_debits INTEGER NOT NULL DEFAULT 0 CHECK (pending_debits >= 0),
+            pending_credits INTEGER NOT NULL DEFAULT 0 CHECK (pending_credits >= 0),
+            created INTEGER NOT NULL,
+            CHECK (floor IS NULL OR posted - pending_debits >= floor));
+        CREATE TABLE ledger_transfers(
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL CHECK (kind IN ('posted','pending','post','void')),
+            debit TEXT NOT NULL REFERENCES ledger_accounts(id),
+            credit TEXT NOT NULL REFERENCES ledger_accounts(id),
+            amount INTEGER NOT NULL CHECK (amount >= 0),
+            pending_id TEXT,
+            code TEXT NOT NULL,
+            job_id INTEGER,
+            attempt INTEGER,
+            memo TEXT,
+            at INTEGER NOT NULL,
+            CHECK (debit <> credit));
+        CREATE UNIQUE INDEX ledger_pending_resolved ON ledger_transfers(pending_id) WHERE pending_id IS NOT NULL;
+        CREATE INDEX ledger_transfers_debit ON ledger_transfers(debit, seq);
+        CREATE INDEX ledger_transfers_credit ON ledger_transfers(credit, seq);
+        CREATE TRIGGER ledger_transfers_append_only_u BEFORE UPDATE ON ledger_transfers BEGIN SELECT RAISE(ABORT, 'the ledger journal is append-only'); END;
+        CREATE TRIGGER ledger_transfers_append_only_d BEFORE DELETE ON ledger_transfers BEGIN SELECT RAISE(ABORT, 'the ledger journal is append-only'); END;
+        INSERT INTO ledger_accounts(id, kind, floor, created) VALUES ('platform:cash', 'cash', NULL, 0), ('platform:escrow', 'escrow', 0, 0), ('platform:fee', 'fee', 0, 0);
+        CREATE TABLE offers(
+            id INTEGER PRIMARY KEY,
+            provider_id INTEGER NOT NULL REFERENCES providers(id),
+            group_id TEXT NOT NULL,
+            tier TEXT NOT NULL CHECK (tier IN ('on-demand','reserved','interruptible')),
+            unit TEXT NOT NULL,
+            price_fen INTEGER NOT NULL CHECK (price_fen >= 0),
+            nodes INTEGER NOT NULL CHECK (nodes > 0),
+            valid_from INTEGER NOT NULL,
+            valid_to INTEGER NOT NULL,
+            tenant_id INTEGER REFERENCES tenants(id),
+            created INTEGER NOT NULL,
+            withdrawn INTEGER,
+            CHECK (valid_to > valid_from));
+        CREATE TABLE settlements(
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            attempt INTEGER NOT NULL,
+            tenant_id INTEGER NOT NULL,
+            provider_id INTEGER NOT NULL,
+            group_id TEXT NOT NULL,
+            offer_id INTEGER NOT NULL,
+            tier TEXT NOT NULL,
+            unit TEXT NOT NULL,
+            price_fen INTEGER NOT NULL,
+            seller_price_fen INTEGER NOT NULL,
+            units_milli INTEGER NOT NULL,
+            hold_fen INTEGER NOT NULL,
+            voucher_id INTEGER,
+            voucher_hold_fen INTEGER NOT NULL,
+            voucher_share_bps INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('held','settled','voided')),
+            metered_ms INTEGER,
+            cost_fen INTEGER,
+            tenant_fen INTEGER,
+            voucher_fen INTEGER,
+            provider_fen INTEGER,
+            fee_fen INTEGER,
+            held_at INTEGER NOT NULL,
+            settled_at INTEGER,
+            note TEXT,
+            PRIMARY KEY (job_id, attempt));
+        CREATE INDEX settlements_time ON settlements(settled_at);
+        CREATE TABLE voucher_programmes(
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            funder TEXT NOT NULL,
+            budget_fen INTEGER NOT NULL CHECK (budget_fen > 0),
+            share_bps INTEGER NOT NULL CHECK (share_bps BETWEEN 1 AND 10000),
+            domestic_share_bps INTEGER CHECK (domestic_share_bps BETWEEN 1 AND 10000),
+            tenant_cap_fen INTEGER NOT NULL CHECK (tenant_cap_fen > 0),
+            sectors TEXT NOT NULL,
+            valid_from INTEGER NOT NULL,
+            valid_to INTEGER NOT NULL,
+            created INTEGER NOT NULL);
+        CREATE TABLE vouchers(
+            id INTEGER PRIMARY KEY,
+            programme_id INTEGER NOT NULL REFERENCES voucher_programmes(id),
+            tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+            amount_fen INTEGER NOT NULL CHECK (amount_fen > 0),
+            valid_to INTEGER NOT NULL,
+            created INTEGER NOT NULL,
+            expired INTEGER);
+        CREATE INDEX vouchers_tenant ON vouchers(tenant_id);
+        CREATE TABLE relations(
+            tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+            provider_id INTEGER NOT NULL REFERENCES providers(id),
+            note TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            PRIMARY KEY (tenant_id, provider_id));
+        CREATE TABLE market_rounds(
+            id INTEGER PRIMARY KEY,
+            instrument TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            bids INTEGER NOT NULL,
+            asks INTEGER NOT NULL,
+            bid_lots INTEGER NOT NULL,
+            ask_lots INTEGER NOT NULL,
+            volume INTEGER NOT NULL,
+            efficient_volume INTEGER NOT NULL,
+            buyer_price_fen INTEGER NOT NULL,
+            seller_price_fen INTEGER NOT NULL,
+            reduced INTEGER NOT NULL);
+        """,
     ];
 
     /// <summary>Brings the database up to date.</summary>

@@ -12,7 +12,7 @@ namespace Suanli.Server.Storage;
 /// their own pooled connections and never block the writer (WAL).
 /// Durability: <c>synchronous=FULL</c>, so an acknowledged operation survives a crash of the process and of the machine.
 /// </summary>
-public sealed class SqliteStore : IControlStore
+public sealed partial class SqliteStore : IControlStore, ILedgerStore
 {
     private const int MaxBatch = 512;
     private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
@@ -409,6 +409,16 @@ public sealed class SqliteStore : IControlStore
         }
 
         AddEvent(c, t.JobId, t.AtMs, t.To, t.Message);
+        if (t.Settle is { } settle)
+        {
+            SettleLocked(c, t.JobId, settle, t.FeeBps, t.AtMs);
+        }
+
+        if (t.Hold is { } hold)
+        {
+            HoldLocked(c, rec, hold, t.AtMs);
+        }
+
         if (t.Usage is { } u)
         {
             using var cmd = Cmd(c, "INSERT OR REPLACE INTO usage(job_id, attempt, tenant_id, provider_id, group_id, model, cards, gpu_milli, milli_cpu, memory_mib, started, ended, backend_elapsed, backend_tres) VALUES($j, $a, $t, $p, $g, $m, $cards, $gm, $cpu, $mem, $s, $e, $be, $bt)",

@@ -1,0 +1,614 @@
+using System.Globalization;
+using System.Text.Json;
+using Microsoft.Data.Sqlite;
+using Suanli.Core.Market;
+
+namespace Suanli.Server.Storage;
+
+/// <summary>The trading centre's half of the SQLite store: the ledger, offers, settlements, vouchers and auction rounds.</summary>
+public sealed partial class SqliteStore
+{
+    // ---- transfers ----
+    public Task<IReadOnlyList<TransferOutcome>> TransferAsync(IReadOnlyList<TransferRequest> transfers, bool linked, long nowMs) => Write<IReadOnlyList<TransferOutcome>>(c =>
+    {
+        var outcomes = new TransferOutcome[transfers.Count];
+        for (var i = 0; i < transfers.Count; i++)
+        {
+            outcomes[i] = ApplyTransfer(c, transfers[i], nowMs);
+            if (linked && !outcomes[i].Ok)
+            {
+                throw new StoreConflictException(outcomes[i].Result, $"transfers[{i}] ({transfers[i].Id}): {outcomes[i].Message}");
+            }
+        }
+
+        return outcomes;
+    });
+
+    private static TransferOutcome Fail(TransferRequest t, string code, string message) => new(t.Id, code, t.Amount, message);
+
+    /// <summary>Applies one transfer or changes nothing (every check comes before the first write, or is undone).</summary>
+    private static TransferOutcome ApplyTransfer(SqliteConnection c, TransferRequest t, long now)
+    {
+        if (string.IsNullOrWhiteSpace(t.Id) || t.Id.Length > 128)
+        {
+            return Fail(t, "invalid", "id: required, at most 128 characters");
+        }
+
+        if (!TransferKinds.IsKnown(t.Kind))
+        {
+            return Fail(t, "invalid", $"kind: must be posted, pending, post or void, not '{t.Kind}'");
+        }
+
+        if (t.Amount < 0)
+        {
+            return Fail(t, "invalid", "amount: must not be negative (fen)");
+        }
+
+        var existing = Query(c, "SELECT kind, debit, credit, amount, pending_id FROM ledger_transfers WHERE id = $id",
+            r => (Kind: r.GetString(0), Debit: r.GetString(1), Credit: r.GetString(2), Amount: r.GetInt64(3), Pending: NStr(r, 4)), ("$id", t.Id));
+        if (existing.Count > 0)
+        {
+            var e = existing[0];
+            var same = e.Kind == t.Kind && (t.Kind is TransferKinds.Post or TransferKinds.Void
+                ? e.Pending == t.PendingId && (t.Kind == TransferKinds.Void || e.Amount == t.Amount)
+                : e.Debit == t.Debit && e.Credit == t.Credit && (e.Amount == t.Amount || t.Balancing));
+            return same ? new TransferOutcome(t.Id, "exists", e.Amount)
+                : Fail(t, "id_reused", $"id: transfer '{t.Id}' exists with different fields");
+        }
+
+        return t.Kind is TransferKinds.Post or TransferKinds.Void ? Resolve(c, t, now) : Move(c, t, now);
+    }
+
+    private static bool EnsureAccount(SqliteConnection c, string id, long now)
+    {
+        if (Accounts.Describe(id) is not { } d)
+        {
+            return false;
+        }
+
+        using var cmd = Cmd(c, "INSERT OR IGNORE INTO ledger_accounts(id, kind, floor, created) VALUES($id, $k, $f, $t)", ("$id", id), ("$k", d.Kind), ("$f", d.Floor), ("$t", now));
+        cmd.ExecuteNonQuery();
+        return true;
+    }
+
+    private static int Update(SqliteConnection c, string sql, params (string, object?)[] args)
+    {
+        using var cmd = Cmd(c, sql, args);
+        return cmd.ExecuteNonQuery();
+    }
+
+    private static TransferOutcome Move(SqliteConnection c, TransferRequest t, long now)
+    {
+        if (t.Debit == t.Credit)
+        {
+            return Fail(t, "invalid", "credit: must differ from debit");
+        }
+
+        var pending = t.Kind == TransferKinds.Pending;
+        var creditSql = pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits + $a WHERE id = $id"
+            : "UPDATE ledger_accounts SET posted = posted + $a WHERE id = $id";
+        var amount = t.Amount;
+        if (t.Balancing || Update(c, "UPDATE ledger_accounts SET posted = posted WHERE id = $id", ("$id", t.Debit)) == 0)
+        {
+            if (!EnsureAccount(c, t.Debit, now))
+            {
+                return Fail(t, "unknown_account", $"debit: '{t.Debit}' is not an account name (tenant:N, provider:N, programme:N, voucher:N, funder:NAME, platform:cash|escrow|fee)");
+            }
+
+            if (t.Balancing)
+            {
+                var (posted, held, floor) = Query(c, "SELECT posted, pending_debits, floor FROM ledger_accounts WHERE id = $id", r => (r.GetInt64(0), r.GetInt64(1), NLong(r, 2)), ("$id", t.Debit))[0];
+                if (floor is { } f)
+                {
+                    amount = Math.Max(0, Math.Min(amount, posted - held - f));
+                }
+            }
+        }
+
+        if (Update(c, creditSql, ("$a", amount), ("$id", t.Credit)) == 0)
+        {
+            if (!EnsureAccount(c, t.Credit, now))
+            {
+                return Fail(t, "unknown_account", $"credit: '{t.Credit}' is not an account name (tenant:N, provider:N, programme:N, voucher:N, funder:NAME, platform:cash|escrow|fee)");
+            }
+
+            Update(c, creditSql, ("$a", amount), ("$id", t.Credit));
+        }
+
+        var debitSql = pending
+            ? "UPDATE ledger_accounts SET pending_debits = pending_debits + $a WHERE id = $id AND (floor IS NULL OR posted - pending_debits - $a >= floor)"
+            : "UPDATE ledger_accounts SET posted = posted - $a WHERE id = $id AND (floor IS NULL OR posted - pending_debits - $a >= floor)";
+        if (Update(c, debitSql, ("$a", amount), ("$id", t.Debit)) == 0)
+        {
+            // Undo the credit: nothing of this transfer stays.
+            Update(c, pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits - $a WHERE id = $id"
+                : "UPDATE ledger_accounts SET posted = posted - $a WHERE id = $id", ("$a", amount), ("$id", t.Credit));
+            var (posted, held, floor) = Query(c, "SELECT posted, pending_debits, floor FROM ledger_accounts WHERE id = $id", r => (r.GetInt64(0), r.GetInt64(1), NLong(r, 2)), ("$id", t.Debit))[0];
+            return Fail(t, "insufficient_funds",
+                $"amount: account {t.Debit} has {Money.Yuan(posted - held)} available (balance {Money.Yuan(posted)}, held {Money.Yuan(held)}, floor {Money.Yuan(floor ?? 0)}); the transfer needs {Money.Yuan(amount)}");
+        }
+
+        Insert(c, t, t.Debit, t.Credit, amount, now);
+        return new TransferOutcome(t.Id, "created", amount);
+    }
+
+    private static TransferOutcome Resolve(SqliteConnection c, TransferRequest t, long now)
+    {
+        if (t.PendingId is null)
+        {
+            return Fail(t, "invalid", "pendingId: required for post and void");
+        }
+
+        var p = Query(c, "SELECT debit, credit, amount FROM ledger_transfers WHERE id = $id AND kind = 'pending'", r => (D: r.GetString(0), C: r.GetString(1), A: r.GetInt64(2)), ("$id", t.PendingId));
+        if (p.Count == 0)
+        {
+            return Fail(t, "pending_not_found", $"pendingId: no pending transfer '{t.PendingId}'");
+        }
+
+        var (debit, credit, held) = p[0];
+        if (Query(c, "SELECT id FROM ledger_transfers WHERE pending_id = $p", r => r.GetString(0), ("$p", t.PendingId)).FirstOrDefault() is { } by)
+        {
+            return Fail(t, "already_resolved", $"pendingId: hold '{t.PendingId}' was already resolved by '{by}'");
+        }
+
+        var amount = t.Kind == TransferKinds.Void ? 0 : t.Amount;
+        if (amount > held)
+        {
+            return Fail(t, "exceeds_hold", $"amount: {Money.Yuan(amount)} exceeds the hold of {Money.Yuan(held)}");
+        }
+
+        Update(c, "UPDATE ledger_accounts SET pending_debits = pending_debits - $h, posted = posted - $a WHERE id = $id", ("$h", held), ("$a", amount), ("$id", debit));
+        Update(c, "UPDATE ledger_accounts SET pending_credits = pending_credits - $h, posted = posted + $a WHERE id = $id", ("$h", held), ("$a", amount), ("$id", credit));
+        Insert(c, t, debit, credit, amount, now);
+        return new TransferOutcome(t.Id, "created", amount);
+    }
+
+    private static void Insert(SqliteConnection c, TransferRequest t, string debit, string credit, long amount, long now) =>
+        Update(c, "INSERT INTO ledger_transfers(id, kind, debit, credit, amount, pending_id, code, job_id, attempt, memo, at) VALUES($id, $k, $d, $c, $a, $p, $code, $j, $at, $m, $t)",
+            ("$id", t.Id), ("$k", t.Kind), ("$d", debit), ("$c", credit), ("$a", amount), ("$p", t.PendingId), ("$code", t.Code), ("$j", t.JobId), ("$at", t.Attempt),
+            ("$m", t.Memo), ("$t", now));
+
+    private static void Linked(SqliteConnection c, long now, params TransferRequest[] transfers)
+    {
+        foreach (var t in transfers)
+        {
+            var o = ApplyTransfer(c, t, now);
+            if (!o.Ok)
+            {
+                throw new StoreConflictException(o.Result, $"{t.Code}: {o.Message}");
+            }
+        }
+    }
+
+    // ---- accounts and journal ----
+    private const string AccountCols = "id, kind, floor, posted, pending_debits, pending_credits, created";
+
+    private static LedgerAccount MapAccount(SqliteDataReader r) => new(r.GetString(0), r.GetString(1), NLong(r, 2), r.GetInt64(3), r.GetInt64(4), r.GetInt64(5), r.GetInt64(6));
+
+    public Task<LedgerAccount?> AccountAsync(string id) =>
+        Read(c => Query(c, $"SELECT {AccountCols} FROM ledger_accounts WHERE id = $id", MapAccount, ("$id", id)).FirstOrDefault());
+
+    public Task<IReadOnlyList<LedgerAccount>> AccountsAsync(string? prefix) => Read<IReadOnlyList<LedgerAccount>>(c =>
+        Query(c, $"SELECT {AccountCols} FROM ledger_accounts WHERE $p IS NULL OR substr(id, 1, length($p)) = $p ORDER BY id", MapAccount, ("$p", prefix)));
+
+    private const string TransferCols = "seq, id, kind, debit, credit, amount, pending_id, code, job_id, attempt, memo, at";
+
+    private static LedgerTransfer MapTransfer(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt64(5),
+        NStr(r, 6), r.GetString(7), NLong(r, 8), r.IsDBNull(9) ? null : r.GetInt32(9), NStr(r, 10), r.GetInt64(11));
+
+    public Task<Page<LedgerTransfer>> TransfersAsync(string? account, long after, int limit) => Read(c =>
+    {
+        var items = Query(c, $"SELECT {TransferCols} FROM ledger_transfers WHERE seq > $after AND ($a IS NULL OR debit = $a OR credit = $a) ORDER BY seq LIMIT $l", MapTransfer,
+            ("$after", after), ("$a", account), ("$l", limit + 1));
+        var next = items.Count > limit ? items[limit - 1].Seq.ToString(CultureInfo.InvariantCulture) : null;
+        return new Page<LedgerTransfer>(items.Count > limit ? items.GetRange(0, limit) : items, next);
+    });
+
+    // ---- verification ----
+    public Task<LedgerReport> VerifyAsync(int feeBps) => Read(c =>
+    {
+        using var snapshot = c.BeginTransaction(deferred: true);
+        var problems = new List<string>();
+        void Problem(string p)
+        {
+            if (problems.Count < 100)
+            {
+                problems.Add(p);
+            }
+        }
+
+        var accounts = Query(c, $"SELECT {AccountCols} FROM ledger_accounts", MapAccount).ToDictionary(a => a.Id);
+        var replay = accounts.Keys.ToDictionary(k => k, _ => (Posted: 0L, PD: 0L, PC: 0L));
+        var pendings = new Dictionary<string, (string D, string C, long A)>();
+        var resolved = new Dictionary<string, (string Kind, long Amount)>();
+        long transfers = 0;
+        foreach (var t in Query(c, $"SELECT {TransferCols} FROM ledger_transfers ORDER BY seq", MapTransfer))
+        {
+            transfers++;
+            if (!replay.ContainsKey(t.Debit) || !replay.ContainsKey(t.Credit))
+            {
+                Problem($"transfer {t.Id}: names an account that does not exist");
+                continue;
+            }
+
+            if (t.Debit == t.Credit || t.Amount < 0)
+            {
+                Problem($"transfer {t.Id}: does not balance (debit {t.Debit}, credit {t.Credit}, amount {t.Amount})");
+            }
+
+            var d = replay[t.Debit];
+            var cr = replay[t.Credit];
+            switch (t.Kind)
+            {
+                case TransferKinds.Posted:
+                    d.Posted -= t.Amount;
+                    cr.Posted += t.Amount;
+                    break;
+                case TransferKinds.Pending:
+                    d.PD += t.Amount;
+                    cr.PC += t.Amount;
+                    pendings[t.Id] = (t.Debit, t.Credit, t.Amount);
+                    break;
+                default:
+                    if (t.PendingId is null || !pendings.TryGetValue(t.PendingId, out var p) || p.D != t.Debit || p.C != t.Credit)
+                    {
+                        Problem($"transfer {t.Id}: resolves no earlier pending transfer of the same accounts");
+                        break;
+                    }
+
+                    if (!resolved.TryAdd(t.PendingId, (t.Kind, t.Amount)) || t.Amount > p.A)
+                    {
+                        Problem($"transfer {t.Id}: resolves hold {t.PendingId} twice or beyond its amount");
+                    }
+
+                    d.PD -= p.A;
+                    cr.PC -= p.A;
+                    d.Posted -= t.Amount;
+                    cr.Posted += t.Amount;
+                    break;
+            }
+
+            replay[t.Debit] = d;
+            replay[t.Credit] = t.Debit == t.Credit ? d : cr;
+        }
+
+        foreach (var a in accounts.Values)
+        {
+            var r = replay[a.Id];
+            if (r != (a.Posted, a.PendingDebits, a.PendingCredits))
+            {
+                Problem($"account {a.Id}: stored balances (posted {a.Posted}, held {a.PendingDebits}/{a.PendingCredits}) differ from the journal ({r.Posted}, {r.PD}/{r.PC})");
+            }
+
+            if (a.Floor is { } f && a.Available < f)
+            {
+                Problem($"account {a.Id}: available {a.Available} is below its floor {f}");
+            }
+        }
+
+        var sumPosted = accounts.Values.Sum(a => a.Posted);
+        var sumPD = accounts.Values.Sum(a => a.PendingDebits);
+        var sumPC = accounts.Values.Sum(a => a.PendingCredits);
+        if (sumPosted != 0)
+        {
+            Problem($"the sum of all posted balances is {sumPosted}, not 0: money was created or lost");
+        }
+
+        if (sumPD != sumPC)
+        {
+            Problem($"held debits {sumPD} and held credits {sumPC} differ");
+        }
+
+        if (accounts.TryGetValue(Accounts.Escrow, out var escrow) && escrow.Posted != 0)
+        {
+            Problem($"escrow holds {escrow.Posted} posted fen; every settlement must pass it on in full");
+        }
+
+        // Settlements against metered usage.
+        var usage = Query(c, "SELECT job_id, attempt, started, ended FROM usage", r => (J: r.GetInt64(0), A: r.GetInt32(1), S: r.GetInt64(2), E: r.GetInt64(3)))
+            .ToDictionary(u => (u.J, u.A), u => u.E - u.S);
+        int checkedCount = 0, open = 0;
+        long openFen = 0, settledFen = 0;
+        foreach (var s in Query(c, $"SELECT {SettlementCols} FROM settlements", MapSettlement))
+        {
+            checkedCount++;
+            var key = $"{s.JobId}:{s.Attempt}";
+            if (s.State == SettlementStates.Held)
+            {
+                open++;
+                openFen += s.HoldFen;
+                if (resolved.ContainsKey($"hold:{key}"))
+                {
+                    Problem($"settlement {key}: held, but its hold was resolved");
+                }
+
+                continue;
+            }
+
+            if (s.State == SettlementStates.Voided)
+            {
+                if (!resolved.TryGetValue($"hold:{key}", out var v) || v.Kind != TransferKinds.Void)
+                {
+                    Problem($"settlement {key}: voided, but its hold was not voided");
+                }
+
+                continue;
+            }
+
+            settledFen += s.CostFen ?? 0;
+            if (!usage.TryGetValue((s.JobId, s.Attempt), out var ms) || ms != s.MeteredMs)
+            {
+                Problem($"settlement {key}: metered {s.MeteredMs} ms, usage says {(usage.TryGetValue((s.JobId, s.Attempt), out var u) ? u.ToString(CultureInfo.InvariantCulture) : "nothing")}");
+                continue;
+            }
+
+            var cost = Charging.Cost(s.PriceFen, s.UnitsMilli, ms);
+            var split = Settlement.Split(cost, Charging.Cost(s.SellerPriceFen, s.UnitsMilli, ms), s.HoldFen, s.VoucherHoldFen, s.VoucherShareBps, feeBps);
+            if ((split.Charged, split.Tenant, split.Voucher, split.Provider, split.Fee) != (s.CostFen, s.TenantFen, s.VoucherFen, s.ProviderFen, s.FeeFen))
+            {
+                Problem($"settlement {key}: stored split {s.CostFen}/{s.TenantFen}/{s.VoucherFen}/{s.ProviderFen}/{s.FeeFen} differs from the metered usage's {split.Charged}/{split.Tenant}/{split.Voucher}/{split.Provider}/{split.Fee}");
+            }
+
+            var paid = resolved.TryGetValue($"hold:{key}", out var h) && h.Kind == TransferKinds.Post ? h.Amount : -1;
+            var voucher = s.VoucherId is null ? 0 : resolved.TryGetValue($"vhold:{key}", out var vh) ? vh.Amount : -1;
+            if (paid != s.TenantFen || voucher != s.VoucherFen)
+            {
+                Problem($"settlement {key}: the journal posts {paid} from the tenant and {voucher} from the voucher, the settlement says {s.TenantFen} and {s.VoucherFen}");
+            }
+        }
+
+        return new LedgerReport(problems.Count == 0, accounts.Count, transfers, sumPosted, sumPD, sumPC, open, openFen, checkedCount, settledFen, problems);
+    });
+
+    // ---- offers ----
+    private const string OfferCols = "id, provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, withdrawn";
+
+    private static OfferRecord MapOffer(SqliteDataReader r) => new(r.GetInt64(0), r.GetInt64(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt64(5), r.GetInt32(6),
+        r.GetInt64(7), r.GetInt64(8), NLong(r, 9), r.GetInt64(10), NLong(r, 11));
+
+    public Task<OfferRecord> CreateOfferAsync(OfferRecord offer) => Write(c =>
+    {
+        var o = offer;
+        var provider = Query(c, $"SELECT {ProviderCols} FROM providers WHERE id = $id", MapProvider, ("$id", o.ProviderId)).FirstOrDefault()
+            ?? throw new StoreConflictException("not_found", $"providerId: provider {o.ProviderId} does not exist");
+        var group = provider.Groups.FirstOrDefault(g => g.Id == o.GroupId)
+            ?? throw new StoreConflictException("unknown_group", $"group: provider {provider.Name} has registered no node group '{o.GroupId}' (it has: {string.Join(", ", provider.Groups.Select(g => g.Id))})");
+        var overlapping = Query(c, "SELECT COALESCE(SUM(nodes), 0) FROM offers WHERE provider_id = $p AND group_id = $g AND withdrawn IS NULL AND valid_from < $to AND valid_to > $from",
+            r => r.GetInt64(0), ("$p", o.ProviderId), ("$g", o.GroupId), ("$from", o.ValidFromMs), ("$to", o.ValidToMs))[0];
+        if (overlapping + o.Nodes > group.Nodes)
+        {
+            throw new StoreConflictException("over_capacity", $"nodes: group {o.GroupId} has {group.Nodes} nodes and offers overlapping this window already sell {overlapping}; at most {group.Nodes - overlapping} more");
+        }
+
+        return Query(c, $"INSERT INTO offers(provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created) VALUES($p, $g, $tier, $u, $price, $n, $f, $t, $ten, $c) RETURNING {OfferCols}",
+            MapOffer, ("$p", o.ProviderId), ("$g", o.GroupId), ("$tier", o.Tier), ("$u", o.Unit), ("$price", o.PriceFen), ("$n", o.Nodes), ("$f", o.ValidFromMs), ("$t", o.ValidToMs),
+            ("$ten", o.TenantId), ("$c", o.CreatedMs))[0];
+    });
+
+    public Task<IReadOnlyList<OfferRecord>> OffersAsync() => Read<IReadOnlyList<OfferRecord>>(c => Query(c, $"SELECT {OfferCols} FROM offers ORDER BY id", MapOffer));
+
+    public Task<OfferRecord> WithdrawOfferAsync(long id, long? providerId, long nowMs) => Write(c =>
+        Query(c, $"UPDATE offers SET withdrawn = $t WHERE id = $id AND withdrawn IS NULL AND ($p IS NULL OR provider_id = $p) RETURNING {OfferCols}", MapOffer,
+            ("$t", nowMs), ("$id", id), ("$p", providerId)).FirstOrDefault()
+        ?? throw new StoreConflictException("not_found", $"offer {id} does not exist, is not yours or was withdrawn already"));
+
+    // ---- settlements ----
+    private const string SettlementCols = "job_id, attempt, tenant_id, provider_id, group_id, offer_id, tier, unit, price_fen, seller_price_fen, units_milli, hold_fen, voucher_id, voucher_hold_fen, voucher_share_bps, state, metered_ms, cost_fen, tenant_fen, voucher_fen, provider_fen, fee_fen, held_at, settled_at, note";
+
+    private static SettlementRecord MapSettlement(SqliteDataReader r) => new(r.GetInt64(0), r.GetInt32(1), r.GetInt64(2), r.GetInt64(3), r.GetString(4), r.GetInt64(5),
+        r.GetString(6), r.GetString(7), r.GetInt64(8), r.GetInt64(9), r.GetInt64(10), r.GetInt64(11), NLong(r, 12), r.GetInt64(13), r.GetInt32(14), r.GetString(15),
+        NLong(r, 16), NLong(r, 17), NLong(r, 18), NLong(r, 19), NLong(r, 20), NLong(r, 21), r.GetInt64(22), NLong(r, 23), NStr(r, 24));
+
+    /// <summary>Holds the estimated cost of a freshly leased attempt: the eligible voucher first (up to its share), the wallet for the rest.</summary>
+    private static void HoldLocked(SqliteConnection c, JobRecord job, HoldPlan h, long now)
+    {
+        var key = $"{job.Id}:{job.Attempt}";
+        var provider = job.ProviderId!.Value;
+
+        // The voucher: the tenant's soonest-expiring live one whose programme covers the tenant's sector, unless the
+        // tenant and provider are related parties. One voucher per attempt: no double subsidy.
+        var v = Query(c, """
+            SELECT v.id, p.share_bps, p.domestic_share_bps FROM vouchers v JOIN voucher_programmes p ON p.id = v.programme_id
+            JOIN tenants t ON t.id = v.tenant_id
+            WHERE v.tenant_id = $t AND v.expired IS NULL AND v.valid_to > $now AND p.valid_from <= $now AND p.valid_to > $now
+              AND (p.sectors = '[]' OR EXISTS (SELECT 1 FROM json_each(p.sectors) WHERE value = t.sector))
+              AND NOT EXISTS (SELECT 1 FROM relations r WHERE r.tenant_id = v.tenant_id AND r.provider_id = $p)
+              AND (SELECT posted - pending_debits FROM ledger_accounts WHERE id = 'voucher:' || v.id) > 0
+            ORDER BY v.valid_to, v.id LIMIT 1
+            """, r => (Id: r.GetInt64(0), Share: r.GetInt32(1), Domestic: r.IsDBNull(2) ? (int?)null : r.GetInt32(2)), ("$t", job.TenantId), ("$now", now), ("$p", provider)).FirstOrDefault();
+        long voucherHold = 0;
+        var share = v.Id == 0 ? 0 : h.Domestic && v.Domestic is { } d ? d : v.Share;
+        if (v.Id != 0)
+        {
+            var o = ApplyTransfer(c, new TransferRequest($"vhold:{key}", TransferKinds.Pending, Accounts.Voucher(v.Id), Accounts.Escrow, Money.Share(h.HoldFen, share), "voucher-hold")
+            {
+                JobId = job.Id, Attempt = job.Attempt, Balancing = true,
+            }, now);
+            if (!o.Ok)
+            {
+                throw new StoreConflictException(o.Result, $"voucher hold: {o.Message}");
+            }
+
+            voucherHold = o.Amount;
+        }
+
+        Linked(c, now, new TransferRequest($"hold:{key}", TransferKinds.Pending, Accounts.Tenant(job.TenantId), Accounts.Escrow, h.HoldFen - voucherHold, "hold")
+        {
+            JobId = job.Id, Attempt = job.Attempt, Memo = $"{h.Tier} {h.Unit} at {Money.Yuan(h.PriceFen)}",
+        });
+        Update(c, $"INSERT INTO settlements({SettlementCols}) VALUES($j, $a, $t, $p, $g, $o, $tier, $u, $price, $sp, $um, $h, $v, $vh, $vs, 'held', NULL, NULL, NULL, NULL, NULL, NULL, $now, NULL, NULL)",
+            ("$j", job.Id), ("$a", job.Attempt), ("$t", job.TenantId), ("$p", provider), ("$g", job.GroupId), ("$o", h.OfferId), ("$tier", h.Tier), ("$u", h.Unit),
+            ("$price", h.PriceFen), ("$sp", h.SellerPriceFen), ("$um", h.UnitsMilli), ("$h", h.HoldFen), ("$v", v.Id == 0 ? null : v.Id), ("$vh", voucherHold), ("$vs", share), ("$now", now));
+    }
+
+    /// <summary>Charges or voids a held attempt; false when it holds nothing (unpriced, or ended already).</summary>
+    private static bool SettleLocked(SqliteConnection c, long jobId, SettlePlan plan, int feeBps, long now)
+    {
+        var s = Query(c, $"SELECT {SettlementCols} FROM settlements WHERE job_id = $j AND attempt = $a AND state = 'held'", MapSettlement, ("$j", jobId), ("$a", plan.Attempt)).FirstOrDefault();
+        if (s is null)
+        {
+            return false;
+        }
+
+        var key = $"{jobId}:{plan.Attempt}";
+        if (plan.Void)
+        {
+            Linked(c, now, new TransferRequest($"void:{key}", TransferKinds.Void, "", "", 0, "void") { PendingId = $"hold:{key}", JobId = jobId, Attempt = plan.Attempt, Memo = plan.Note });
+            if (s.VoucherId is not null)
+            {
+                Linked(c, now, new TransferRequest($"vvoid:{key}", TransferKinds.Void, "", "", 0, "voucher-void") { PendingId = $"vhold:{key}", JobId = jobId, Attempt = plan.Attempt });
+            }
+
+            Update(c, "UPDATE settlements SET state = 'voided', settled_at = $now, note = $n WHERE job_id = $j AND attempt = $a", ("$now", now), ("$n", plan.Note), ("$j", jobId), ("$a", plan.Attempt));
+            return true;
+        }
+
+        var split = Settlement.Split(Charging.Cost(s.PriceFen, s.UnitsMilli, plan.MeteredMs), Charging.Cost(s.SellerPriceFen, s.UnitsMilli, plan.MeteredMs), s.HoldFen, s.VoucherHoldFen, s.VoucherShareBps, feeBps);
+        Linked(c, now, new TransferRequest($"pay:{key}", TransferKinds.Post, "", "", split.Tenant, "charge") { PendingId = $"hold:{key}", JobId = jobId, Attempt = plan.Attempt });
+        if (s.VoucherId is not null)
+        {
+            Linked(c, now, new TransferRequest($"vpay:{key}", TransferKinds.Post, "", "", split.Voucher, "voucher-charge") { PendingId = $"vhold:{key}", JobId = jobId, Attempt = plan.Attempt });
+        }
+
+        Linked(c, now,
+            new TransferRequest($"payout:{key}", TransferKinds.Posted, Accounts.Escrow, Accounts.Provider(s.ProviderId), split.Provider, "provider-share") { JobId = jobId, Attempt = plan.Attempt },
+            new TransferRequest($"fee:{key}", TransferKinds.Posted, Accounts.Escrow, Accounts.Fee, split.Fee, "platform-fee") { JobId = jobId, Attempt = plan.Attempt });
+        Update(c, "UPDATE settlements SET state = 'settled', metered_ms = $ms, cost_fen = $c, tenant_fen = $t, voucher_fen = $v, provider_fen = $p, fee_fen = $f, settled_at = $now, note = $n WHERE job_id = $j AND attempt = $a",
+            ("$ms", plan.MeteredMs), ("$c", split.Charged), ("$t", split.Tenant), ("$v", split.Voucher), ("$p", split.Provider), ("$f", split.Fee), ("$now", now), ("$n", plan.Note),
+            ("$j", jobId), ("$a", plan.Attempt));
+        return true;
+    }
+
+    public Task<bool> SettleAsync(long jobId, SettlePlan plan, int feeBps, long nowMs) => Write(c => SettleLocked(c, jobId, plan, feeBps, nowMs));
+
+    public Task<IReadOnlyList<SettlementRecord>> SettlementsAsync(SettlementQuery query) => Read<IReadOnlyList<SettlementRecord>>(c =>
+        Query(c, $"""
+            SELECT {SettlementCols} FROM settlements WHERE ($t IS NULL OR tenant_id = $t) AND ($p IS NULL OR provider_id = $p) AND ($j IS NULL OR job_id = $j)
+              AND ($g IS NULL OR voucher_id IN (SELECT id FROM vouchers WHERE programme_id = $g)) AND COALESCE(settled_at, held_at) >= $f AND COALESCE(settled_at, held_at) < $to
+            ORDER BY COALESCE(settled_at, held_at), job_id, attempt
+            """, MapSettlement, ("$t", query.TenantId), ("$p", query.ProviderId), ("$j", query.JobId), ("$g", query.ProgrammeId), ("$f", query.FromMs), ("$to", query.ToMs)));
+
+    // ---- vouchers ----
+    private const string ProgrammeCols = "id, name, funder, budget_fen, share_bps, domestic_share_bps, tenant_cap_fen, sectors, valid_from, valid_to, created";
+
+    private static ProgrammeRecord MapProgramme(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetInt64(3), r.GetInt32(4),
+        r.IsDBNull(5) ? null : r.GetInt32(5), r.GetInt64(6), JsonSerializer.Deserialize<List<string>>(r.GetString(7)) ?? [], r.GetInt64(8), r.GetInt64(9), r.GetInt64(10));
+
+    public Task<ProgrammeRecord> CreateProgrammeAsync(ProgrammeRecord programme) => Write(c =>
+    {
+        var p = programme;
+        if (Query(c, "SELECT 1 FROM voucher_programmes WHERE name = $n", r => 1, ("$n", p.Name)).Count > 0)
+        {
+            throw new StoreConflictException("name_taken", $"name: a programme named '{p.Name}' already exists");
+        }
+
+        var rec = Query(c, $"INSERT INTO voucher_programmes(name, funder, budget_fen, share_bps, domestic_share_bps, tenant_cap_fen, sectors, valid_from, valid_to, created) VALUES($n, $f, $b, $s, $d, $cap, $sec, $vf, $vt, $c) RETURNING {ProgrammeCols}",
+            MapProgramme, ("$n", p.Name), ("$f", p.Funder), ("$b", p.BudgetFen), ("$s", p.ShareBps), ("$d", p.DomesticShareBps), ("$cap", p.TenantCapFen),
+            ("$sec", JsonSerializer.Serialize(p.Sectors)), ("$vf", p.ValidFromMs), ("$vt", p.ValidToMs), ("$c", p.CreatedMs))[0];
+        Linked(c, p.CreatedMs, new TransferRequest($"fund:programme:{rec.Id}", TransferKinds.Posted, Accounts.Funder(p.Funder), Accounts.Programme(rec.Id), p.BudgetFen, "programme-budget")
+        {
+            Memo = $"budget of programme {p.Name}",
+        });
+        return rec;
+    });
+
+    public Task<IReadOnlyList<ProgrammeRecord>> ProgrammesAsync() => Read<IReadOnlyList<ProgrammeRecord>>(c => Query(c, $"SELECT {ProgrammeCols} FROM voucher_programmes ORDER BY id", MapProgramme));
+
+    private const string VoucherCols = "v.id, v.programme_id, v.tenant_id, v.amount_fen, v.valid_to, v.created, v.expired, COALESCE(a.posted - a.pending_debits, 0)";
+
+    private static VoucherRecord MapVoucher(SqliteDataReader r) => new(r.GetInt64(0), r.GetInt64(1), r.GetInt64(2), r.GetInt64(3), r.GetInt64(4), r.GetInt64(5), NLong(r, 6), r.GetInt64(7));
+
+    public Task<VoucherRecord> IssueVoucherAsync(long programmeId, long tenantId, long amountFen, long validToMs, long nowMs) => Write(c =>
+    {
+        var p = Query(c, $"SELECT {ProgrammeCols} FROM voucher_programmes WHERE id = $id", MapProgramme, ("$id", programmeId)).FirstOrDefault()
+            ?? throw new StoreConflictException("not_found", $"programme {programmeId} does not exist");
+        var tenant = Query(c, $"SELECT {TenantCols} FROM tenants WHERE id = $id", MapTenant, ("$id", tenantId)).FirstOrDefault()
+            ?? throw new StoreConflictException("not_found", $"tenantId: tenant {tenantId} does not exist");
+        if (nowMs >= p.ValidToMs)
+        {
+            throw new StoreConflictException("expired", $"programme: '{p.Name}' ended at {DateTimeOffset.FromUnixTimeMilliseconds(p.ValidToMs):u}; it issues no more vouchers");
+        }
+
+        if (validToMs <= nowMs || validToMs > p.ValidToMs)
+        {
+            throw new StoreConflictException("invalid", $"validTo: must be in the future and no later than the programme's end ({DateTimeOffset.FromUnixTimeMilliseconds(p.ValidToMs):u})");
+        }
+
+        if (p.Sectors.Count > 0 && !p.Sectors.Contains(tenant.Sector, StringComparer.Ordinal))
+        {
+            throw new StoreConflictException("not_eligible", $"tenantId: tenant {tenant.Name} is in sector '{tenant.Sector}'; programme '{p.Name}' covers {string.Join(", ", p.Sectors)}");
+        }
+
+        var issued = Query(c, "SELECT COALESCE(SUM(amount_fen), 0) FROM vouchers WHERE programme_id = $p AND tenant_id = $t", r => r.GetInt64(0), ("$p", programmeId), ("$t", tenantId))[0];
+        if (issued + amountFen > p.TenantCapFen)
+        {
+            throw new StoreConflictException("cap_exceeded", $"amount: tenant {tenant.Name} holds {Money.Yuan(issued)} of programme '{p.Name}', whose per-tenant cap is {Money.Yuan(p.TenantCapFen)}; at most {Money.Yuan(p.TenantCapFen - issued)} more");
+        }
+
+        var id = Query(c, "INSERT INTO vouchers(programme_id, tenant_id, amount_fen, valid_to, created) VALUES($p, $t, $a, $v, $c) RETURNING id", r => r.GetInt64(0),
+            ("$p", programmeId), ("$t", tenantId), ("$a", amountFen), ("$v", validToMs), ("$c", nowMs))[0];
+        var o = ApplyTransfer(c, new TransferRequest($"issue:voucher:{id}", TransferKinds.Posted, Accounts.Programme(programmeId), Accounts.Voucher(id), amountFen, "voucher-issue")
+        {
+            Memo = $"voucher {id} for tenant {tenant.Name}",
+        }, nowMs);
+        if (!o.Ok)
+        {
+            throw new StoreConflictException(o.Result == "insufficient_funds" ? "budget_exhausted" : o.Result, $"amount: programme '{p.Name}' cannot fund it: {o.Message}");
+        }
+
+        return Query(c, $"SELECT {VoucherCols} FROM vouchers v LEFT JOIN ledger_accounts a ON a.id = 'voucher:' || v.id WHERE v.id = $id", MapVoucher, ("$id", id))[0];
+    });
+
+    public Task<IReadOnlyList<VoucherRecord>> VouchersAsync(long? tenantId, long? programmeId) => Read<IReadOnlyList<VoucherRecord>>(c =>
+        Query(c, $"SELECT {VoucherCols} FROM vouchers v LEFT JOIN ledger_accounts a ON a.id = 'voucher:' || v.id WHERE ($t IS NULL OR v.tenant_id = $t) AND ($p IS NULL OR v.programme_id = $p) ORDER BY v.id",
+            MapVoucher, ("$t", tenantId), ("$p", programmeId)));
+
+    public Task<int> ExpireVouchersAsync(long nowMs) => Write(c =>
+    {
+        var due = Query(c, $"SELECT {VoucherCols} FROM vouchers v LEFT JOIN ledger_accounts a ON a.id = 'voucher:' || v.id WHERE v.valid_to <= $now AND (v.expired IS NULL OR a.posted - a.pending_debits > 0)",
+            MapVoucher, ("$now", nowMs));
+        foreach (var v in due)
+        {
+            if (v.AvailableFen > 0)
+            {
+                Linked(c, nowMs, new TransferRequest($"expire:voucher:{v.Id}:{nowMs}", TransferKinds.Posted, Accounts.Voucher(v.Id), Accounts.Programme(v.ProgrammeId), v.AvailableFen, "voucher-expire")
+                {
+                    Memo = "unused balance returned to the programme at expiry",
+                });
+            }
+
+            Update(c, "UPDATE vouchers SET expired = COALESCE(expired, $now) WHERE id = $id", ("$now", nowMs), ("$id", v.Id));
+        }
+
+        return due.Count;
+    });
+
+    // ---- relations ----
+    public Task<RelationRecord> AddRelationAsync(long tenantId, long providerId, string note, long nowMs) => Write(c =>
+    {
+        if (Query(c, "SELECT 1 FROM tenants WHERE id = $t", r => 1, ("$t", tenantId)).Count == 0 || Query(c, "SELECT 1 FROM providers WHERE id = $p", r => 1, ("$p", providerId)).Count == 0)
+        {
+            throw new StoreConflictException("not_found", $"tenantId/providerId: tenant {tenantId} or provider {providerId} does not exist");
+        }
+
+        Update(c, "INSERT OR REPLACE INTO relations(tenant_id, provider_id, note, created) VALUES($t, $p, $n, $c)", ("$t", tenantId), ("$p", providerId), ("$n", note), ("$c", nowMs));
+        return new RelationRecord(tenantId, providerId, note, nowMs);
+    });
+
+    public Task<IReadOnlyList<RelationRecord>> RelationsAsync() => Read<IReadOnlyList<RelationRecord>>(c =>
+        Query(c, "SELECT tenant_id, provider_id, note, created FROM relations ORDER BY tenant_id, provider_id", r => new RelationRecord(r.GetInt64(0), r.GetInt64(1), r.GetString(2), r.GetInt64(3))));
+
+    // ---- auction rounds ----
+    private const string RoundCols = "id, instrument, at, bids, asks, bid_lots, ask_lots, volume, efficient_volume, buyer_price_fen, seller_price_fen, reduced";
+
+    private static RoundRecord MapRound(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetInt64(2), r.GetInt32(3), r.GetInt32(4), r.GetInt64(5), r.GetInt64(6),
+        r.GetInt64(7), r.GetInt64(8), r.GetInt64(9), r.GetInt64(10), r.GetInt64(11) != 0);
+
+    public Task<RoundRecord> RecordRoundAsync(RoundRecord round) => Write(c =>
+        Query(c, $"INSERT INTO market_rounds(instrument, at, bids, asks, bid_lots, ask_lots, volume, efficient_volume, buyer_price_fen, seller_price_fen, reduced) VALUES($i, $at, $b, $a, $bl, $al, $v, $ev, $bp, $sp, $r) RETURNING {RoundCols}",
+            MapRound, ("$i", round.Instrument), ("$at", round.AtMs), ("$b", round.Bids), ("$a", round.Asks), ("$bl", round.BidLots), ("$al", round.AskLots), ("$v", round.Volume),
+            ("$ev", round.EfficientVolume), ("$bp", round.BuyerPriceFen), ("$sp", round.SellerPriceFen), ("$r", round.Reduced ? 1 : 0))[0]);
+
+    public Task<IReadOnlyList<RoundRecord>> RoundsAsync(string? instrument, int limit) => Read<IReadOnlyList<RoundRecord>>(c =>
+        Query(c, $"SELECT {RoundCols} FROM market_rounds WHERE $i IS NULL OR instrument = $i ORDER BY id DESC LIMIT $l", MapRound, ("$i", instrument), ("$l", limit)));
+}

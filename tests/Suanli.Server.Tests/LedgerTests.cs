@@ -1,0 +1,287 @@
+using FsCheck;
+using FsCheck.Fluent;
+using FsCheck.Xunit;
+using Microsoft.Data.Sqlite;
+using Suanli.Server.Storage;
+
+namespace Suanli.Server.Tests;
+
+/// <summary>The ledger on a real SQLite file: model-based properties, concurrency, vouchers, the append-only journal.</summary>
+public sealed class LedgerTests : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "suanli-ledger-" + Guid.NewGuid().ToString("N"));
+
+    public LedgerTests() => Directory.CreateDirectory(_dir);
+
+    private SqliteStore Open() => SqliteStore.Open(Path.Combine(_dir, Guid.NewGuid().ToString("N") + ".db"));
+
+    private static TransferRequest Posted(string id, string debit, string credit, long amount) => new(id, TransferKinds.Posted, debit, credit, amount, "test");
+
+    private static TransferRequest Hold(string id, string debit, long amount) => new(id, TransferKinds.Pending, debit, Seller, amount, "test");
+
+    private static readonly string Seller = Accounts.Provider(9);
+
+    private static TransferRequest Resolve(string id, string kind, string pending, long amount) => new(id, kind, "", "", amount, "test") { PendingId = pending };
+
+    /// <summary>
+    /// For any sequence of top-ups, transfers, holds, posts, voids, replays and linked batches, the store agrees with a
+    /// plain in-memory model after every step, refuses exactly what the model refuses, and verifies clean at the end.
+    /// </summary>
+    [Property(MaxTest = 25)]
+    public Property AnySequence_MatchesTheModel_AndStaysBalanced(int seed)
+    {
+        var rng = new System.Random(seed);
+        var store = Open();
+        try
+        {
+            string[] wallets = [Accounts.Tenant(1), Accounts.Tenant(2), Accounts.Tenant(3)];
+            var model = new Dictionary<string, (long Posted, long Held, long Credit)>();
+            var holds = new Dictionary<string, (string Debit, long Amount)>();
+            var resolved = new HashSet<string>();
+            var done = new List<TransferRequest>();
+            (long, long, long) Get(string a) => model.GetValueOrDefault(a);
+            long Avail(string a) => Get(a).Item1 - Get(a).Item2;
+            void Move(string d, string c, long amt, bool pending)
+            {
+                var x = Get(d);
+                var y = Get(c);
+                model[d] = pending ? (x.Item1, x.Item2 + amt, x.Item3) : (x.Item1 - amt, x.Item2, x.Item3);
+                y = model.GetValueOrDefault(c);
+                model[c] = pending ? (y.Item1, y.Item2, y.Item3 + amt) : (y.Item1 + amt, y.Item2, y.Item3);
+            }
+
+            bool Floored(string a) => a != Accounts.Cash;
+            for (var step = 0; step < 40; step++)
+            {
+                var id = $"t{step}";
+                var w = wallets[rng.Next(wallets.Length)];
+                var amount = (long)rng.Next(0, 500);
+                TransferRequest req;
+                bool expectOk;
+                Action apply = () => { };
+                switch (rng.Next(7))
+                {
+                    case 0:
+                        req = Posted(id, Accounts.Cash, w, amount);
+                        expectOk = true;
+                        apply = () => Move(Accounts.Cash, w, amount, false);
+                        break;
+                    case 1:
+                        var to = wallets[(Array.IndexOf(wallets, w) + 1) % wallets.Length];
+                        req = Posted(id, w, to, amount);
+                        expectOk = Avail(w) >= amount;
+                        apply = () => Move(w, to, amount, false);
+                        break;
+                    case 2:
+                        req = Hold(id, w, amount);
+                        expectOk = Avail(w) >= amount;
+                        apply = () => { Move(w, Seller, amount, true); holds[id] = (w, amount); };
+                        break;
+                    case 3 or 4 when holds.Count > 0:
+                        var (hid, h) = holds.ElementAt(rng.Next(holds.Count));
+                        var post = rng.Next(3) > 0;
+                        var amt = post ? rng.Next(0, (int)h.Amount + 50) : 0;
+                        req = Resolve(id, post ? TransferKinds.Post : TransferKinds.Void, hid, amt);
+                        expectOk = !resolved.Contains(hid) && amt <= h.Amount;
+                        apply = () =>
+                        {
+                            resolved.Add(hid);
+                            var d = Get(h.Debit);
+                            model[h.Debit] = (d.Item1 - amt, d.Item2 - h.Amount, d.Item3);
+                            var e = Get(Seller);
+                            model[Seller] = (e.Item1 + amt, e.Item2, e.Item3 - h.Amount);
+                        };
+                        break;
+                    case 5 when done.Count > 0:
+                        req = done[rng.Next(done.Count)];
+                        var replay = store.TransferAsync([req], false, step).GetAwaiter().GetResult()[0];
+                        if (replay.Result != "exists")
+                        {
+                            return false.Label($"step {step}: replaying {req.Id} answered {replay.Result}");
+                        }
+
+                        continue;
+                    case 6:
+                        // A linked pair whose second leg overdraws: neither may stay.
+                        var big = Avail(w) + 1 + amount;
+                        var linked = new[] { Posted(id + "a", Accounts.Cash, w, amount), Posted(id + "b", w, Accounts.Fee, big + amount) };
+                        try
+                        {
+                            store.TransferAsync(linked, true, step).GetAwaiter().GetResult();
+                            return false.Label($"step {step}: an overdrawing linked batch was accepted");
+                        }
+                        catch (StoreConflictException e) when (e.Code == "insufficient_funds")
+                        {
+                        }
+
+                        continue;
+                    default:
+                        continue;
+                }
+
+                var outcome = store.TransferAsync([req], false, step).GetAwaiter().GetResult()[0];
+                if (outcome.Ok != expectOk)
+                {
+                    return false.Label($"step {step}: {req.Kind} {req.Id} of {req.Amount}: store says {outcome.Result} ({outcome.Message}), model expected ok={expectOk}");
+                }
+
+                if (expectOk)
+                {
+                    apply();
+                    done.Add(req);
+                }
+            }
+
+            foreach (var (account, m) in model)
+            {
+                var a = store.AccountAsync(account).GetAwaiter().GetResult();
+                if (a is null || (a.Posted, a.PendingDebits, a.PendingCredits) != m)
+                {
+                    return false.Label($"{account}: store {a?.Posted}/{a?.PendingDebits}/{a?.PendingCredits}, model {m}");
+                }
+
+                if (Floored(account) && a.Available < 0)
+                {
+                    return false.Label($"{account} fell below its floor: {a.Available}");
+                }
+            }
+
+            var report = store.VerifyAsync(500).GetAwaiter().GetResult();
+            return (report.Ok && report.SumPosted == 0 && report.SumPendingDebits == report.SumPendingCredits).Label(string.Join("; ", report.Problems));
+        }
+        finally
+        {
+            store.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+
+    [Fact]
+    public async Task ThirtyTwoParallelSettlements_OnOneWallet_NeverDoubleSpend()
+    {
+        await using var s = Open();
+        var wallet = Accounts.Tenant(7);
+        await s.TransferAsync([Posted("topup", Accounts.Cash, wallet, 1000)], true, 1);
+
+        // 32 concurrent holds of 100 fen on a 1,000 fen wallet: exactly 10 fit.
+        var holds = await Task.WhenAll(Enumerable.Range(0, 32).Select(i => Task.Run(() => s.TransferAsync([Hold($"h{i}", wallet, 100)], false, 2))));
+        var held = holds.Select(h => h[0]).Where(o => o.Ok).Select(o => o.Id).ToList();
+        Assert.Equal(10, held.Count);
+        Assert.All(holds.Select(h => h[0]).Where(o => !o.Ok), o => Assert.Equal("insufficient_funds", o.Result));
+
+        // 32 concurrent settlements: each hold posted by two racing settlers (same id and a different id): one wins per hold.
+        var posts = await Task.WhenAll(held.SelectMany(h => new[]
+        {
+            Task.Run(() => s.TransferAsync([Resolve("pay-" + h, TransferKinds.Post, h, 80)], false, 3)),
+            Task.Run(() => s.TransferAsync([Resolve("pay-" + h, TransferKinds.Post, h, 80)], false, 3)),
+            Task.Run(() => s.TransferAsync([Resolve("other-" + h, TransferKinds.Post, h, 80)], false, 3)),
+        }).Take(32));
+        var applied = posts.Select(p => p[0]).Where(o => o.Result == "created").ToList();
+        var account = await s.AccountAsync(wallet);
+        Assert.NotNull(account);
+        var settledHolds = held.Count(h => posts.Any(p => p[0].Result == "created" && (p[0].Id == "pay-" + h || p[0].Id == "other-" + h)));
+        Assert.Equal(settledHolds, applied.Count);
+        Assert.Equal(1000 - (80 * applied.Count), account.Posted);
+        Assert.Equal(100 * (10 - settledHolds), account.PendingDebits);
+        Assert.True(account.Available >= 0);
+        var report = await s.VerifyAsync(500);
+        Assert.True(report.Ok, string.Join("; ", report.Problems));
+    }
+
+    [Fact]
+    public async Task Journal_IsAppendOnly_AndVerifyCatchesTampering()
+    {
+        var path = Path.Combine(_dir, "tamper.db");
+        await using (var s = SqliteStore.Open(path))
+        {
+            await s.TransferAsync([Posted("a", Accounts.Cash, Accounts.Tenant(1), 500), Hold("b", Accounts.Tenant(1), 200)], true, 1);
+            Assert.True((await s.VerifyAsync(0)).Ok);
+            using (var c = new SqliteConnection($"Data Source={path}"))
+            {
+                c.Open();
+                using var cmd = c.CreateCommand();
+                cmd.CommandText = "UPDATE ledger_transfers SET amount = 1 WHERE id = 'a'";
+                var e = Assert.Throws<SqliteException>(() => cmd.ExecuteNonQuery());
+                Assert.Contains("append-only", e.Message, StringComparison.Ordinal);
+                cmd.CommandText = "DELETE FROM ledger_transfers";
+                Assert.Throws<SqliteException>(() => cmd.ExecuteNonQuery());
+                cmd.CommandText = "UPDATE ledger_accounts SET posted = posted + 1 WHERE id = 'tenant:1'";
+                cmd.ExecuteNonQuery();
+            }
+
+            var report = await s.VerifyAsync(0);
+            Assert.False(report.Ok);
+            Assert.Contains(report.Problems, p => p.Contains("tenant:1", StringComparison.Ordinal) && p.Contains("differ from the journal", StringComparison.Ordinal));
+            Assert.Contains(report.Problems, p => p.Contains("created or lost", StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public async Task BadTransfers_AreRefusedNamingTheField_AndChangeNothing()
+    {
+        await using var s = Open();
+        var outcomes = await s.TransferAsync(
+        [
+            Posted("neg", Accounts.Cash, Accounts.Tenant(1), -5),
+            Posted("who", Accounts.Cash, "bank:9", 5),
+            Posted("self", Accounts.Tenant(1), Accounts.Tenant(1), 5),
+            Resolve("p", TransferKinds.Post, "nope", 5),
+            new TransferRequest("k", "teleport", Accounts.Cash, Accounts.Tenant(1), 5, "x"),
+        ], false, 1);
+        Assert.Equal(["invalid", "unknown_account", "invalid", "pending_not_found", "invalid"], outcomes.Select(o => o.Result));
+        Assert.Contains("amount", outcomes[0].Message, StringComparison.Ordinal);
+        Assert.Contains("credit", outcomes[1].Message, StringComparison.Ordinal);
+        Assert.Contains("kind", outcomes[4].Message, StringComparison.Ordinal);
+        Assert.Empty((await s.TransfersAsync(null, 0, 10)).Items);
+        var again = await s.TransferAsync([Posted("x", Accounts.Cash, Accounts.Tenant(1), 5)], true, 1);
+        var reuse = await s.TransferAsync([Posted("x", Accounts.Cash, Accounts.Tenant(1), 6)], false, 1);
+        Assert.Equal("id_reused", reuse[0].Result);
+        Assert.Equal(5, (await s.AccountAsync(Accounts.Tenant(1)))!.Posted);
+        Assert.Single(again);
+    }
+
+    [Fact]
+    public async Task Vouchers_EnforceSectorCapBudgetAndExpiry()
+    {
+        await using var s = Open();
+        var edu = await s.CreateTenantAsync("uni", "education", 1, 1);
+        var bank = await s.CreateTenantAsync("bank", "finance", 1, 1);
+        var p = await s.CreateProgrammeAsync(new ProgrammeRecord(0, "zz-2026", "city", 10_000, 5000, 8000, 6_000, ["education", "agriculture"], 0, 1_000_000, 1));
+        Assert.Equal(10_000, (await s.AccountAsync(Accounts.Programme(p.Id)))!.Posted);
+        Assert.Equal(-10_000, (await s.AccountAsync(Accounts.Funder("city")))!.Posted);
+
+        var v = await s.IssueVoucherAsync(p.Id, edu.Id, 4_000, 500_000, 10);
+        Assert.Equal(4_000, v.AvailableFen);
+        var cap = await Assert.ThrowsAsync<StoreConflictException>(() => s.IssueVoucherAsync(p.Id, edu.Id, 2_001, 500_000, 10));
+        Assert.Equal("cap_exceeded", cap.Code);
+        Assert.Contains("20.00", cap.Message, StringComparison.Ordinal);
+        var sector = await Assert.ThrowsAsync<StoreConflictException>(() => s.IssueVoucherAsync(p.Id, bank.Id, 100, 500_000, 10));
+        Assert.Equal("not_eligible", sector.Code);
+        var late = await Assert.ThrowsAsync<StoreConflictException>(() => s.IssueVoucherAsync(p.Id, edu.Id, 100, 2_000_000, 10));
+        Assert.Equal("invalid", late.Code);
+        var ended = await Assert.ThrowsAsync<StoreConflictException>(() => s.IssueVoucherAsync(p.Id, edu.Id, 100, 2_000_000, 1_000_001));
+        Assert.Equal("expired", ended.Code);
+
+        var other = await s.CreateTenantAsync("farm", "agriculture", 1, 1);
+        await s.IssueVoucherAsync(p.Id, other.Id, 6_000, 500_000, 10);
+        var broke = await Assert.ThrowsAsync<StoreConflictException>(() => s.IssueVoucherAsync(p.Id, edu.Id, 1, 500_000, 10));
+        Assert.Equal("budget_exhausted", broke.Code);
+
+        Assert.Equal(2, await s.ExpireVouchersAsync(500_000));
+        Assert.Equal(10_000, (await s.AccountAsync(Accounts.Programme(p.Id)))!.Posted);
+        Assert.All(await s.VouchersAsync(null, p.Id), x => Assert.Equal(0, x.AvailableFen));
+        Assert.Equal(0, await s.ExpireVouchersAsync(600_000));
+        Assert.True((await s.VerifyAsync(0)).Ok);
+    }
+
+    public void Dispose()
+    {
+        SqliteConnection.ClearAllPools();
+        try
+        {
+            Directory.Delete(_dir, true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
