@@ -36,6 +36,12 @@ public interface IJobBackend
     /// <summary>Stops a job and everything it started.</summary>
     void Stop(JobHandle job, string why);
 
+    /// <summary>
+    /// Warns a spot job that it will be preempted in <paramref name="seconds"/> (so it can checkpoint); false when the
+    /// backend has no way to tell the job (it is then stopped at the deadline without warning).
+    /// </summary>
+    bool Notify(JobHandle job, int seconds, string reason) => false;
+
     /// <summary>Stops what a previous, killed agent left running; returns how many jobs it found.</summary>
     int ReapLeftovers();
 

@@ -196,6 +196,7 @@ public sealed class UlimitLimiter : ResourceLimiter
 internal static partial class Native
 {
     public const int SIGKILL = 9;
+    public const int SIGUSR1 = 10;
     public const int SIGTERM = 15;
 
     [LibraryImport("libc", SetLastError = true)]

@@ -103,6 +103,7 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
         psi.Environment["SUANLI_JOB_ID"] = job.Id.ToString(CultureInfo.InvariantCulture);
         psi.Environment["SUANLI_ATTEMPT"] = job.Attempt.ToString(CultureInfo.InvariantCulture);
         psi.Environment["SUANLI_TASKS"] = job.Tasks.ToString(CultureInfo.InvariantCulture);
+        psi.Environment["SUANLI_PREEMPT_FILE"] = Path.Combine(dir, PreemptFile);
         if (job.Sbatch)
         {
             var id = job.Id.ToString(CultureInfo.InvariantCulture);
@@ -267,6 +268,30 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
             {
                 yield return pid;
             }
+        }
+    }
+
+    /// <summary>The file a spot job finds in its working folder once it is on notice (its first line: seconds left, then the reason).</summary>
+    public const string PreemptFile = ".suanli-preempt";
+
+    /// <summary>Writes the notice file, then sends SIGUSR1 to the job's process group.</summary>
+    public bool Notify(JobHandle job, int seconds, string reason)
+    {
+        if (job is not LocalHandle rp)
+        {
+            return false;
+        }
+
+        try
+        {
+            File.WriteAllText(Path.Combine(rp.Process.StartInfo.WorkingDirectory, PreemptFile),
+                $"{seconds.ToString(CultureInfo.InvariantCulture)}\n{reason}\n");
+            _ = Native.kill(-rp.Process.Id, Native.SIGUSR1);
+            return true;
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException or UnauthorizedAccessException)
+        {
+            return false;
         }
     }
 

@@ -58,7 +58,11 @@ public sealed class ProviderAgent : IAsyncDisposable
 
     private sealed record Registered(long ProviderId, string Name, long Epoch, double HeartbeatSeconds, double LeaseTimeoutSeconds);
 
-    private sealed record HeartbeatReply(List<long> Stop);
+    private sealed record Notice(long Job, int Seconds, string Reason);
+
+    private sealed record HeartbeatReply(List<long> Stop, List<Notice>? Notices);
+
+    private readonly ConcurrentDictionary<long, bool> _noticed = new();
 
     private sealed record Leased(long Id, int Attempt, string Name, List<string>? Command, string? Script, Dictionary<string, string> Env,
         decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch, string? Format);
@@ -165,11 +169,20 @@ public sealed class ProviderAgent : IAsyncDisposable
                     {
                         _lastRenewed = DateTimeOffset.UtcNow;
                         var reply = await resp.Content.ReadFromJsonAsync<HeartbeatReply>(Web, ct);
+                        foreach (var n in reply?.Notices ?? [])
+                        {
+                            if (_running.TryGetValue(n.Job, out var rp) && _noticed.TryAdd(n.Job, true))
+                            {
+                                var told = _backend.Notify(rp, n.Seconds, n.Reason);
+                                _log($"job {n.Job}: preemption notice, {n.Seconds} s ({n.Reason}){(told ? "" : "; the backend cannot signal it")}");
+                            }
+                        }
+
                         foreach (var id in reply?.Stop ?? [])
                         {
                             if (_running.TryGetValue(id, out var rp))
                             {
-                                _backend.Stop(rp, "cancelled");
+                                _backend.Stop(rp, _noticed.TryRemove(id, out _) ? "preempted" : "cancelled");
                             }
                         }
                     }

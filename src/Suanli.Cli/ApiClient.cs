@@ -92,6 +92,11 @@ internal sealed class ApiClient : IDisposable
         using (resp)
         {
             var text = await resp.Content.ReadAsStringAsync(ct);
+            if (resp.IsSuccessStatusCode && resp.Content.Headers.ContentType?.MediaType == "text/csv")
+            {
+                return JsonValue.Create(text);
+            }
+
             JsonNode? node = null;
             try
             {

@@ -12,7 +12,7 @@ using Suanli.Server.Storage;
 namespace Suanli.Cli;
 
 /// <summary>The platform commands: <c>up</c>, <c>agent</c> and the API client commands.</summary>
-internal static class PlatformCommands
+internal static partial class PlatformCommands
 {
     public const int JobUnsuccessful = 4;
     public const int Unreachable = 5;
@@ -37,6 +37,7 @@ internal static class PlatformCommands
         root.Subcommands.Add(Usage());
         root.Subcommands.Add(Tenants());
         root.Subcommands.Add(Keys());
+        AddMarket(root, bench);
         bench.Subcommands.Add(BenchSubmit());
         bench.Subcommands.Add(BenchLatency());
     }
@@ -87,7 +88,10 @@ internal static class PlatformCommands
         var placement = new Option<string>("--placement") { Description = "Placement: bestfit, spread, price, latency, heterogeneity, … / 放置策略", DefaultValueFactory = _ => "bestfit" };
         var latency = new Option<string?>("--latency") { Description = "Region latency file: \"FROM TO MS\" per line / 区域时延文件" };
         var localRegion = new Option<string>("--local-region") { Description = "Region of the local provider / 本地提供方区域", DefaultValueFactory = _ => "local" };
-        var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台") { urls, data, noLocal, lostAfter, policy, placement, latency, localRegion };
+        var fee = new Option<decimal>("--fee") { Description = "Platform fee as a fraction of each settlement / 平台费率", DefaultValueFactory = _ => 0.05m };
+        var notice = new Option<double>("--spot-notice") { Description = "Seconds of warning before a spot job is preempted / 抢占通知秒数", DefaultValueFactory = _ => 120 };
+        var auction = new Option<double>("--auction-interval") { Description = "Seconds between spot auction rounds / 竞价间隔秒数", DefaultValueFactory = _ => 60 };
+        var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台") { urls, data, noLocal, lostAfter, policy, placement, latency, localRegion, fee, notice, auction };
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
             if (r.GetValue(lostAfter) is < 1 or > 3600)
@@ -105,11 +109,22 @@ internal static class PlatformCommands
                 throw new ArgumentException($"--placement: choose one of {string.Join(", ", Core.Scheduling.PolicyRegistry.PlacementNames)}");
             }
 
+            if (r.GetValue(fee) is < 0 or >= 1 || r.GetValue(fee) * 10000 != decimal.Truncate(r.GetValue(fee) * 10000))
+            {
+                throw new ArgumentException("--fee: must be a fraction from 0 to below 1 with at most four decimals (0.05 = 5%)");
+            }
+
+            if (r.GetValue(notice) is < 0 or > 86400 || r.GetValue(auction) is < 1 or > 86400)
+            {
+                throw new ArgumentException("--spot-notice: 0 to 86400 seconds; --auction-interval: 1 to 86400 seconds");
+            }
+
             return RunUp(r.GetValue(urls)!, Path.GetFullPath(r.GetValue(data)!), !r.GetValue(noLocal),
                 new ControlPlaneOptions
                 {
                     LostAfter = TimeSpan.FromSeconds(r.GetValue(lostAfter)), Policy = r.GetValue(policy)!, Placement = r.GetValue(placement)!,
                     Latency = r.GetValue(latency) is { } file ? ControlPlaneOptions.ReadLatency(file) : [],
+                    FeeBps = (int)(r.GetValue(fee) * 10000), SpotNotice = TimeSpan.FromSeconds(r.GetValue(notice)), AuctionInterval = TimeSpan.FromSeconds(r.GetValue(auction)),
                 }, r.GetValue(localRegion)!)
                 .GetAwaiter().GetResult();
         }));

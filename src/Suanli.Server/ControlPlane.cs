@@ -3,6 +3,7 @@ using System.Text.Json;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Suanli.Core.Domain;
+using Suanli.Core.Market;
 using Suanli.Core.Scheduling;
 using Suanli.Core.Units;
 using Suanli.Server.Storage;
@@ -57,6 +58,15 @@ public sealed record ControlPlaneOptions
     }
 
     public BackfillMode Backfill { get; init; } = BackfillMode.Easy;
+
+    /// <summary>The platform's fee on every settlement, in basis points of the provider's price (500 = 5%).</summary>
+    public int FeeBps { get; init; } = 500;
+
+    /// <summary>How long a spot job is warned (signal and notice file) before it is preempted.</summary>
+    public TimeSpan SpotNotice { get; init; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>Interval of the spot market's call auction.</summary>
+    public TimeSpan AuctionInterval { get; init; } = TimeSpan.FromMinutes(1);
 }
 
 /// <summary>A non-terminal job as the control plane holds it in memory.</summary>
@@ -73,6 +83,12 @@ internal sealed class LiveJob(JobRecord record, JobDocument doc, JobSpec spec)
 
     /// <summary>Pool group id ("provider/group") of the allocation.</summary>
     public string? PoolGroup { get; set; }
+
+    /// <summary>When the lease failed for want of funds: the wallet generation then, and why (retried once money moves).</summary>
+    public (long Generation, string Why)? Unfunded { get; set; }
+
+    /// <summary>A spot job told to stop: when the notice ends (ms) and why; null otherwise.</summary>
+    public (long DeadlineMs, string Why)? Preempting { get; set; }
 }
 
 /// <summary>A provider's live state.</summary>
@@ -94,6 +110,11 @@ public sealed partial class ControlPlane : BackgroundService
 {
     private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
     private readonly IControlStore _store;
+    private readonly ILedgerStore _ledger;
+    private Dictionary<long, OfferRecord> _offers = [];
+    private long _offersChangeMs = long.MaxValue;
+    private long _walletGeneration;
+    private Dictionary<int, (string LocalGroup, OfferRecord? Offer)> _poolGroups = [];
     private readonly TimeProvider _time;
     private readonly ServerMetrics _metrics;
     private readonly ILogger<ControlPlane> _log;
@@ -114,9 +135,10 @@ public sealed partial class ControlPlane : BackgroundService
     private ClusterState? _state;
     private bool _poolDirty = true;
 
-    public ControlPlane(IControlStore store, TimeProvider time, ServerMetrics metrics, ControlPlaneOptions options, ILogger<ControlPlane> log)
+    public ControlPlane(IControlStore store, ILedgerStore ledger, TimeProvider time, ServerMetrics metrics, ControlPlaneOptions options, ILogger<ControlPlane> log)
     {
         _store = store;
+        _ledger = ledger;
         _time = time;
         _metrics = metrics;
         Options = options;
@@ -138,6 +160,7 @@ public sealed partial class ControlPlane : BackgroundService
     {
         var now = NowMs;
         _tenants = (await _store.ListTenantsAsync()).ToDictionary(t => t.Id);
+        _offers = (await _ledger.OffersAsync()).ToDictionary(o => o.Id);
 
         foreach (var p in await _store.ListProvidersAsync())
         {
@@ -177,7 +200,7 @@ public sealed partial class ControlPlane : BackgroundService
     {
         var doc = JobDocument.FromStored(j.Spec);
         var spec = new JobSpec(j.Id, j.TenantId.ToString(System.Globalization.CultureInfo.InvariantCulture), doc.ToTask(), doc.Tasks, j.SubmittedMs / 1000,
-            doc.TimeLimitSeconds, j.PriorityClass, Constraints: doc.Constraints, Budget: doc.Budget);
+            doc.TimeLimitSeconds, j.PriorityClass, Constraints: doc.Constraints, Budget: doc.Budget, Tier: doc.Tier);
         return new LiveJob(j, doc, spec);
     }
 
@@ -287,14 +310,17 @@ public sealed partial class ControlPlane : BackgroundService
     }
 
     /// <summary>Records a heartbeat and answers with the jobs the agent must stop (cancelled, or not its own any more).</summary>
-    public async Task<IReadOnlyList<long>> HeartbeatAsync(long providerId, long epoch, IReadOnlyList<long> runningJobs)
+    public async Task<(IReadOnlyList<long> Stop, IReadOnlyList<PreemptNotice> Notices)> HeartbeatAsync(long providerId, long epoch, IReadOnlyList<long> runningJobs)
     {
         await _store.HeartbeatAsync(providerId, epoch, NowMs);
         _metrics.Heartbeat(providerId);
         var stop = new List<long>();
+        List<PreemptNotice> notices;
         lock (_gate)
         {
             DrainInboxLocked();
+            (notices, var due) = PreemptionsLocked(providerId, NowMs);
+            stop.AddRange(due);
             if (_providers.TryGetValue(providerId, out var p))
             {
                 p.LastHeartbeatMs = NowMs;
@@ -316,26 +342,36 @@ public sealed partial class ControlPlane : BackgroundService
         // A cancelled job whose agent no longer runs it has released its resources.
         foreach (var id in stop.Where(id => !runningJobs.Contains(id)))
         {
-            ReleaseCancelled(id);
+            await ReleaseCancelledAsync(id);
         }
 
-        return stop.Distinct().ToList();
+        return (stop.Distinct().ToList(), notices);
     }
 
-    private void ReleaseCancelled(long id)
+    private async Task ReleaseCancelledAsync(long id)
     {
+        int? attempt = null;
         lock (_gate)
         {
             DrainInboxLocked();
             if (_jobs.TryGetValue(id, out var j) && j.Record.State == JobStates.Cancelled)
             {
+                attempt = j.Record.Attempt;
                 ReleaseLocked(j);
                 _jobs.Remove(id);
             }
         }
 
+        if (attempt is { } a && await _ledger.SettleAsync(id, new SettlePlan(a, Void: true, 0, "cancelled; no metered run reported"), Options.FeeBps, NowMs))
+        {
+            MoneyMoved();
+        }
+
         Wake();
     }
+
+    /// <summary>Money moved (a top-up, a settlement): jobs that waited for funds are tried again.</summary>
+    public void MoneyMoved() => Interlocked.Increment(ref _walletGeneration);
 
     /// <summary>A leased job handed to an agent: everything it needs to start the job.</summary>
     public sealed record LeasedJob(long Id, int Attempt, string Name, IReadOnlyList<string>? Command, string? Script, IReadOnlyDictionary<string, string> Env,
@@ -357,7 +393,7 @@ public sealed partial class ControlPlane : BackgroundService
 
                 var leased = _jobs.Values.Where(j => j.Record.State == JobStates.Leased && j.Record.ProviderId == providerId && j.Record.Epoch == epoch)
                     .OrderBy(j => j.Record.Id)
-                    .Select(j => new LeasedJob(j.Record.Id, j.Record.Attempt, j.Record.Name, j.Doc.Command, j.Doc.Script, j.Doc.Env, j.Doc.Resources.Cpu,
+                    .Select(j => new LeasedJob(j.Record.Id, j.Record.Attempt, j.Record.Name, j.Doc.Command, j.Doc.Script, LeaseEnv(j), j.Doc.Resources.Cpu,
                         j.Doc.Resources.MemoryMiB, j.Doc.Tasks, j.Doc.TimeLimitSeconds, j.Record.GroupId!, epoch, j.Doc.Format)).ToList();
                 var left = deadline - _time.GetUtcNow();
                 if (leased.Count > 0 || left <= TimeSpan.Zero)
@@ -427,31 +463,45 @@ public sealed partial class ControlPlane : BackgroundService
             // The process of a cancelled job ended: meter it and free its resources.
             var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Cancelled], JobStates.Cancelled, $"process stopped (exit {exitCode})")
             {
-                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage,
+                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Settle = Charge(current, usage, "cancelled by the tenant"), FeeBps = Options.FeeBps,
             });
-            ReleaseCancelled(jobId);
+            MoneyMoved();
+            await ReleaseCancelledAsync(jobId);
             return rec;
         }
 
-        var retry = state == JobStates.Failed && live is not null && live.Doc.Retry.OnFailure && current.Attempt < current.MaxAttempts;
+        var preempted = live?.Preempting;
+        var retry = preempted is not null || (state == JobStates.Failed && live is not null && live.Doc.Retry.OnFailure && current.Attempt < current.MaxAttempts);
         var t = new Transition(jobId, [JobStates.Leased, JobStates.Running], retry ? JobStates.Queued : state,
-            retry ? $"failed with exit {exitCode}; retry {current.Attempt + 1}/{current.MaxAttempts}" : message ?? $"exit {exitCode}")
+            preempted is { } pre ? $"preempted after notice: {pre.Why}; requeued"
+            : retry ? $"failed with exit {exitCode}; retry {current.Attempt + 1}/{current.MaxAttempts}" : message ?? $"exit {exitCode}")
         {
-            RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Requeue = retry,
+            RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Requeue = retry, GrantAttempt = preempted is not null,
+            Settle = Charge(current, usage, preempted is null ? $"ended {state}" : "preempted after notice"), FeeBps = Options.FeeBps,
             EndedMs = retry ? null : now, ExitCode = retry ? null : exitCode, StartedMs = current.StartedMs is null ? now : null,
             Reason = state == JobStates.Failed && !retry ? message ?? $"exit {exitCode}" : null,
         };
         var done = await _store.ApplyAsync(t);
+        MoneyMoved();
         Finish(live, done, current.State);
         return done;
     }
 
+    /// <summary>The charge for an attempt that ended normally: its metered time (0 when nothing was metered).</summary>
+    private static SettlePlan Charge(JobRecord current, UsageRecord? usage, string note) =>
+        usage is null ? new SettlePlan(current.Attempt, Void: true, 0, note + "; nothing metered")
+            : new SettlePlan(current.Attempt, Void: false, Math.Max(0, usage.EndedMs - usage.StartedMs), note);
+
     private UsageRecord? UsageOf(JobRecord j, LiveJob? live, long now)
     {
-        if (j.ProviderId is not { } provider || live?.Allocation is not { } alloc || j.GroupId is null)
+        if (j.ProviderId is not { } provider || live is null || j.GroupId is null)
         {
             return null;
         }
+
+        // The allocation, or (when a pool rebuild dropped it, e.g. its offer ended) what the job asked for.
+        var gpuMilli = live.Allocation?.GpuMilli ?? (long)live.Spec.Task.TotalGpuMilli * live.Spec.Tasks;
+        var milliCpu = live.Allocation?.MilliCpu ?? live.Spec.Task.MilliCpu * live.Spec.Tasks;
 
         string? model = null;
         lock (_gate)
@@ -465,7 +515,7 @@ public sealed partial class ControlPlane : BackgroundService
 
         var started = j.StartedMs ?? now;
         return new UsageRecord(j.Id, j.Attempt, j.TenantId, provider, j.GroupId, model, live.Doc.Resources.AcceleratorCount * live.Doc.Tasks,
-            alloc.GpuMilli, alloc.MilliCpu, live.Doc.Resources.MemoryMiB * live.Doc.Tasks, started, Math.Max(started, now));
+            gpuMilli, milliCpu, live.Doc.Resources.MemoryMiB * live.Doc.Tasks, started, Math.Max(started, now));
     }
 
     private void Update(LiveJob? live, JobRecord rec, string from)
@@ -565,7 +615,7 @@ public sealed partial class ControlPlane : BackgroundService
         var now = NowMs;
         if (current.State == JobStates.Cancelled)
         {
-            ReleaseCancelled(jobId);
+            await ReleaseCancelledAsync(jobId);
             return;
         }
 
@@ -576,7 +626,9 @@ public sealed partial class ControlPlane : BackgroundService
                 retry ? $"lost: {why}; retry {current.Attempt + 1}/{current.MaxAttempts}" : $"lost: {why}; no attempt left")
             {
                 AtMs = now, Requeue = retry, EndedMs = retry ? null : now, Reason = retry ? null : "provider lost", Usage = UsageOf(current, live, now),
+                Settle = new SettlePlan(current.Attempt, Void: true, 0, $"provider at fault: {why}"), FeeBps = Options.FeeBps,
             });
+            MoneyMoved();
             Finish(live, rec, current.State);
         }
         catch (StoreConflictException e)
@@ -618,6 +670,11 @@ public sealed partial class ControlPlane : BackgroundService
                 // A cycle over a long queue may take a while: keep at most about a quarter of the time in cycles.
                 await Task.Delay(MinCycleGap + (3 * _lastCycle), _time, stoppingToken);
                 await DetectLostAsync();
+                if (NowMs >= _nextAuctionMs && HasSpotMarket())
+                {
+                    await ClearSpotMarketAsync();
+                }
+
                 await CycleAsync();
             }
             catch (OperationCanceledException)
@@ -673,8 +730,41 @@ public sealed partial class ControlPlane : BackgroundService
     {
         var ready = _providers.Values.Where(p => p.Record.State == ProviderStates.Ready && p.Record.Groups.Count > 0).OrderBy(p => p.Record.Id).ToList();
         var providers = ready.Select(p => new Provider(p.Record.Name, p.Record.Region, p.Record.Name)).ToList();
-        var groups = ready.SelectMany(p => p.Record.Groups.Select(g => new NodeGroup($"{p.Record.Name}/{g.Id}", p.Record.Name,
-            new NodeShape(g.MilliCpu, g.MemoryMiB, g.Accelerator, g.Accelerators, g.GpuSharing), g.Nodes, g.PricePerNodeHour))).ToList();
+
+        // A node group with live offers is sold in parts, one pool group per offer (its tier, its nodes, its price); one
+        // without offers is unpriced capacity open to every job.
+        var now = NowMs;
+        var groups = new List<NodeGroup>();
+        var poolGroups = new Dictionary<int, (string, OfferRecord?)>();
+        foreach (var p in ready)
+        {
+            foreach (var g in p.Record.Groups)
+            {
+                var shape = new NodeShape(g.MilliCpu, g.MemoryMiB, g.Accelerator, g.Accelerators, g.GpuSharing);
+                var live = _offers.Values.Where(o => o.ProviderId == p.Record.Id && o.GroupId == g.Id && o.LiveAt(now)).OrderBy(o => o.Id).ToList();
+                if (live.Count == 0)
+                {
+                    poolGroups[groups.Count] = (g.Id, null);
+                    groups.Add(new NodeGroup($"{p.Record.Name}/{g.Id}", p.Record.Name, shape, g.Nodes, g.PricePerNodeHour));
+                    continue;
+                }
+
+                foreach (var o in live)
+                {
+                    if (PriceUnits.PerNode(o.Unit, shape, Catalogue) is not { } perNode)
+                    {
+                        continue;
+                    }
+
+                    poolGroups[groups.Count] = (g.Id, o);
+                    groups.Add(new NodeGroup($"{p.Record.Name}/{g.Id}#offer{o.Id}", p.Record.Name, shape, Math.Min(o.Nodes, g.Nodes), SpotPrice(o) * perNode / 100m,
+                        new MarketTerms(o.Tier, o.TenantId?.ToString(System.Globalization.CultureInfo.InvariantCulture), o.Id)));
+                }
+            }
+        }
+
+        _poolGroups = poolGroups;
+        _offersChangeMs = _offers.Values.Where(o => o.WithdrawnMs is null).SelectMany(o => new[] { o.ValidFromMs, o.ValidToMs }).Where(t => t > now).DefaultIfEmpty(long.MaxValue).Min();
         _pool = new Pool(providers, groups, Options.Latency);
         _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill)) : null;
         _state = new ClusterState(_pool);
@@ -723,16 +813,19 @@ public sealed partial class ControlPlane : BackgroundService
     {
         var t0 = Stopwatch.GetTimestamp();
         var held = await HeldByDependenciesAsync();
-        List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch)> leases = [];
+        List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch, string LocalGroup, HoldPlan? Hold)> leases = [];
+        long generationAtCycle = 0;
         lock (_gate)
         {
             DrainInboxLocked();
-            if (_poolDirty)
+            if (_poolDirty || NowMs >= _offersChangeMs)
             {
                 RebuildPoolLocked();
             }
 
-            var queued = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null && !held.Contains(j.Record.Id)).ToList();
+            var generation = Interlocked.Read(ref _walletGeneration);
+            var queued = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null && !held.Contains(j.Record.Id)
+                && (j.Unfunded is not { } u || u.Generation != generation) && SpotAdmitted(j)).ToList();
             queued = ThrottleArraysLocked(queued);
             _metrics.QueueDepth(queued.Count);
             if (queued.Count == 0 || _scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
@@ -764,20 +857,24 @@ public sealed partial class ControlPlane : BackgroundService
                 var provider = _providers.Values.First(p => p.Record.Name == group.ProviderId);
                 live.Allocation = placed.Allocation;
                 live.PoolGroup = group.Id;
+                live.Unfunded = null;
                 _scheduler.Forget(placed.Job);
-                leases.Add((live, placed.Allocation, group, provider.Record.Id, provider.Record.Epoch));
+                var (localGroup, offer) = _poolGroups[placed.Allocation.Group];
+                leases.Add((live, placed.Allocation, group, provider.Record.Id, provider.Record.Epoch, localGroup, offer is null ? null : HoldFor(live, group, offer)));
             }
+
+            generationAtCycle = generation;
         }
 
         var now = NowMs;
         var writes = leases.Select(async l =>
         {
-            var localGroup = l.Group.Id[(l.Group.ProviderId.Length + 1)..];
             try
             {
-                var rec = await _store.ApplyAsync(new Transition(l.Job.Record.Id, [JobStates.Queued], JobStates.Leased, $"leased to {l.Group.Id} (epoch {l.Epoch})")
+                var priced = l.Hold is { } h ? $"; {h.Tier} at {Money.Yuan(h.PriceFen)}/{h.Unit}, {Money.Yuan(h.HoldFen)} held in escrow" : "";
+                var rec = await _store.ApplyAsync(new Transition(l.Job.Record.Id, [JobStates.Queued], JobStates.Leased, $"leased to {l.Group.Id} (epoch {l.Epoch}){priced}")
                 {
-                    Lease = (l.ProviderId, localGroup, l.Epoch, EncodeAllocation(l.Group.Id, l.Alloc)), AtMs = now,
+                    Lease = (l.ProviderId, l.LocalGroup, l.Epoch, EncodeAllocation(l.Group.Id, l.Alloc)), AtMs = now, Hold = l.Hold,
                 });
                 lock (_gate)
                 {
@@ -789,6 +886,15 @@ public sealed partial class ControlPlane : BackgroundService
                 }
 
                 _metrics.Transition(JobStates.Queued, JobStates.Leased);
+            }
+            catch (StoreConflictException e) when (e.Code == "insufficient_funds")
+            {
+                // The wallet cannot cover the hold: the job stays queued and is tried again once money moves.
+                lock (_gate)
+                {
+                    ReleaseLocked(l.Job);
+                    l.Job.Unfunded = (generationAtCycle, $"waiting for funds: {e.Message}");
+                }
             }
             catch (StoreConflictException)
             {
@@ -956,9 +1062,41 @@ public sealed partial class ControlPlane : BackgroundService
                 return [$"waiting for dependencies: {deps}"];
             }
 
+            if (live.Unfunded is { } funds)
+            {
+                return [funds.Why];
+            }
+
+            if (!SpotAdmitted(live))
+            {
+                return [SpotWhy(live)];
+            }
+
             WaitReason? reason = _waits.TryGetValue(job.Id, out var w) ? w : null;
             return _scheduler.Explain(live.Spec, _state, reason);
         }
+    }
+
+    /// <summary>The escrow a lease on an offer's capacity holds: the job's units on that node shape × price × its time limit.</summary>
+    private HoldPlan HoldFor(LiveJob job, NodeGroup group, OfferRecord offer)
+    {
+        var perNode = PriceUnits.PerNode(offer.Unit, group.Shape, Catalogue) ?? 0;
+        var units = Charging.UnitsMilli(job.Spec.Task, job.Spec.Tasks, group.Shape, perNode);
+        var (buyer, seller) = offer.Tier == Tiers.Interruptible ? SpotPrices(offer) : (offer.PriceFen, offer.PriceFen);
+        var domestic = group.Shape.AcceleratorModel is { } m && Catalogue.Find(m)?.Domestic == true;
+        return new HoldPlan(offer.Id, offer.Tier, offer.Unit, buyer, seller, units, Charging.Cost(buyer, units, job.Doc.TimeLimitSeconds * 1000), domestic);
+    }
+
+    /// <summary>An offer was created or withdrawn: placement uses the live set from the next cycle.</summary>
+    public void OffersChanged(IEnumerable<OfferRecord> offers)
+    {
+        lock (_gate)
+        {
+            _offers = offers.ToDictionary(o => o.Id);
+            _poolDirty = true;
+        }
+
+        Wake();
     }
 
     /// <summary>Converts usage rows into standard units.</summary>

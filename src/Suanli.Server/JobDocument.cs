@@ -52,6 +52,12 @@ public sealed record JobDocument(
     /// </summary>
     public IReadOnlyList<string> Dependencies { get; init; } = [];
 
+    /// <summary>The sales tier the job buys on priced capacity: on-demand (default), reserved or interruptible (spot).</summary>
+    public string Tier { get; init; } = Suanli.Core.Market.Tiers.OnDemand;
+
+    /// <summary>A spot job's bid in the auction: the most it pays per lot (card-hour or core-hour), in fen.</summary>
+    public long? MaxPriceFen { get; init; }
+
     /// <summary>Array task indices (from #SBATCH --array): the submission becomes one job per index; empty otherwise.</summary>
     public IReadOnlyList<int> ArrayTasks { get; init; } = [];
 
@@ -131,7 +137,7 @@ public sealed record JobDocument(
         ["low"] = 0, ["normal"] = 1, ["high"] = 2, ["urgent"] = 3,
     };
 
-    private static readonly HashSet<string> TopFields = ["name", "command", "script", "env", "resources", "tasks", "timeLimitSeconds", "priority", "retry", "constraints", "budget", "tenant", "dependencies"];
+    private static readonly HashSet<string> TopFields = ["name", "command", "script", "env", "resources", "tasks", "timeLimitSeconds", "priority", "retry", "constraints", "budget", "tenant", "dependencies", "tier", "maxPrice"];
 
     /// <summary>Parses YAML or JSON (JSON is YAML; a body starting with '{' is read as JSON for exact error positions).</summary>
     public static JobDocument Parse(string text, AcceleratorCatalogue catalogue)
@@ -304,6 +310,34 @@ public sealed record JobDocument(
         }
 
         var tenant = Str(o, "tenant", errors, required: false, max: MaxNameLength);
+        var tier = Str(o, "tier", errors, required: false, max: 32) ?? Suanli.Core.Market.Tiers.OnDemand;
+        if (!Suanli.Core.Market.Tiers.IsKnown(tier))
+        {
+            errors.Add(new FieldError("tier", "enum", $"must be one of {string.Join(", ", Suanli.Core.Market.Tiers.All)}, not '{tier}'"));
+        }
+
+        long? maxPrice = null;
+        if (o["maxPrice"] is { } mpNode)
+        {
+            if (mpNode is JsonValue mv && mv.TryGetValue<decimal>(out var mp) && mp > 0 && mp <= 1_000_000m && mp * 100 == decimal.Truncate(mp * 100))
+            {
+                maxPrice = (long)(mp * 100);
+            }
+            else
+            {
+                errors.Add(new FieldError("maxPrice", "range", "must be a positive amount of CNY per lot (card-hour or core-hour) with at most two decimals, up to 1000000"));
+            }
+
+            if (tier != Suanli.Core.Market.Tiers.Interruptible)
+            {
+                errors.Add(new FieldError("maxPrice", "tier", "is the bid of an interruptible (spot) job; set tier: interruptible"));
+            }
+        }
+        else if (tier == Suanli.Core.Market.Tiers.Interruptible)
+        {
+            errors.Add(new FieldError("maxPrice", "required", "an interruptible (spot) job bids in the auction: give the most it pays per lot in CNY"));
+        }
+
         List<string> dependencies = [];
         if (o["dependencies"] is { } depNode)
         {
@@ -322,7 +356,7 @@ public sealed record JobDocument(
             throw new ValidationException(errors);
         }
 
-        return new JobDocument(name!, command, script, env, resources!, tasks, limit, priority, retry, constraints, budget, tenant) { Dependencies = dependencies };
+        return new JobDocument(name!, command, script, env, resources!, tasks, limit, priority, retry, constraints, budget, tenant) { Dependencies = dependencies, Tier = tier, MaxPriceFen = maxPrice };
     }
 
     private static JobResources? ParseResources(JsonNode? node, AcceleratorCatalogue catalogue, List<FieldError> errors)

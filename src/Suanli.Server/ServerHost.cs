@@ -43,6 +43,7 @@ public static class ServerHost
         builder.Logging.SetMinimumLevel(options.LogLevel);
         var metrics = new ServerMetrics();
         builder.Services.AddSingleton<IControlStore>(store);
+        builder.Services.AddSingleton<ILedgerStore>(store);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton(metrics);
         builder.Services.AddSingleton(options.ControlPlane);

@@ -41,7 +41,7 @@ public sealed record AgentRegistered(long ProviderId, string Name, long Epoch, d
 
 public sealed record AgentHeartbeat(long Epoch, IReadOnlyList<long>? Running);
 
-public sealed record AgentHeartbeatReply(IReadOnlyList<long> Stop);
+public sealed record AgentHeartbeatReply(IReadOnlyList<long> Stop, IReadOnlyList<PreemptNotice> Notices);
 
 public sealed record AgentLease(long Epoch, double? WaitSeconds);
 
@@ -56,7 +56,7 @@ public sealed record Reconciliation(IReadOnlyList<ReconciliationRow> Items, int 
 public sealed record UsageRow(string Key, DateTimeOffset? Bucket, int Jobs, decimal CoreHours, decimal CardHours, decimal Fp16TflopsHours, decimal Fp32TflopsHours, decimal Fp64TflopsHours);
 
 /// <summary>The REST API under /api/v1.</summary>
-public static class Endpoints
+public static partial class Endpoints
 {
     private static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web);
 
@@ -87,6 +87,7 @@ public static class Endpoints
         var opOrTenant = new RequireRole(Roles.Operator, Roles.Tenant);
         var opOrProvider = new RequireRole(Roles.Operator, Roles.Provider);
         var provider = new RequireRole(Roles.Provider);
+        MapMarket(api, op, opOrTenant, opOrProvider, new RequireRole(Roles.Operator, Roles.Tenant, Roles.Provider));
 
         // ---------------------------------------------------------------- tenants
         api.MapPost("/tenants", CreateTenant).AddEndpointFilter(op).Accepts<TenantCreate>("application/json")
@@ -208,7 +209,11 @@ public static class Endpoints
             }
 
             var hb = body.Deserialize<AgentHeartbeat>(Web);
-            return await Fenced(async () => Results.Ok(new AgentHeartbeatReply(await cp.HeartbeatAsync(Who(h).ProviderId!.Value, hb!.Epoch, hb.Running ?? []))));
+            return await Fenced(async () =>
+            {
+                var (stop, notices) = await cp.HeartbeatAsync(Who(h).ProviderId!.Value, hb!.Epoch, hb.Running ?? []);
+                return Results.Ok(new AgentHeartbeatReply(stop, notices));
+            });
         }).AddEndpointFilter(provider).Accepts<AgentHeartbeat>("application/json").Produces<AgentHeartbeatReply>();
         agent.MapPost("/lease", async (HttpContext h, ControlPlane cp) =>
         {

@@ -20,6 +20,9 @@ public sealed record Transition(long JobId, IReadOnlyList<string> From, string T
     /// <summary>Clears the placement and increments the attempt (a retry goes back to the queue).</summary>
     public bool Requeue { get; init; }
 
+    /// <summary>With <see cref="Requeue"/>: the attempt does not count against the retry limit (a preemption).</summary>
+    public bool GrantAttempt { get; init; }
+
     public long? StartedMs { get; init; }
 
     public long? EndedMs { get; init; }

@@ -77,6 +77,15 @@ public sealed partial class SqliteStore
         return cmd.ExecuteNonQuery();
     }
 
+    private static TransferOutcome UnknownAccount(TransferRequest t, string side, string id) =>
+        Fail(t, "unknown_account", $"{side}: '{id}' is not an account name (tenant:N, provider:N, programme:N, voucher:N, funder:NAME, platform:cash|escrow|fee)");
+
+    private static (long Posted, long Held, long? Floor)? Balances(SqliteConnection c, string id)
+    {
+        var rows = Query(c, "SELECT posted, pending_debits, floor FROM ledger_accounts WHERE id = $id", r => (r.GetInt64(0), r.GetInt64(1), NLong(r, 2)), ("$id", id));
+        return rows.Count == 0 ? null : rows[0];
+    }
+
     private static TransferOutcome Move(SqliteConnection c, TransferRequest t, long now)
     {
         if (t.Debit == t.Credit)
@@ -88,20 +97,17 @@ public sealed partial class SqliteStore
         var creditSql = pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits + $a WHERE id = $id"
             : "UPDATE ledger_accounts SET posted = posted + $a WHERE id = $id";
         var amount = t.Amount;
-        if (t.Balancing || Update(c, "UPDATE ledger_accounts SET posted = posted WHERE id = $id", ("$id", t.Debit)) == 0)
+        if (t.Balancing)
         {
             if (!EnsureAccount(c, t.Debit, now))
             {
-                return Fail(t, "unknown_account", $"debit: '{t.Debit}' is not an account name (tenant:N, provider:N, programme:N, voucher:N, funder:NAME, platform:cash|escrow|fee)");
+                return UnknownAccount(t, "debit", t.Debit);
             }
 
-            if (t.Balancing)
+            var (posted, held, floor) = Balances(c, t.Debit)!.Value;
+            if (floor is { } f)
             {
-                var (posted, held, floor) = Query(c, "SELECT posted, pending_debits, floor FROM ledger_accounts WHERE id = $id", r => (r.GetInt64(0), r.GetInt64(1), NLong(r, 2)), ("$id", t.Debit))[0];
-                if (floor is { } f)
-                {
-                    amount = Math.Max(0, Math.Min(amount, posted - held - f));
-                }
+                amount = Math.Max(0, Math.Min(amount, posted - held - f));
             }
         }
 
@@ -109,7 +115,7 @@ public sealed partial class SqliteStore
         {
             if (!EnsureAccount(c, t.Credit, now))
             {
-                return Fail(t, "unknown_account", $"credit: '{t.Credit}' is not an account name (tenant:N, provider:N, programme:N, voucher:N, funder:NAME, platform:cash|escrow|fee)");
+                return UnknownAccount(t, "credit", t.Credit);
             }
 
             Update(c, creditSql, ("$a", amount), ("$id", t.Credit));
@@ -118,14 +124,25 @@ public sealed partial class SqliteStore
         var debitSql = pending
             ? "UPDATE ledger_accounts SET pending_debits = pending_debits + $a WHERE id = $id AND (floor IS NULL OR posted - pending_debits - $a >= floor)"
             : "UPDATE ledger_accounts SET posted = posted - $a WHERE id = $id AND (floor IS NULL OR posted - pending_debits - $a >= floor)";
-        if (Update(c, debitSql, ("$a", amount), ("$id", t.Debit)) == 0)
+        var debited = Update(c, debitSql, ("$a", amount), ("$id", t.Debit)) == 1;
+        if (!debited && Balances(c, t.Debit) is null)
+        {
+            // First use of the debit account: open it (by its name's rule) and try once more.
+            debited = EnsureAccount(c, t.Debit, now) && Update(c, debitSql, ("$a", amount), ("$id", t.Debit)) == 1;
+        }
+
+        if (!debited)
         {
             // Undo the credit: nothing of this transfer stays.
             Update(c, pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits - $a WHERE id = $id"
                 : "UPDATE ledger_accounts SET posted = posted - $a WHERE id = $id", ("$a", amount), ("$id", t.Credit));
-            var (posted, held, floor) = Query(c, "SELECT posted, pending_debits, floor FROM ledger_accounts WHERE id = $id", r => (r.GetInt64(0), r.GetInt64(1), NLong(r, 2)), ("$id", t.Debit))[0];
+            if (Balances(c, t.Debit) is not { } d)
+            {
+                return UnknownAccount(t, "debit", t.Debit);
+            }
+
             return Fail(t, "insufficient_funds",
-                $"amount: account {t.Debit} has {Money.Yuan(posted - held)} available (balance {Money.Yuan(posted)}, held {Money.Yuan(held)}, floor {Money.Yuan(floor ?? 0)}); the transfer needs {Money.Yuan(amount)}");
+                $"amount: account {t.Debit} has {Money.Yuan(d.Posted - d.Held)} available (balance {Money.Yuan(d.Posted)}, held {Money.Yuan(d.Held)}, floor {Money.Yuan(d.Floor ?? 0)}); the transfer needs {Money.Yuan(amount)}");
         }
 
         Insert(c, t, t.Debit, t.Credit, amount, now);

@@ -26,7 +26,7 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         _connectionString = new SqliteConnectionStringBuilder { DataSource = path, Pooling = true, DefaultTimeout = 30 }.ToString();
         _writer = new SqliteConnection(_connectionString);
         _writer.Open();
-        Exec(_writer, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;");
+        Exec(_writer, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=16384;");
         Migrations.Apply(_writer);
         Prepared.Add(_writer, new Dictionary<string, SqliteCommand>(StringComparer.Ordinal));
         _writerTask = Task.Factory.StartNew(WriterLoop, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
@@ -163,6 +163,26 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         if (cached && cache!.TryGetValue(sql, out var hit))
         {
             cmd = hit;
+            if (cmd.Parameters.Count == args.Length)
+            {
+                // Same statement, same parameters (by position): rebind the values without new parameter objects.
+                var same = true;
+                for (var i = 0; i < args.Length && same; i++)
+                {
+                    same = string.Equals(cmd.Parameters[i].ParameterName, args[i].Name, StringComparison.Ordinal);
+                }
+
+                if (same)
+                {
+                    for (var i = 0; i < args.Length; i++)
+                    {
+                        cmd.Parameters[i].Value = args[i].Value ?? DBNull.Value;
+                    }
+
+                    return new Stmt(cmd, cached);
+                }
+            }
+
             cmd.Parameters.Clear();
         }
         else
@@ -367,6 +387,10 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         if (t.Requeue)
         {
             sets.Add("provider_id = NULL, group_id = NULL, epoch = NULL, allocation = NULL, started = NULL, ended = NULL, exit_code = NULL, attempt = attempt + 1");
+            if (t.GrantAttempt)
+            {
+                sets.Add("max_attempts = max_attempts + 1");
+            }
         }
 
         void Set(string col, object? value)
