@@ -1,0 +1,320 @@
+using System.Net;
+using System.Text.Json.Nodes;
+using Suanli.Core.Market;
+
+namespace Suanli.Server.Tests;
+
+/// <summary>The trading centre end to end on a real server and its local provider: offers, escrow, settlement, vouchers, spot.</summary>
+public class MarketTests
+{
+    private static async Task<long> LocalProvider(HttpClient admin) =>
+        (await admin.Get("/api/v1/providers"))["items"]!.AsArray().Single(p => p!["name"]!.GetValue<string>() == "local")!["id"]!.GetValue<long>();
+
+    private static async Task<int> LocalCores(HttpClient admin)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            var p = (await admin.Get("/api/v1/providers"))["items"]!.AsArray().Single(p => p!["name"]!.GetValue<string>() == "local")!;
+            if (p["groups"]!.AsArray().Count > 0 || sw.Elapsed > TimeSpan.FromSeconds(30))
+            {
+                return (int)(p["groups"]![0]!["milliCpu"]!.GetValue<long>() / 1000);
+            }
+
+            await Task.Delay(100);
+        }
+    }
+
+    private static async Task<JsonNode> Settlement(HttpClient admin, long job, int attempt = 1)
+    {
+        var rows = (await admin.Get($"/api/v1/settlements?job={job}")).AsArray();
+        return rows.Single(r => r!["attempt"]!.GetValue<int>() == attempt)!;
+    }
+
+    private static long L(JsonNode? n) => n!.GetValue<long>();
+
+    [Fact]
+    public async Task PricedJobs_HoldEscrow_SettleMeteredCost_AndApplyVouchersExceptBetweenRelatedParties()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var local = await LocalProvider(admin);
+        await LocalCores(admin);
+        var (aId, aKey) = await admin.Tenant("edu-a");
+        var (bId, bKey) = await admin.Tenant("edu-b");
+        var offer = await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "core-hour", price = 3600, nodes = 1 }, HttpStatusCode.Created);
+        Assert.Equal(360_000, L(offer["priceFen"]));
+        Assert.True(offer["live"]!.GetValue<bool>());
+
+        // Top-ups are idempotent by key.
+        using (var req = new HttpRequestMessage(HttpMethod.Post, $"/api/v1/wallets/{aId}/topups") { Content = JsonContent.Create(new { amount = 100, reference = "bank-1" }) })
+        {
+            req.Headers.Add("Idempotency-Key", "a-1");
+            Assert.Equal(10_000, L((await (await admin.SendAsync(req)).Json(HttpStatusCode.Created))["balanceFen"]));
+        }
+
+        using (var req = new HttpRequestMessage(HttpMethod.Post, $"/api/v1/wallets/{aId}/topups") { Content = JsonContent.Create(new { amount = 100, reference = "bank-1" }) })
+        {
+            req.Headers.Add("Idempotency-Key", "a-1");
+            var replay = await (await admin.SendAsync(req)).Json(HttpStatusCode.OK);
+            Assert.Equal("exists", replay["result"]!.GetValue<string>());
+            Assert.Equal(10_000, L(replay["balanceFen"]));
+        }
+
+        await admin.Post($"/api/v1/wallets/{bId}/topups", new { amount = 100 }, HttpStatusCode.Created);
+        var validTo = DateTimeOffset.UtcNow.AddDays(1).ToString("O");
+        var programme = await admin.Post("/api/v1/voucher-programmes",
+            new { name = "research-2026", funder = "city-bureau", budget = 50, share = 0.5, tenantCap = 20, sectors = new[] { "research" }, validTo }, HttpStatusCode.Created);
+        var pid = L(programme["id"]);
+        await admin.Post($"/api/v1/voucher-programmes/{pid}/vouchers", new { tenantId = aId, amount = 10 }, HttpStatusCode.Created);
+        await admin.Post($"/api/v1/voucher-programmes/{pid}/vouchers", new { tenantId = bId, amount = 10 }, HttpStatusCode.Created);
+        await admin.Post("/api/v1/relations", new { tenantId = bId, providerId = local, note = "same parent company" }, HttpStatusCode.Created);
+
+        using var a = s.Client(aKey);
+        using var b = s.Client(bKey);
+        var ja = L((await a.Post("/api/v1/jobs", Api.Job("priced-a", ["/bin/sh", "-c", "sleep 1.5"]), HttpStatusCode.Created))["id"]);
+        var jb = L((await b.Post("/api/v1/jobs", Api.Job("priced-b", ["/bin/sh", "-c", "sleep 1.5"]), HttpStatusCode.Created))["id"]);
+        await a.WaitJob(ja, j => j.State() == "running");
+        var during = await a.Get($"/api/v1/wallets/{aId}");
+        Assert.True(L(during["heldFen"]) > 0, during.ToJsonString());
+        Assert.Contains((await a.Get($"/api/v1/jobs/{ja}/events"))["items"]!.AsArray(), e => e!["message"]!.GetValue<string>().Contains("held in escrow", StringComparison.Ordinal));
+        await a.WaitJob(ja, j => j.State() == "succeeded");
+        await b.WaitJob(jb, j => j.State() == "succeeded");
+
+        var sa = await Settlement(admin, ja);
+        var sb = await Settlement(admin, jb);
+        foreach (var (st, job, tenant) in new[] { (sa, ja, a), (sb, jb, b) })
+        {
+            Assert.Equal("settled", st["state"]!.GetValue<string>());
+            var units = L(st["unitsMilli"]);
+            Assert.Equal(Charging.Cost(360_000, units, 60_000), L(st["holdFen"]));
+            var usage = (await tenant.Get($"/api/v1/jobs/{job}/usage"))["items"]!.AsArray().Single()!;
+            var metered = L(st["meteredMs"]);
+            Assert.Equal(Charging.Cost(360_000, units, metered), L(st["costFen"]));
+            Assert.True(metered >= 1000, $"metered {metered} ms");
+            Assert.Equal(Money.Share(L(st["costFen"]), 500), L(st["feeFen"]));
+            Assert.Equal(L(st["costFen"]), L(st["tenantFen"]) + L(st["voucherFen"]));
+            Assert.Equal(L(st["costFen"]), L(st["providerFen"]) + L(st["feeFen"]));
+            Assert.NotNull(usage);
+        }
+
+        Assert.Equal(L(sa["costFen"]) / 2, L(sa["voucherFen"]));
+        Assert.True(L(sa["voucherFen"]) > 0);
+        Assert.Equal(0, L(sb["voucherFen"])); // related parties: no voucher
+        Assert.Null(sb["voucherId"]);
+
+        var wa = await a.Get($"/api/v1/wallets/{aId}");
+        Assert.Equal(10_000 - L(sa["tenantFen"]), L(wa["balanceFen"]));
+        Assert.Equal(0, L(wa["heldFen"]));
+        Assert.Equal(1_000 - L(sa["voucherFen"]), L(wa["vouchers"]![0]!["availableFen"]));
+        var accounts = (await admin.Get("/api/v1/ledger/accounts")).AsArray().ToDictionary(x => x!["id"]!.GetValue<string>(), x => x!);
+        Assert.Equal(L(sa["providerFen"]) + L(sb["providerFen"]), L(accounts[$"provider:{local}"]["posted"]));
+        Assert.Equal(L(sa["feeFen"]) + L(sb["feeFen"]), L(accounts["platform:fee"]["posted"]));
+        Assert.Equal(0, L(accounts["platform:escrow"]["posted"]));
+
+        var verify = await admin.Get("/api/v1/ledger/verify");
+        Assert.True(verify["ok"]!.GetValue<bool>(), verify.ToJsonString());
+        Assert.Equal(0, L(verify["sumPosted"]));
+        Assert.Equal(2, verify["settlementsChecked"]!.GetValue<int>());
+
+        // Write-off report: the subsidised attempt with its metered evidence.
+        var writeoff = (await admin.Get($"/api/v1/voucher-programmes/{pid}/writeoff")).AsArray();
+        var row = Assert.Single(writeoff)!;
+        Assert.Equal(ja, L(row["jobId"]));
+        Assert.Equal(L(sa["voucherFen"]), L(row["subsidyFen"]));
+        Assert.True(row["coreHours"]!.GetValue<decimal>() > 0);
+        var csv = await admin.GetStringAsync($"/api/v1/voucher-programmes/{pid}/writeoff?format=csv");
+        Assert.Equal(2, csv.Trim().Split('\n').Length);
+        Assert.StartsWith("JobId,Attempt,TenantId", csv, StringComparison.Ordinal);
+
+        // Statements.
+        var month = DateTimeOffset.UtcNow.ToString("yyyy-MM", System.Globalization.CultureInfo.InvariantCulture);
+        var invoice = await a.Get($"/api/v1/statements/tenants/{aId}?month={month}");
+        Assert.Equal(10_000, L(invoice["topUpsFen"]));
+        Assert.Equal(0, L(invoice["openingFen"]));
+        Assert.Equal(L(sa["costFen"]), L(invoice["chargedFen"]));
+        Assert.Equal(L(sa["voucherFen"]), L(invoice["voucherFen"]));
+        Assert.Equal(10_000 - L(sa["tenantFen"]), L(invoice["closingFen"]));
+        Assert.Single(invoice["lines"]!.AsArray());
+        var invoiceCsv = await a.GetStringAsync($"/api/v1/statements/tenants/{aId}?month={month}&format=csv");
+        Assert.Contains($",{ja},1,local,on-demand,core-hour,", invoiceCsv, StringComparison.Ordinal);
+        var payout = await admin.Get($"/api/v1/statements/providers/{local}?month={month}");
+        Assert.Equal(2, payout["lines"]!.AsArray().Count);
+        Assert.Equal(L(sa["providerFen"]) + L(sb["providerFen"]), L(payout["earnedFen"]));
+        await admin.Post($"/api/v1/providers/{local}/payouts", new { amount = Money.Yuan(L(payout["earnedFen"])) }, HttpStatusCode.Created);
+        Assert.Equal(0, L((await admin.Get("/api/v1/ledger/accounts?prefix=provider:")).AsArray().Single()!["posted"]));
+        var summary = await admin.Get("/api/v1/market/summary");
+        Assert.Equal(2, summary["volume"]![0]!["settlements"]!.GetValue<int>());
+        Assert.Equal(L(sa["voucherFen"]), L(summary["subsidyFen"]));
+        Assert.Equal(L(sa["voucherFen"]), L(summary["subsidyByProgramme"]!["research-2026"]));
+
+        // Other tenants' money is not visible.
+        Assert.Equal(HttpStatusCode.NotFound, (await a.GetAsync($"/api/v1/wallets/{bId}")).StatusCode);
+        Assert.Equal(HttpStatusCode.BadRequest, (await a.GetAsync($"/api/v1/ledger/transfers?account=tenant:{bId}")).StatusCode);
+        Assert.All((await a.Get("/api/v1/settlements")).AsArray(), x => Assert.Equal(aId, L(x!["tenantId"])));
+        Assert.True((await admin.Get("/api/v1/ledger/verify"))["ok"]!.GetValue<bool>());
+    }
+
+    [Fact]
+    public async Task UnfundedJob_WaitsWithTheReason_AndRunsOnceTheWalletIsToppedUp_WithinItsBudget()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var local = await LocalProvider(admin);
+        await LocalCores(admin);
+        var (cId, cKey) = await admin.Tenant("broke");
+        await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "core-hour", price = 36, nodes = 1 }, HttpStatusCode.Created);
+        using var c = s.Client(cKey);
+        var job = L((await c.Post("/api/v1/jobs", Api.Job("needs-money", ["true"]), HttpStatusCode.Created))["id"]);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        string why;
+        do
+        {
+            await Task.Delay(200);
+            why = string.Join(" ", (await c.Get($"/api/v1/jobs/{job}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+        }
+        while (!why.Contains("waiting for funds", StringComparison.Ordinal) && sw.Elapsed < TimeSpan.FromSeconds(20));
+        Assert.Contains("waiting for funds", why, StringComparison.Ordinal);
+        Assert.Contains($"tenant:{cId}", why, StringComparison.Ordinal);
+        Assert.Equal("queued", (await c.Get($"/api/v1/jobs/{job}")).State());
+
+        // A budget below the estimate keeps a job off the priced capacity, and explain names the filter.
+        var capped = L((await c.Post("/api/v1/jobs", new { name = "cheap", command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, budget = 0.01 }, HttpStatusCode.Created))["id"]);
+        await admin.Post($"/api/v1/wallets/{cId}/topups", new { amount = "1.00" }, HttpStatusCode.Created);
+        await c.WaitJob(job, j => j.State() == "succeeded");
+        await Task.Delay(500);
+        var explain = string.Join(" ", (await c.Get($"/api/v1/jobs/{capped}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+        Assert.Contains("budget", explain, StringComparison.Ordinal);
+        Assert.Equal("queued", (await c.Get($"/api/v1/jobs/{capped}")).State());
+        Assert.True((await admin.Get("/api/v1/ledger/verify"))["ok"]!.GetValue<bool>());
+    }
+
+    [Fact]
+    public async Task OutbidSpotJob_GetsSignalAndNoticeFile_ThenIsPreemptedAndRequeued_WhileTheWinnerRuns()
+    {
+        using var s = new ServerProcess(lostAfterSeconds: 6, extraArgs: ["--spot-notice", "3", "--auction-interval", "3600"]);
+        using var admin = s.Admin();
+        var local = await LocalProvider(admin);
+        var cores = await LocalCores(admin);
+        var (xId, xKey) = await admin.Tenant("spot-x");
+        var (yId, yKey) = await admin.Tenant("spot-y");
+        await admin.Post($"/api/v1/wallets/{xId}/topups", new { amount = 100 }, HttpStatusCode.Created);
+        await admin.Post($"/api/v1/wallets/{yId}/topups", new { amount = 100 }, HttpStatusCode.Created);
+        await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "interruptible", unit = "core-hour", price = 0.01, nodes = 1 }, HttpStatusCode.Created);
+
+        using var x = s.Client(xKey);
+        using var y = s.Client(yKey);
+        var script = "trap 'echo notice $SUANLI_TIER $SUANLI_PREEMPT_NOTICE_SECONDS $(head -n 1 \"$SUANLI_PREEMPT_FILE\")' USR1; echo started; while :; do sleep 0.2; done";
+        var jx = L((await x.Post("/api/v1/jobs", new { name = "spot-x", command = new[] { "/bin/sh", "-c", script }, resources = new { cpu = 1, memoryMiB = 64 }, timeLimitSeconds = 300, tier = "interruptible", maxPrice = 0.05 }, HttpStatusCode.Created))["id"]);
+        await Task.Delay(300);
+        var explain = string.Join(" ", (await x.Get($"/api/v1/jobs/{jx}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+        Assert.Contains("spot auction", explain, StringComparison.Ordinal);
+
+        var round = (await admin.Post("/api/v1/market/clear", new { })).AsArray().Single()!;
+        Assert.Equal("core-hour:cpu", round["instrument"]!.GetValue<string>());
+        Assert.Equal(1, L(round["volume"]));
+        Assert.Equal(1, L(round["buyerPriceFen"])); // the first losing lot is the provider's next, at its 1 fen reserve
+        await x.WaitJob(jx, j => j.State() == "running");
+
+        // A richer bidder wants every core: x is outbid.
+        var jy = L((await y.Post("/api/v1/jobs", new { name = "spot-y", command = new[] { "sleep", "30" }, resources = new { cpu = cores, memoryMiB = 64 }, timeLimitSeconds = 300, tier = "interruptible", maxPrice = 1 }, HttpStatusCode.Created))["id"]);
+        var book = (await y.Get("/api/v1/market/book")).AsArray().Single()!;
+        Assert.Equal(2, book["bids"]!.AsArray().Count);
+        round = (await admin.Post("/api/v1/market/clear", new { })).AsArray().Single()!;
+        Assert.Equal(cores, L(round["volume"]));
+        Assert.Equal(5, L(round["buyerPriceFen"])); // set by the first losing bid (x at 5 fen): y pays 5, not its 100
+
+        // The notice reaches the job as SIGUSR1 with the notice file and the variables, then it is preempted and requeued.
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        string logs;
+        do
+        {
+            await Task.Delay(200);
+            logs = string.Concat((await x.Get($"/api/v1/jobs/{jx}/logs"))["items"]!.AsArray().Select(c => c!["data"]!.GetValue<string>()));
+        }
+        while (!logs.Contains("notice", StringComparison.Ordinal) && sw.Elapsed < TimeSpan.FromSeconds(20));
+        Assert.Matches(@"notice interruptible 3 [1-3]\n", logs);
+        var requeued = await x.WaitJob(jx, j => j.State() == "queued" && j["attempt"]!.GetValue<int>() == 2, 30);
+        Assert.Equal(2, requeued["maxAttempts"]!.GetValue<int>()); // a preemption does not use up a retry
+        Assert.Contains((await x.Get($"/api/v1/jobs/{jx}/events"))["items"]!.AsArray(), e => e!["message"]!.GetValue<string>().Contains("preempted after notice", StringComparison.Ordinal));
+        await y.WaitJob(jy, j => j.State() == "running", 30);
+
+        var first = await Settlement(admin, jx);
+        Assert.Equal("settled", first["state"]!.GetValue<string>()); // warned in time: the run is charged
+        Assert.Equal(1, L(first["priceFen"]));
+        var wy = await Settlement(admin, jy);
+        Assert.Equal(5, L(wy["priceFen"]));
+        Assert.Equal("held", wy["state"]!.GetValue<string>());
+        var why = string.Join(" ", (await x.Get($"/api/v1/jobs/{jx}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+        Assert.Contains("outbid", why, StringComparison.Ordinal);
+        var rounds = (await x.Get("/api/v1/market/rounds")).AsArray();
+        Assert.True(rounds.Count >= 2);
+
+        await y.PostAsync($"/api/v1/jobs/{jy}/cancel", null);
+        await x.PostAsync($"/api/v1/jobs/{jx}/cancel", null);
+        await y.WaitJob(jy, j => j.State() == "cancelled");
+        sw.Restart();
+        while ((await Settlement(admin, jy))["state"]!.GetValue<string>() == "held" && sw.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            await Task.Delay(200);
+        }
+
+        var verify = await admin.Get("/api/v1/ledger/verify");
+        Assert.True(verify["ok"]!.GetValue<bool>(), verify.ToJsonString());
+        Assert.Equal(0, verify["openHolds"]!.GetValue<int>());
+    }
+
+    [Fact]
+    public async Task BadMarketInput_IsRefusedNamingFieldAndRule_AndChangesNothing()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var local = await LocalProvider(admin);
+        await LocalCores(admin);
+        var (tId, tKey) = await admin.Tenant("careful");
+
+        async Task Refused(HttpResponseMessage r, HttpStatusCode status, string field, string? rule = null)
+        {
+            var body = await r.Json(status);
+            var text = body.ToJsonString();
+            Assert.Contains(field, text, StringComparison.Ordinal);
+            if (rule is not null)
+            {
+                Assert.Contains(rule, text, StringComparison.Ordinal);
+            }
+        }
+
+        await Refused(await admin.PostAsJsonAsync("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "core-hour", price = -1, nodes = 1 }), HttpStatusCode.BadRequest, "price", "range");
+        await Refused(await admin.PostAsJsonAsync("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "gpu-minute", price = 1, nodes = 1 }), HttpStatusCode.BadRequest, "unit", "enum");
+        await Refused(await admin.PostAsJsonAsync("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "card-hour", price = 1, nodes = 1 }), HttpStatusCode.BadRequest, "unit", "hardware");
+        await Refused(await admin.PostAsJsonAsync("/api/v1/offers", new { providerId = local, group = "local", tier = "spot", unit = "core-hour", price = 1, nodes = 1 }), HttpStatusCode.BadRequest, "tier", "enum");
+        await Refused(await admin.PostAsJsonAsync("/api/v1/offers", new { providerId = local, group = "local", tier = "reserved", unit = "core-hour", price = 1, nodes = 1 }), HttpStatusCode.BadRequest, "tenantId", "required");
+        await Refused(await admin.PostAsJsonAsync("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "core-hour", price = 1.001, nodes = 1 }), HttpStatusCode.BadRequest, "price", "precision");
+        await Refused(await admin.PostAsJsonAsync("/api/v1/offers", new { providerId = local, group = "nope", tier = "on-demand", unit = "core-hour", price = 1, nodes = 1 }), HttpStatusCode.Conflict, "group");
+        await Refused(await admin.PostAsJsonAsync("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "core-hour", price = 1, nodes = 2 }), HttpStatusCode.Conflict, "nodes");
+        Assert.Empty((await admin.Get("/api/v1/offers"))["items"]!.AsArray());
+
+        await Refused(await admin.PostAsJsonAsync($"/api/v1/wallets/{tId}/topups", new { amount = -5 }), HttpStatusCode.BadRequest, "amount", "range");
+        await Refused(await admin.PostAsJsonAsync($"/api/v1/wallets/{tId}/topups", new { amount = 5, bank = "x" }), HttpStatusCode.BadRequest, "bank", "unknown");
+        await Refused(await admin.PostAsJsonAsync($"/api/v1/providers/{local}/payouts", new { amount = 5 }), HttpStatusCode.Conflict, "amount", "insufficient_funds");
+
+        var past = DateTimeOffset.UtcNow.AddDays(-1).ToString("O");
+        var future = DateTimeOffset.UtcNow.AddDays(1).ToString("O");
+        await Refused(await admin.PostAsJsonAsync("/api/v1/voucher-programmes", new { name = "p", funder = "city", budget = 10, share = 1.5, tenantCap = 5, validTo = future }), HttpStatusCode.BadRequest, "share", "range");
+        await Refused(await admin.PostAsJsonAsync("/api/v1/voucher-programmes", new { name = "p", funder = "city", budget = 10, share = 0.5, tenantCap = 50, validTo = future }), HttpStatusCode.BadRequest, "tenantCap", "range");
+        var p = await admin.Post("/api/v1/voucher-programmes", new { name = "p", funder = "city", budget = 10, share = 0.5, tenantCap = 5, validTo = future }, HttpStatusCode.Created);
+        await Refused(await admin.PostAsJsonAsync($"/api/v1/voucher-programmes/{L(p["id"])}/vouchers", new { tenantId = tId, amount = 1, validTo = past }), HttpStatusCode.Conflict, "validTo");
+        await Refused(await admin.PostAsJsonAsync($"/api/v1/voucher-programmes/{L(p["id"])}/vouchers", new { tenantId = tId, amount = 6 }), HttpStatusCode.Conflict, "cap");
+        Assert.Empty(await admin.Get($"/api/v1/vouchers?tenant={tId}") is JsonArray v ? v : []);
+
+        using var t = s.Client(tKey);
+        await Refused(await t.PostAsJsonAsync("/api/v1/jobs", new { name = "x", command = new[] { "true" }, resources = new { cpu = 1, memoryMiB = 64 }, timeLimitSeconds = 60, tier = "interruptible" }), HttpStatusCode.BadRequest, "maxPrice", "required");
+        await Refused(await t.PostAsJsonAsync("/api/v1/jobs", new { name = "x", command = new[] { "true" }, resources = new { cpu = 1, memoryMiB = 64 }, timeLimitSeconds = 60, tier = "gold" }), HttpStatusCode.BadRequest, "tier", "enum");
+        await Refused(await t.PostAsJsonAsync("/api/v1/jobs", new { name = "x", command = new[] { "true" }, resources = new { cpu = 1, memoryMiB = 64 }, timeLimitSeconds = 60, maxPrice = 1 }), HttpStatusCode.BadRequest, "maxPrice", "tier");
+        Assert.Empty((await t.Get("/api/v1/jobs"))["items"]!.AsArray());
+
+        var verify = await admin.Get("/api/v1/ledger/verify");
+        Assert.True(verify["ok"]!.GetValue<bool>(), verify.ToJsonString());
+        Assert.Equal(0, (await admin.Get($"/api/v1/wallets/{tId}"))["balanceFen"]!.GetValue<long>());
+    }
+}
