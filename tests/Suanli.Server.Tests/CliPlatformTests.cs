@@ -79,4 +79,71 @@ public class CliPlatformTests
         (code, _, err) = Suanli(new Dictionary<string, string> { ["SUANLI_SERVER"] = "http://127.0.0.1:1", ["SUANLI_KEY"] = "sk-x" }, "jobs");
         Assert.Equal(5, code);
     }
+
+    [Fact]
+    public async Task Market_Wallet_Vouchers_Ledger_Statements_FromTheCli()
+    {
+        using var s = new ServerProcess();
+        var env = new Dictionary<string, string> { ["SUANLI_SERVER"] = s.Url, ["SUANLI_KEY"] = s.AdminKey };
+        Assert.Equal(0, Suanli(env, "tenants", "create", "lab", "--sector", "education").Code);
+        var providers = JsonNode.Parse(Suanli(env, "providers", "--json").Out)!["items"]!.AsArray();
+        var local = providers.Single(p => p!["name"]!.GetValue<string>() == "local")!["id"]!.ToString();
+        var sw = Stopwatch.StartNew();
+        while (JsonNode.Parse(Suanli(env, "providers", "--json").Out)!["items"]![0]!["groups"]!.AsArray().Count == 0 && sw.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(200);
+        }
+
+        var (code, stdout, err) = Suanli(env, "market", "offers", "create", "--provider", local, "--group", "local", "--unit", "core-hour", "--price", "3600", "--nodes", "1");
+        Assert.True(code == 0, err);
+        Assert.Contains("offer 1 published", stdout, StringComparison.Ordinal);
+        (code, _, err) = Suanli(env, "market", "offers", "create", "--provider", local, "--group", "local", "--unit", "furlong", "--price", "1", "--nodes", "1");
+        Assert.Equal(2, code);
+        Assert.Contains("unit", err, StringComparison.Ordinal);
+        (code, stdout, err) = Suanli(env, "wallet", "topup", "1", "100", "--reference", "receipt-7", "--idempotency-key", "r7");
+        Assert.True(code == 0, err);
+        Assert.Contains("balance 100.00", stdout, StringComparison.Ordinal);
+        var until = DateTimeOffset.UtcNow.AddDays(10).ToString("O");
+        (code, _, err) = Suanli(env, "vouchers", "programmes", "create", "edu-2026", "--funder", "city", "--budget", "50", "--share", "0.5", "--tenant-cap", "20", "--sectors", "education", "--to", until);
+        Assert.True(code == 0, err);
+        (code, stdout, err) = Suanli(env, "vouchers", "issue", "1", "1", "10");
+        Assert.True(code == 0, err);
+        Assert.Contains("voucher 1 issued", stdout, StringComparison.Ordinal);
+
+        var file = Path.Combine(s.DataDir, "paid.yaml");
+        await File.WriteAllTextAsync(file, "name: paid\ntenant: lab\ncommand: [\"sleep\", \"1\"]\nresources: {cpu: 0.5, memoryMiB: 64}\ntimeLimitSeconds: 60\n");
+        (code, _, err) = Suanli(env, "submit", file, "--wait");
+        Assert.True(code == 0, err);
+
+        (code, stdout, _) = Suanli(env, "ledger", "verify");
+        Assert.Equal(0, code);
+        Assert.Contains("ledger OK", stdout, StringComparison.Ordinal);
+        var zh = new Dictionary<string, string>(env) { ["SUANLI_LANG"] = "zh_CN.UTF-8" };
+        Assert.Contains("账本核验通过", Suanli(zh, "ledger", "verify").Out, StringComparison.Ordinal);
+        var wallet = JsonNode.Parse(Suanli(env, "wallet", "1", "--json").Out)!;
+        Assert.True(wallet["balanceFen"]!.GetValue<long>() < 10_000);
+        Assert.True(wallet["vouchers"]![0]!["availableFen"]!.GetValue<long>() < 1_000);
+        (code, stdout, _) = Suanli(env, "statements", "tenant", "1", "--csv");
+        Assert.Equal(0, code);
+        Assert.StartsWith("Settled,JobId,Attempt,Provider", stdout, StringComparison.Ordinal);
+        Assert.Equal(2, stdout.Trim().Split('\n').Length);
+        (code, stdout, _) = Suanli(env, "statements", "provider", local);
+        Assert.Equal(0, code);
+        Assert.Contains("1 lines", stdout, StringComparison.Ordinal);
+        (code, stdout, _) = Suanli(env, "vouchers", "writeoff", "1");
+        Assert.Equal(0, code);
+        Assert.Contains("vpay:", stdout, StringComparison.Ordinal);
+        (code, stdout, _) = Suanli(env, "market", "summary");
+        Assert.Equal(0, code);
+        Assert.Contains("on-demand", stdout, StringComparison.Ordinal);
+        (code, stdout, _) = Suanli(env, "ledger", "accounts");
+        Assert.Equal(0, code);
+        Assert.Contains("platform:escrow", stdout, StringComparison.Ordinal);
+        (code, stdout, _) = Suanli(env, "wallet", "transfers", "1");
+        Assert.Equal(0, code);
+        Assert.Contains("topup:1:r7", stdout, StringComparison.Ordinal);
+        (code, _, _) = Suanli(env, "market", "offers", "withdraw", "1");
+        Assert.Equal(0, code);
+        Assert.Contains("no", Suanli(env, "market", "offers").Out, StringComparison.Ordinal);
+    }
 }

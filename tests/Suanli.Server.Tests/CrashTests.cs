@@ -123,6 +123,91 @@ public class CrashTests
     }
 
     [Fact]
+    public async Task KillDashNine_MidSettlement_LosesNoMoney_AndSettlesEveryAttemptOnce()
+    {
+        using var s = new ServerProcess(localProvider: false, lostAfterSeconds: 30);
+        string key;
+        long tenantId, providerId;
+        var outA = new StringBuilder();
+        Process agent;
+        using (var admin = s.Admin())
+        {
+            (tenantId, key) = await admin.Tenant("payer");
+            (providerId, var pkey) = await admin.Provider("crash-site");
+            agent = ServerProcess.StartSuanli(outA, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "2", "--memory-mib", "1024", "--work-dir", Path.Combine(s.DataDir, "agent"));
+            var sw = Stopwatch.StartNew();
+            while ((await admin.Get("/api/v1/providers"))["items"]![0]!["groups"]!.AsArray().Count == 0 && sw.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(100);
+            }
+
+            await admin.Post("/api/v1/offers", new { providerId, group = "local", tier = "on-demand", unit = "core-hour", price = 3600, nodes = 1 }, HttpStatusCode.Created);
+            await admin.Post($"/api/v1/wallets/{tenantId}/topups", new { amount = 10_000 }, HttpStatusCode.Created);
+        }
+
+        try
+        {
+            var ids = new List<long>();
+            using (var t = s.Client(key))
+            {
+                for (var i = 0; i < 30; i++)
+                {
+                    ids.Add((await t.Post("/api/v1/jobs", Api.Job($"pay{i}", ["/bin/sh", "-c", "sleep 0.4"]), HttpStatusCode.Created))["id"]!.GetValue<long>());
+                }
+            }
+
+            // Kill the server while jobs are being leased (holds), finishing (settlements) and reported.
+            using (var admin = s.Admin())
+            {
+                var sw = Stopwatch.StartNew();
+                while ((await admin.Get("/api/v1/settlements")).AsArray().Count(x => x!["state"]!.GetValue<string>() == "settled") < 6 && sw.Elapsed < TimeSpan.FromSeconds(60))
+                {
+                    await Task.Delay(50);
+                }
+            }
+
+            s.Kill();
+            await Task.Delay(1000);
+            s.Start();
+            using var admin2 = s.Admin();
+            using var t2 = s.Client(key);
+            foreach (var id in ids)
+            {
+                await t2.WaitJob(id, j => j.State() is "succeeded" or "failed" or "lost" or "cancelled", 90);
+            }
+
+            var verify = await admin2.Get("/api/v1/ledger/verify");
+            Assert.True(verify["ok"]!.GetValue<bool>(), verify.ToJsonString());
+            Assert.Equal(0, verify["openHolds"]!.GetValue<int>());
+            var settlements = (await admin2.Get("/api/v1/settlements")).AsArray().Select(x => x!).ToList();
+            foreach (var id in ids)
+            {
+                var job = await t2.Get($"/api/v1/jobs/{id}");
+                var mine = settlements.Where(x => x["jobId"]!.GetValue<long>() == id).ToList();
+                Assert.Equal(mine.Count, mine.Select(x => x["attempt"]!.GetValue<int>()).Distinct().Count());
+                if (job.State() == "succeeded")
+                {
+                    var last = mine.Single(x => x["attempt"]!.GetValue<int>() == job["attempt"]!.GetValue<int>());
+                    Assert.Equal("settled", last["state"]!.GetValue<string>());
+                }
+            }
+
+            long Sum(string f) => settlements.Where(x => x["state"]!.GetValue<string>() == "settled").Sum(x => x[f]!.GetValue<long>());
+            var accounts = (await admin2.Get("/api/v1/ledger/accounts")).AsArray().ToDictionary(x => x!["id"]!.GetValue<string>(), x => x!["posted"]!.GetValue<long>());
+            Assert.Equal(1_000_000 - Sum("tenantFen"), accounts[$"tenant:{tenantId}"]);
+            Assert.Equal(Sum("providerFen"), accounts[$"provider:{providerId}"]);
+            Assert.Equal(Sum("feeFen"), accounts["platform:fee"]);
+            Assert.True(ids.Count(id => settlements.Any(x => x["jobId"]!.GetValue<long>() == id && x["state"]!.GetValue<string>() == "settled")) >= 25,
+                "most jobs should have run and been charged:\n" + Snapshot(outA));
+        }
+        finally
+        {
+            agent.Kill(true);
+            agent.Dispose();
+        }
+    }
+
+    [Fact]
     public async Task StaleEpoch_IsRefused_AfterReRegistration()
     {
         using var s = new ServerProcess(localProvider: false);
