@@ -57,3 +57,21 @@ public class ReplayBenchmarks
         return new Simulator(pool, PolicyRegistry.Build("fcfs", pool, backfill: BackfillMode.Easy)).Run(_trace.Jobs).Jobs.Count;
     }
 }
+
+/// <summary>One clearing of the spot call market (McAfee trade reduction) over 100,000 orders, half bids, half asks.</summary>
+public class CallMarketBenchmarks
+{
+    private List<Suanli.Core.Market.Order> _bids = null!;
+    private List<Suanli.Core.Market.Order> _asks = null!;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var rng = new Random(42);
+        _bids = [.. Enumerable.Range(0, 50_000).Select(i => new Suanli.Core.Market.Order(i, rng.Next(1000), rng.Next(1, 9), rng.Next(500, 1500), i))];
+        _asks = [.. Enumerable.Range(0, 50_000).Select(i => new Suanli.Core.Market.Order(100_000 + i, rng.Next(100), rng.Next(1, 9), rng.Next(400, 1400), i))];
+    }
+
+    [Benchmark]
+    public long Clear100kOrders() => Suanli.Core.Market.CallMarket.Clear(_bids, _asks).Volume;
+}
