@@ -44,19 +44,31 @@ public sealed partial class SqliteStore
             return Fail(t, "invalid", "amount: must not be negative (fen)");
         }
 
-        var existing = Query(c, "SELECT kind, debit, credit, amount, pending_id FROM ledger_transfers WHERE id = $id",
-            r => (Kind: r.GetString(0), Debit: r.GetString(1), Credit: r.GetString(2), Amount: r.GetInt64(3), Pending: NStr(r, 4)), ("$id", t.Id));
-        if (existing.Count > 0)
+        if (t.Kind is TransferKinds.Post or TransferKinds.Void)
         {
-            var e = existing[0];
-            var same = e.Kind == t.Kind && (t.Kind is TransferKinds.Post or TransferKinds.Void
-                ? e.Pending == t.PendingId && (t.Kind == TransferKinds.Void || e.Amount == t.Amount)
-                : e.Debit == t.Debit && e.Credit == t.Credit && (e.Amount == t.Amount || t.Balancing));
-            return same ? new TransferOutcome(t.Id, "exists", e.Amount)
-                : Fail(t, "id_reused", $"id: transfer '{t.Id}' exists with different fields");
+            return Replay(c, t) ?? Resolve(c, t, now);
         }
 
-        return t.Kind is TransferKinds.Post or TransferKinds.Void ? Resolve(c, t, now) : Move(c, t, now);
+        // Moves check their id at the insert (the hot path skips a lookup); a replay undoes its updates there.
+        return Move(c, t, now);
+    }
+
+    /// <summary>The answer to a transfer whose id exists already: "exists" when it is the same transfer, else refused; null when new.</summary>
+    private static TransferOutcome? Replay(SqliteConnection c, TransferRequest t)
+    {
+        var existing = Query(c, "SELECT kind, debit, credit, amount, pending_id FROM ledger_transfers WHERE id = $id",
+            r => (Kind: r.GetString(0), Debit: r.GetString(1), Credit: r.GetString(2), Amount: r.GetInt64(3), Pending: NStr(r, 4)), ("$id", t.Id));
+        if (existing.Count == 0)
+        {
+            return null;
+        }
+
+        var e = existing[0];
+        var same = e.Kind == t.Kind && (t.Kind is TransferKinds.Post or TransferKinds.Void
+            ? e.Pending == t.PendingId && (t.Kind == TransferKinds.Void || e.Amount == t.Amount)
+            : e.Debit == t.Debit && e.Credit == t.Credit && (e.Amount == t.Amount || t.Balancing));
+        return same ? new TransferOutcome(t.Id, "exists", e.Amount)
+            : Fail(t, "id_reused", $"id: transfer '{t.Id}' exists with different fields");
     }
 
     private static bool EnsureAccount(SqliteConnection c, string id, long now)
@@ -90,7 +102,7 @@ public sealed partial class SqliteStore
     {
         if (t.Debit == t.Credit)
         {
-            return Fail(t, "invalid", "credit: must differ from debit");
+            return Replay(c, t) ?? Fail(t, "invalid", "credit: must differ from debit");
         }
 
         var pending = t.Kind == TransferKinds.Pending;
@@ -101,7 +113,7 @@ public sealed partial class SqliteStore
         {
             if (!EnsureAccount(c, t.Debit, now))
             {
-                return UnknownAccount(t, "debit", t.Debit);
+                return Replay(c, t) ?? UnknownAccount(t, "debit", t.Debit);
             }
 
             var (posted, held, floor) = Balances(c, t.Debit)!.Value;
@@ -115,7 +127,7 @@ public sealed partial class SqliteStore
         {
             if (!EnsureAccount(c, t.Credit, now))
             {
-                return UnknownAccount(t, "credit", t.Credit);
+                return Replay(c, t) ?? UnknownAccount(t, "credit", t.Credit);
             }
 
             Update(c, creditSql, ("$a", amount), ("$id", t.Credit));
@@ -138,14 +150,23 @@ public sealed partial class SqliteStore
                 : "UPDATE ledger_accounts SET posted = posted - $a WHERE id = $id", ("$a", amount), ("$id", t.Credit));
             if (Balances(c, t.Debit) is not { } d)
             {
-                return UnknownAccount(t, "debit", t.Debit);
+                return Replay(c, t) ?? UnknownAccount(t, "debit", t.Debit);
             }
 
-            return Fail(t, "insufficient_funds",
+            return Replay(c, t) ?? Fail(t, "insufficient_funds",
                 $"amount: account {t.Debit} has {Money.Yuan(d.Posted - d.Held)} available (balance {Money.Yuan(d.Posted)}, held {Money.Yuan(d.Held)}, floor {Money.Yuan(d.Floor ?? 0)}); the transfer needs {Money.Yuan(amount)}");
         }
 
-        Insert(c, t, t.Debit, t.Credit, amount, now);
+        if (Insert(c, t, t.Debit, t.Credit, amount, now) == 0)
+        {
+            // The id exists: this is a replay (or a reuse). Take the updates back and answer as the first time.
+            Update(c, pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits - $a WHERE id = $id"
+                : "UPDATE ledger_accounts SET posted = posted - $a WHERE id = $id", ("$a", amount), ("$id", t.Credit));
+            Update(c, pending ? "UPDATE ledger_accounts SET pending_debits = pending_debits - $a WHERE id = $id"
+                : "UPDATE ledger_accounts SET posted = posted + $a WHERE id = $id", ("$a", amount), ("$id", t.Debit));
+            return Replay(c, t)!;
+        }
+
         return new TransferOutcome(t.Id, "created", amount);
     }
 
@@ -156,14 +177,16 @@ public sealed partial class SqliteStore
             return Fail(t, "invalid", "pendingId: required for post and void");
         }
 
-        var p = Query(c, "SELECT debit, credit, amount FROM ledger_transfers WHERE id = $id AND kind = 'pending'", r => (D: r.GetString(0), C: r.GetString(1), A: r.GetInt64(2)), ("$id", t.PendingId));
+        // The hold and whatever resolved it already, in one lookup.
+        var p = Query(c, "SELECT h.debit, h.credit, h.amount, r.id FROM ledger_transfers h LEFT JOIN ledger_transfers r ON r.pending_id = h.id WHERE h.id = $id AND h.kind = 'pending'",
+            r => (D: r.GetString(0), C: r.GetString(1), A: r.GetInt64(2), By: NStr(r, 3)), ("$id", t.PendingId));
         if (p.Count == 0)
         {
             return Fail(t, "pending_not_found", $"pendingId: no pending transfer '{t.PendingId}'");
         }
 
-        var (debit, credit, held) = p[0];
-        if (Query(c, "SELECT id FROM ledger_transfers WHERE pending_id = $p", r => r.GetString(0), ("$p", t.PendingId)).FirstOrDefault() is { } by)
+        var (debit, credit, held, resolvedBy) = p[0];
+        if (resolvedBy is { } by)
         {
             return Fail(t, "already_resolved", $"pendingId: hold '{t.PendingId}' was already resolved by '{by}'");
         }
@@ -180,8 +203,9 @@ public sealed partial class SqliteStore
         return new TransferOutcome(t.Id, "created", amount);
     }
 
-    private static void Insert(SqliteConnection c, TransferRequest t, string debit, string credit, long amount, long now) =>
-        Update(c, "INSERT INTO ledger_transfers(id, kind, debit, credit, amount, pending_id, code, job_id, attempt, memo, at) VALUES($id, $k, $d, $c, $a, $p, $code, $j, $at, $m, $t)",
+    /// <summary>Appends a transfer; 0 when its id exists already (nothing written).</summary>
+    private static int Insert(SqliteConnection c, TransferRequest t, string debit, string credit, long amount, long now) =>
+        Update(c, "INSERT INTO ledger_transfers(id, kind, debit, credit, amount, pending_id, code, job_id, attempt, memo, at) VALUES($id, $k, $d, $c, $a, $p, $code, $j, $at, $m, $t) ON CONFLICT(id) DO NOTHING",
             ("$id", t.Id), ("$k", t.Kind), ("$d", debit), ("$c", credit), ("$a", amount), ("$p", t.PendingId), ("$code", t.Code), ("$j", t.JobId), ("$at", t.Attempt),
             ("$m", t.Memo), ("$t", now));
 
