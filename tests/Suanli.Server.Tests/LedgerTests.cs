@@ -146,6 +146,26 @@ public sealed class LedgerTests : IDisposable
                 }
             }
 
+            // Each account's history (followed along its chain, newest first, in pages of 3) is exactly its transfers.
+            var journal = store.TransfersAsync(null, 0, 10_000).GetAwaiter().GetResult().Items;
+            foreach (var account in model.Keys)
+            {
+                var expected = journal.Where(t => t.Debit == account || t.Credit == account).Select(t => t.Seq).ToList();
+                var listed = new List<long>();
+                long before = 0;
+                do
+                {
+                    var page = store.TransfersAsync(account, before, 3).GetAwaiter().GetResult();
+                    listed.AddRange(page.Items.Select(t => t.Seq));
+                    before = page.Next is null ? -1 : long.Parse(page.Next, System.Globalization.CultureInfo.InvariantCulture);
+                }
+                while (before > 0);
+                if (!expected.SequenceEqual(listed))
+                {
+                    return false.Label($"{account}: chain lists [{string.Join(",", listed)}], journal has [{string.Join(",", expected)}]");
+                }
+            }
+
             var report = store.VerifyAsync(500).GetAwaiter().GetResult();
             return (report.Ok && report.SumPosted == 0 && report.SumPendingDebits == report.SumPendingCredits).Label(string.Join("; ", report.Problems));
         }

@@ -204,7 +204,7 @@ public static partial class Endpoints
             .WithSummary("Record a payout of a provider's receivable (operator); Idempotency-Key makes a retry safe");
         api.MapGet("/ledger/accounts", async (ILedgerStore l, string? prefix) => Results.Ok(await l.AccountsAsync(prefix))).AddEndpointFilter(op)
             .Produces<IReadOnlyList<LedgerAccount>>().WithTags("ledger").WithSummary("Ledger accounts and balances (operator)");
-        api.MapGet("/ledger/transfers", async (HttpContext h, ILedgerStore l, string? account, long? after, int? limit) =>
+        api.MapGet("/ledger/transfers", async (HttpContext h, ILedgerStore l, string? account, long? before, int? limit) =>
         {
             var who = Who(h);
             if (!who.IsOperator && account != Accounts.Tenant(who.TenantId ?? -1))
@@ -217,9 +217,9 @@ public static partial class Endpoints
                 return Problems.Validation("limit", "range", "must be from 1 to 1000");
             }
 
-            var page = await l.TransfersAsync(account, after ?? 0, limit ?? 100);
+            var page = await l.TransfersAsync(account, before ?? 0, limit ?? 100);
             return Results.Ok(new ListPage<LedgerTransfer>(page.Items, page.Next));
-        }).AddEndpointFilter(opOrTenant).Produces<ListPage<LedgerTransfer>>().WithTags("ledger").WithSummary("The append-only journal, oldest first, by account");
+        }).AddEndpointFilter(opOrTenant).Produces<ListPage<LedgerTransfer>>().WithTags("ledger").WithSummary("The append-only journal, newest first (before = the previous page's next cursor), all or one account's");
         api.MapGet("/settlements", async (HttpContext h, ILedgerStore l, long? tenant, long? provider, long? job) =>
         {
             var who = Who(h);

@@ -33,11 +33,11 @@ public static class Statements
     /// <summary>The account's posted balance before <paramref name="fromMs"/> and the posted movements in [from, to), by transfer code.</summary>
     private static async Task<(long Opening, Dictionary<string, long> Moves, long Closing)> Account(ILedgerStore l, string account, long fromMs, long toMs)
     {
-        long opening = 0, closing = 0, after = 0;
+        long opening = 0, closing = 0, before = 0;
         var moves = new Dictionary<string, long>(StringComparer.Ordinal);
         while (true)
         {
-            var page = await l.TransfersAsync(account, after, 1000);
+            var page = await l.TransfersAsync(account, before, 1000);
             foreach (var t in page.Items.Where(t => t.Kind is TransferKinds.Posted or TransferKinds.Post))
             {
                 var signed = t.Credit == account ? t.Amount : -t.Amount;
@@ -61,7 +61,7 @@ public static class Statements
                 return (opening, moves, closing);
             }
 
-            after = page.Items[^1].Seq;
+            before = page.Items[^1].Seq;
         }
     }
 

@@ -164,7 +164,8 @@ public interface ILedgerStore
 
     Task<IReadOnlyList<LedgerAccount>> AccountsAsync(string? prefix);
 
-    Task<Page<LedgerTransfer>> TransfersAsync(string? account, long after, int limit);
+    /// <summary>The journal, newest first (by account: along its chain); <paramref name="before"/> is the previous page's cursor, 0 for the newest.</summary>
+    Task<Page<LedgerTransfer>> TransfersAsync(string? account, long before, int limit);
 
     Task<LedgerReport> VerifyAsync(int feeBps);
 

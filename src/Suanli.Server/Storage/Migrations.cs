@@ -104,6 +104,8 @@ public static class Migrations
         ALTER TABLE usage ADD COLUMN backend_tres TEXT;
         """,
         // 4: the trading centre: double-entry ledger (append-only journal), offers, settlements, vouchers, relations, auction rounds.
+        // An account's history is a chain, not an index: the account row points at its latest transfer (last_seq) and each
+        // transfer at the previous one of its debit and of its credit account, so a transfer writes no random index pages.
         """
         CREATE TABLE ledger_accounts(
             id TEXT PRIMARY KEY,
@@ -113,6 +115,8 @@ public static class Migrations
             pending_debits INTEGER NOT NULL DEFAULT 0 CHECK (pending_debits >= 0),
             pending_credits INTEGER NOT NULL DEFAULT 0 CHECK (pending_credits >= 0),
             created INTEGER NOT NULL,
+            last_seq INTEGER,
+            prev_seq INTEGER,
             CHECK (floor IS NULL OR posted - pending_debits >= floor));
         CREATE TABLE ledger_transfers(
             seq INTEGER PRIMARY KEY,
@@ -127,10 +131,10 @@ public static class Migrations
             attempt INTEGER,
             memo TEXT,
             at INTEGER NOT NULL,
+            debit_prev INTEGER,
+            credit_prev INTEGER,
             CHECK (debit <> credit));
         CREATE UNIQUE INDEX ledger_pending_resolved ON ledger_transfers(pending_id) WHERE pending_id IS NOT NULL;
-        CREATE INDEX ledger_transfers_debit ON ledger_transfers(debit, seq);
-        CREATE INDEX ledger_transfers_credit ON ledger_transfers(credit, seq);
         CREATE TRIGGER ledger_transfers_append_only_u BEFORE UPDATE ON ledger_transfers BEGIN SELECT RAISE(ABORT, 'the ledger journal is append-only'); END;
         CREATE TRIGGER ledger_transfers_append_only_d BEFORE DELETE ON ledger_transfers BEGIN SELECT RAISE(ABORT, 'the ledger journal is append-only'); END;
         INSERT INTO ledger_accounts(id, kind, floor, created) VALUES ('platform:cash', 'cash', NULL, 0), ('platform:escrow', 'escrow', 0, 0), ('platform:fee', 'fee', 0, 0);

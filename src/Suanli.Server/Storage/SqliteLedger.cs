@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Microsoft.Data.Sqlite;
 using Suanli.Core.Market;
@@ -23,6 +24,16 @@ public sealed partial class SqliteStore
 
         return outcomes;
     });
+
+    // The next journal sequence number of each writer connection (only the writer inserts transfers). A rolled-back
+    // transfer leaves a gap, never a repeat: the counter only moves forward and starts above every stored seq.
+    private static readonly ConditionalWeakTable<SqliteConnection, StrongBox<long>> NextSeq = new();
+
+    private static long TakeSeq(SqliteConnection c)
+    {
+        var box = NextSeq.GetValue(c, k => new StrongBox<long>(Query(k, "SELECT COALESCE(MAX(seq), 0) + 1 FROM ledger_transfers", r => r.GetInt64(0))[0]));
+        return box.Value++;
+    }
 
     private static TransferOutcome Fail(TransferRequest t, string code, string message) => new(t.Id, code, t.Amount, message);
 
@@ -106,8 +117,11 @@ public sealed partial class SqliteStore
         }
 
         var pending = t.Kind == TransferKinds.Pending;
-        var creditSql = pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits + $a WHERE id = $id"
-            : "UPDATE ledger_accounts SET posted = posted + $a WHERE id = $id";
+        var seq = TakeSeq(c);
+        var creditSql = pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits + $a, prev_seq = last_seq, last_seq = $s WHERE id = $id"
+            : "UPDATE ledger_accounts SET posted = posted + $a, prev_seq = last_seq, last_seq = $s WHERE id = $id";
+        var creditUndo = pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits - $a, last_seq = prev_seq WHERE id = $id"
+            : "UPDATE ledger_accounts SET posted = posted - $a, last_seq = prev_seq WHERE id = $id";
         var amount = t.Amount;
         if (t.Balancing)
         {
@@ -123,31 +137,30 @@ public sealed partial class SqliteStore
             }
         }
 
-        if (Update(c, creditSql, ("$a", amount), ("$id", t.Credit)) == 0)
+        if (Update(c, creditSql, ("$a", amount), ("$s", seq), ("$id", t.Credit)) == 0)
         {
             if (!EnsureAccount(c, t.Credit, now))
             {
                 return Replay(c, t) ?? UnknownAccount(t, "credit", t.Credit);
             }
 
-            Update(c, creditSql, ("$a", amount), ("$id", t.Credit));
+            Update(c, creditSql, ("$a", amount), ("$s", seq), ("$id", t.Credit));
         }
 
         var debitSql = pending
-            ? "UPDATE ledger_accounts SET pending_debits = pending_debits + $a WHERE id = $id AND (floor IS NULL OR posted - pending_debits - $a >= floor)"
-            : "UPDATE ledger_accounts SET posted = posted - $a WHERE id = $id AND (floor IS NULL OR posted - pending_debits - $a >= floor)";
-        var debited = Update(c, debitSql, ("$a", amount), ("$id", t.Debit)) == 1;
+            ? "UPDATE ledger_accounts SET pending_debits = pending_debits + $a, prev_seq = last_seq, last_seq = $s WHERE id = $id AND (floor IS NULL OR posted - pending_debits - $a >= floor)"
+            : "UPDATE ledger_accounts SET posted = posted - $a, prev_seq = last_seq, last_seq = $s WHERE id = $id AND (floor IS NULL OR posted - pending_debits - $a >= floor)";
+        var debited = Update(c, debitSql, ("$a", amount), ("$s", seq), ("$id", t.Debit)) == 1;
         if (!debited && Balances(c, t.Debit) is null)
         {
             // First use of the debit account: open it (by its name's rule) and try once more.
-            debited = EnsureAccount(c, t.Debit, now) && Update(c, debitSql, ("$a", amount), ("$id", t.Debit)) == 1;
+            debited = EnsureAccount(c, t.Debit, now) && Update(c, debitSql, ("$a", amount), ("$s", seq), ("$id", t.Debit)) == 1;
         }
 
         if (!debited)
         {
             // Undo the credit: nothing of this transfer stays.
-            Update(c, pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits - $a WHERE id = $id"
-                : "UPDATE ledger_accounts SET posted = posted - $a WHERE id = $id", ("$a", amount), ("$id", t.Credit));
+            Update(c, creditUndo, ("$a", amount), ("$id", t.Credit));
             if (Balances(c, t.Debit) is not { } d)
             {
                 return Replay(c, t) ?? UnknownAccount(t, "debit", t.Debit);
@@ -157,13 +170,12 @@ public sealed partial class SqliteStore
                 $"amount: account {t.Debit} has {Money.Yuan(d.Posted - d.Held)} available (balance {Money.Yuan(d.Posted)}, held {Money.Yuan(d.Held)}, floor {Money.Yuan(d.Floor ?? 0)}); the transfer needs {Money.Yuan(amount)}");
         }
 
-        if (Insert(c, t, t.Debit, t.Credit, amount, now) == 0)
+        if (Insert(c, seq, t, t.Debit, t.Credit, amount, now) == 0)
         {
             // The id exists: this is a replay (or a reuse). Take the updates back and answer as the first time.
-            Update(c, pending ? "UPDATE ledger_accounts SET pending_credits = pending_credits - $a WHERE id = $id"
-                : "UPDATE ledger_accounts SET posted = posted - $a WHERE id = $id", ("$a", amount), ("$id", t.Credit));
-            Update(c, pending ? "UPDATE ledger_accounts SET pending_debits = pending_debits - $a WHERE id = $id"
-                : "UPDATE ledger_accounts SET posted = posted + $a WHERE id = $id", ("$a", amount), ("$id", t.Debit));
+            Update(c, creditUndo, ("$a", amount), ("$id", t.Credit));
+            Update(c, pending ? "UPDATE ledger_accounts SET pending_debits = pending_debits - $a, last_seq = prev_seq WHERE id = $id"
+                : "UPDATE ledger_accounts SET posted = posted + $a, last_seq = prev_seq WHERE id = $id", ("$a", amount), ("$id", t.Debit));
             return Replay(c, t)!;
         }
 
@@ -197,16 +209,20 @@ public sealed partial class SqliteStore
             return Fail(t, "exceeds_hold", $"amount: {Money.Yuan(amount)} exceeds the hold of {Money.Yuan(held)}");
         }
 
-        Update(c, "UPDATE ledger_accounts SET pending_debits = pending_debits - $h, posted = posted - $a WHERE id = $id", ("$h", held), ("$a", amount), ("$id", debit));
-        Update(c, "UPDATE ledger_accounts SET pending_credits = pending_credits - $h, posted = posted + $a WHERE id = $id", ("$h", held), ("$a", amount), ("$id", credit));
-        Insert(c, t, debit, credit, amount, now);
+        var seq = TakeSeq(c);
+        Update(c, "UPDATE ledger_accounts SET pending_debits = pending_debits - $h, posted = posted - $a, prev_seq = last_seq, last_seq = $s WHERE id = $id", ("$h", held), ("$a", amount), ("$s", seq), ("$id", debit));
+        Update(c, "UPDATE ledger_accounts SET pending_credits = pending_credits - $h, posted = posted + $a, prev_seq = last_seq, last_seq = $s WHERE id = $id", ("$h", held), ("$a", amount), ("$s", seq), ("$id", credit));
+        Insert(c, seq, t, debit, credit, amount, now);
         return new TransferOutcome(t.Id, "created", amount);
     }
 
     /// <summary>Appends a transfer; 0 when its id exists already (nothing written).</summary>
-    private static int Insert(SqliteConnection c, TransferRequest t, string debit, string credit, long amount, long now) =>
-        Update(c, "INSERT INTO ledger_transfers(id, kind, debit, credit, amount, pending_id, code, job_id, attempt, memo, at) VALUES($id, $k, $d, $c, $a, $p, $code, $j, $at, $m, $t) ON CONFLICT(id) DO NOTHING",
-            ("$id", t.Id), ("$k", t.Kind), ("$d", debit), ("$c", credit), ("$a", amount), ("$p", t.PendingId), ("$code", t.Code), ("$j", t.JobId), ("$at", t.Attempt),
+    private static int Insert(SqliteConnection c, long seq, TransferRequest t, string debit, string credit, long amount, long now) =>
+        Update(c, """
+            INSERT INTO ledger_transfers(seq, id, kind, debit, credit, amount, pending_id, code, job_id, attempt, memo, at, debit_prev, credit_prev)
+            VALUES($s, $id, $k, $d, $c, $a, $p, $code, $j, $at, $m, $t, (SELECT prev_seq FROM ledger_accounts WHERE id = $d), (SELECT prev_seq FROM ledger_accounts WHERE id = $c))
+            ON CONFLICT(id) DO NOTHING
+            """, ("$s", seq), ("$id", t.Id), ("$k", t.Kind), ("$d", debit), ("$c", credit), ("$a", amount), ("$p", t.PendingId), ("$code", t.Code), ("$j", t.JobId), ("$at", t.Attempt),
             ("$m", t.Memo), ("$t", now));
 
     private static void Linked(SqliteConnection c, long now, params TransferRequest[] transfers)
@@ -237,10 +253,31 @@ public sealed partial class SqliteStore
     private static LedgerTransfer MapTransfer(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt64(5),
         NStr(r, 6), r.GetString(7), NLong(r, 8), r.IsDBNull(9) ? null : r.GetInt32(9), NStr(r, 10), r.GetInt64(11));
 
-    public Task<Page<LedgerTransfer>> TransfersAsync(string? account, long after, int limit) => Read(c =>
+    /// <summary>
+    /// Newest first. With an account, follows the account's chain (last_seq, then each transfer's pointer for that
+    /// side), so a page costs its length in rowid lookups, however long the journal. <paramref name="before"/>: the
+    /// cursor of the previous page (0 = from the newest).
+    /// </summary>
+    public Task<Page<LedgerTransfer>> TransfersAsync(string? account, long before, int limit) => Read(c =>
     {
-        var items = Query(c, $"SELECT {TransferCols} FROM ledger_transfers WHERE seq > $after AND ($a IS NULL OR debit = $a OR credit = $a) ORDER BY seq LIMIT $l", MapTransfer,
-            ("$after", after), ("$a", account), ("$l", limit + 1));
+        var items = new List<LedgerTransfer>(Math.Min(limit + 1, 1024));
+        if (account is null)
+        {
+            items = Query(c, $"SELECT {TransferCols} FROM ledger_transfers WHERE $b = 0 OR seq < $b ORDER BY seq DESC LIMIT $l", MapTransfer, ("$b", before), ("$l", limit + 1));
+        }
+        else
+        {
+            var at = before == 0
+                ? Query(c, "SELECT last_seq FROM ledger_accounts WHERE id = $a", r => NLong(r, 0), ("$a", account)).FirstOrDefault()
+                : Query(c, "SELECT CASE WHEN debit = $a THEN debit_prev ELSE credit_prev END FROM ledger_transfers WHERE seq = $b", r => NLong(r, 0), ("$a", account), ("$b", before)).FirstOrDefault();
+            while (at is { } seq && items.Count <= limit)
+            {
+                var t = Query(c, $"SELECT {TransferCols}, debit_prev, credit_prev FROM ledger_transfers WHERE seq = $s", r => (T: MapTransfer(r), D: NLong(r, 12), C: NLong(r, 13)), ("$s", seq))[0];
+                items.Add(t.T);
+                at = t.T.Debit == account ? t.D : t.C;
+            }
+        }
+
         var next = items.Count > limit ? items[limit - 1].Seq.ToString(CultureInfo.InvariantCulture) : null;
         return new Page<LedgerTransfer>(items.Count > limit ? items.GetRange(0, limit) : items, next);
     });
@@ -261,6 +298,9 @@ public sealed partial class SqliteStore
         var accounts = Query(c, $"SELECT {AccountCols} FROM ledger_accounts", MapAccount).ToDictionary(a => a.Id);
         var replay = accounts.Keys.ToDictionary(k => k, _ => (Posted: 0L, PD: 0L, PC: 0L));
         var pendings = new Dictionary<string, (string D, string C, long A)>();
+        var lastSeen = new Dictionary<string, long?>();
+        var prevs = Query(c, "SELECT seq, debit_prev, credit_prev FROM ledger_transfers", r => (S: r.GetInt64(0), D: NLong(r, 1), C: NLong(r, 2))).ToDictionary(x => x.S);
+        var lastSeq = Query(c, "SELECT id, last_seq FROM ledger_accounts", r => (Id: r.GetString(0), L: NLong(r, 1))).ToDictionary(x => x.Id, x => x.L);
         var resolved = new Dictionary<string, (string Kind, long Amount)>();
         long transfers = 0;
         foreach (var t in Query(c, $"SELECT {TransferCols} FROM ledger_transfers ORDER BY seq", MapTransfer))
@@ -277,6 +317,15 @@ public sealed partial class SqliteStore
                 Problem($"transfer {t.Id}: does not balance (debit {t.Debit}, credit {t.Credit}, amount {t.Amount})");
             }
 
+            // Each side's chain pointer must name the account's previous transfer.
+            var (_, dp, cp) = prevs[t.Seq];
+            if (dp != lastSeen.GetValueOrDefault(t.Debit) || cp != lastSeen.GetValueOrDefault(t.Credit))
+            {
+                Problem($"transfer {t.Id}: its account chain pointers ({dp}, {cp}) skip or repeat a transfer of {t.Debit} or {t.Credit}");
+            }
+
+            lastSeen[t.Debit] = t.Seq;
+            lastSeen[t.Credit] = t.Seq;
             var d = replay[t.Debit];
             var cr = replay[t.Credit];
             switch (t.Kind)
@@ -319,6 +368,11 @@ public sealed partial class SqliteStore
             if (r != (a.Posted, a.PendingDebits, a.PendingCredits))
             {
                 Problem($"account {a.Id}: stored balances (posted {a.Posted}, held {a.PendingDebits}/{a.PendingCredits}) differ from the journal ({r.Posted}, {r.PD}/{r.PC})");
+            }
+
+            if (lastSeq[a.Id] != lastSeen.GetValueOrDefault(a.Id))
+            {
+                Problem($"account {a.Id}: its chain starts at transfer {lastSeq[a.Id]}, the journal's latest for it is {lastSeen.GetValueOrDefault(a.Id)}");
             }
 
             if (a.Floor is { } f && a.Available < f)
