@@ -176,23 +176,17 @@ internal static partial class PlatformCommands
         var amount = new Argument<decimal>("AMOUNT") { Description = "CNY / 金额（元）" };
         var reference = new Option<string?>("--reference") { Description = "Bank or receipt reference / 凭证号" };
         var idem = new Option<string?>("--idempotency-key") { Description = "Make a retry safe / 幂等键" };
-        wallet.Subcommands.Add(Sub("topup", "Credit money received to a wallet (operator) / 充值", async (r, api) =>
-        {
-            var body = new JsonObject { ["amount"] = r.GetValue(amount) };
-            Set(body, "reference", r.GetValue(reference));
-            Print(r, await api.PostAsync($"/api/v1/wallets/{r.GetValue(tenant)}/topups", body, r.GetValue(idem)), m => Console.WriteLine(
-                Messages.T($"{m["transferId"]}: {m["result"]}, balance {Fen(m["balanceFen"])} CNY", $"{m["transferId"]}：{m["result"]}，余额 {Fen(m["balanceFen"])} 元")));
-            return ExitCodes.Ok;
-        }, tenant, amount, reference, idem));
         var provider = new Argument<long>("PROVIDER");
-        wallet.Subcommands.Add(Sub("payout", "Record a payout to a provider (operator) / 向提供方付款", async (r, api) =>
+        Command Move(string name, string description, Argument<long> who, string path, (string En, string Zh) balance) => Sub(name, description, async (r, api) =>
         {
             var body = new JsonObject { ["amount"] = r.GetValue(amount) };
             Set(body, "reference", r.GetValue(reference));
-            Print(r, await api.PostAsync($"/api/v1/providers/{r.GetValue(provider)}/payouts", body, r.GetValue(idem)), m => Console.WriteLine(
-                Messages.T($"{m["transferId"]}: {m["result"]}, receivable {Fen(m["balanceFen"])} CNY", $"{m["transferId"]}：{m["result"]}，应收余额 {Fen(m["balanceFen"])} 元")));
+            Print(r, await api.PostAsync(string.Format(CultureInfo.InvariantCulture, path, r.GetValue(who)), body, r.GetValue(idem)), m => Console.WriteLine(
+                Messages.T($"{m["transferId"]}: {m["result"]}, {balance.En} {Fen(m["balanceFen"])} CNY", $"{m["transferId"]}：{m["result"]}，{balance.Zh} {Fen(m["balanceFen"])} 元")));
             return ExitCodes.Ok;
-        }, provider, amount, reference, idem));
+        }, who, amount, reference, idem);
+        wallet.Subcommands.Add(Move("topup", "Credit money received to a wallet (operator) / 充值", tenant, "/api/v1/wallets/{0}/topups", ("balance", "余额")));
+        wallet.Subcommands.Add(Move("payout", "Record a payout to a provider (operator) / 向提供方付款", provider, "/api/v1/providers/{0}/payouts", ("receivable", "应收余额")));
         wallet.Subcommands.Add(Sub("transfers", "The wallet's journal / 钱包流水", async (r, api) =>
         {
             var id = r.GetValue(tenantArg) ?? await OwnTenant(api);

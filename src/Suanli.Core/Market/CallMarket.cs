@@ -47,29 +47,15 @@ public sealed record Clearing(
 /// </summary>
 public static class CallMarket
 {
-    private sealed class BidOrder : IComparer<Order>
+    /// <summary>Price priority (descending for bids, ascending for asks), then time (earlier first), then id.</summary>
+    private sealed class Priority(bool descending) : IComparer<Order>
     {
-        public static readonly BidOrder Instance = new();
+        public static readonly Priority Bids = new(true);
+        public static readonly Priority Asks = new(false);
 
         public int Compare(Order x, Order y)
         {
-            var c = y.LimitFen.CompareTo(x.LimitFen);
-            if (c == 0)
-            {
-                c = x.Seq.CompareTo(y.Seq);
-            }
-
-            return c != 0 ? c : x.Id.CompareTo(y.Id);
-        }
-    }
-
-    private sealed class AskOrder : IComparer<Order>
-    {
-        public static readonly AskOrder Instance = new();
-
-        public int Compare(Order x, Order y)
-        {
-            var c = x.LimitFen.CompareTo(y.LimitFen);
+            var c = descending ? y.LimitFen.CompareTo(x.LimitFen) : x.LimitFen.CompareTo(y.LimitFen);
             if (c == 0)
             {
                 c = x.Seq.CompareTo(y.Seq);
@@ -84,8 +70,8 @@ public static class CallMarket
     {
         ArgumentNullException.ThrowIfNull(bids);
         ArgumentNullException.ThrowIfNull(asks);
-        var b = Sorted(bids, BidOrder.Instance, nameof(bids));
-        var a = Sorted(asks, AskOrder.Instance, nameof(asks));
+        var b = Sorted(bids, Priority.Bids, nameof(bids));
+        var a = Sorted(asks, Priority.Asks, nameof(asks));
 
         // Walk both sides lot-wise (segment by segment) to the last crossing lot.
         int i = 0, j = 0;
