@@ -40,7 +40,10 @@ public interface IJobBackend
     /// Warns a spot job that it will be preempted in <paramref name="seconds"/> (so it can checkpoint); false when the
     /// backend has no way to tell the job (it is then stopped at the deadline without warning).
     /// </summary>
-    bool Notify(JobHandle job, int seconds, string reason) => false;
+    Task<bool> NotifyAsync(JobHandle job, int seconds, string reason) => Task.FromResult(false);
+
+    /// <summary>The notice file's text: the seconds left on the first line, then the reason.</summary>
+    static string NoticeText(int seconds, string reason) => $"{seconds.ToString(System.Globalization.CultureInfo.InvariantCulture)}\n{reason}\n";
 
     /// <summary>Stops what a previous, killed agent left running; returns how many jobs it found.</summary>
     int ReapLeftovers();

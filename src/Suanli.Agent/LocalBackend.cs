@@ -275,7 +275,7 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
     public const string PreemptFile = ".suanli-preempt";
 
     /// <summary>Writes the notice file, then sends SIGUSR1 to the job's process group.</summary>
-    public bool Notify(JobHandle job, int seconds, string reason)
+    public async Task<bool> NotifyAsync(JobHandle job, int seconds, string reason)
     {
         if (job is not LocalHandle rp)
         {
@@ -284,10 +284,8 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
 
         try
         {
-            File.WriteAllText(Path.Combine(rp.Process.StartInfo.WorkingDirectory, PreemptFile),
-                $"{seconds.ToString(CultureInfo.InvariantCulture)}\n{reason}\n");
-            _ = Native.kill(-rp.Process.Id, Native.SIGUSR1);
-            return true;
+            await File.WriteAllTextAsync(Path.Combine(rp.Process.StartInfo.WorkingDirectory, PreemptFile), IJobBackend.NoticeText(seconds, reason));
+            return Native.kill(-rp.Process.Id, Native.SIGUSR1) == 0;
         }
         catch (Exception e) when (e is IOException or InvalidOperationException or UnauthorizedAccessException)
         {

@@ -173,7 +173,7 @@ public sealed class ProviderAgent : IAsyncDisposable
                         {
                             if (_running.TryGetValue(n.Job, out var rp) && _noticed.TryAdd(n.Job, true))
                             {
-                                var told = _backend.Notify(rp, n.Seconds, n.Reason);
+                                var told = await _backend.NotifyAsync(rp, n.Seconds, n.Reason);
                                 _log($"job {n.Job}: preemption notice, {n.Seconds} s ({n.Reason}){(told ? "" : "; the backend cannot signal it")}");
                             }
                         }

@@ -31,6 +31,9 @@ public interface ISlurmApi
 
     Task CancelAsync(long id, CancellationToken ct);
 
+    /// <summary>Sends a signal (e.g. "SIGUSR1") to the job's batch shell and steps; null when sent, else Slurm's error.</summary>
+    Task<string?> SignalAsync(long id, string signal, CancellationToken ct);
+
     /// <summary>Null when the controller answers UP, else what is wrong.</summary>
     Task<string?> PingAsync(CancellationToken ct);
 }
@@ -203,6 +206,15 @@ public sealed class SlurmApiV0038(HttpClient http) : ISlurmApi
         using var resp = await http.DeleteAsync($"{Base}/job/{id.ToString(CultureInfo.InvariantCulture)}", ct);
         await resp.Content.ReadAsStringAsync(ct);
     }
+
+    public async Task<string?> SignalAsync(long id, string signal, CancellationToken ct)
+    {
+        // v0.0.38's job DELETE takes the signal to send instead of cancelling (as scancel --signal).
+        using var resp = await http.DeleteAsync($"{Base}/job/{id.ToString(CultureInfo.InvariantCulture)}?signal={Uri.EscapeDataString(signal)}", ct);
+        var text = await resp.Content.ReadAsStringAsync(ct);
+        var errors = text.TrimStart().StartsWith('{') ? JsonNode.Parse(text)?["errors"] as JsonArray : null;
+        return errors is { Count: > 0 } ? string.Join("; ", errors.Select(e => e?["error"]?.ToString())) : resp.IsSuccessStatusCode ? null : $"HTTP {(int)resp.StatusCode}";
+    }
 }
 
 /// <summary>
@@ -241,6 +253,7 @@ public sealed class SlurmBackend(ISlurmApi api, string outputDir, string cluster
             ["PATH"] = "/usr/local/bin:/usr/bin:/bin",
             ["SUANLI_JOB_ID"] = job.Id.ToString(CultureInfo.InvariantCulture),
             ["SUANLI_ATTEMPT"] = job.Attempt.ToString(CultureInfo.InvariantCulture),
+            ["SUANLI_PREEMPT_FILE"] = NoticeFile(job),
         };
         var cpus = (int)Math.Ceiling(job.Cpu);
         var submit = new SlurmSubmit(script, $"suanli-{job.Id.ToString(CultureInfo.InvariantCulture)}", group, job.Tasks, Math.Max(1, cpus),
@@ -304,6 +317,7 @@ public sealed class SlurmBackend(ISlurmApi api, string outputDir, string cluster
 
             Forget(h.Job);
             TryDelete(h.Output);
+            TryDelete(NoticeFile(h.Job));
             return st.State switch
             {
                 "COMPLETED" => st.ExitStatus,
@@ -342,6 +356,44 @@ public sealed class SlurmBackend(ISlurmApi api, string outputDir, string cluster
         {
             return from;
         }
+    }
+
+    private string NoticeFile(JobLaunch job) =>
+        Path.Combine(outputDir, $"suanli-{job.Id.ToString(CultureInfo.InvariantCulture)}-{job.Attempt.ToString(CultureInfo.InvariantCulture)}.preempt");
+
+    /// <summary>
+    /// Writes the notice file in the shared output folder, then signals SIGUSR1 through slurmrestd; Slurm refuses a
+    /// signal while a job is still starting ("try again later"), so it retries for a few seconds.
+    /// </summary>
+    public async Task<bool> NotifyAsync(JobHandle job, int seconds, string reason)
+    {
+        try
+        {
+            await File.WriteAllTextAsync(NoticeFile(job.Job), IJobBackend.NoticeText(seconds, reason));
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+
+        for (var attempt = 0; attempt < 20; attempt++)
+        {
+            try
+            {
+                if (await api.SignalAsync(((SlurmHandle)job).SlurmId, "SIGUSR1", CancellationToken.None) is null)
+                {
+                    return true;
+                }
+            }
+            catch (HttpRequestException)
+            {
+                // slurmrestd unreachable: try again below.
+            }
+
+            await Task.Delay(250);
+        }
+
+        return false;
     }
 
     public void Stop(JobHandle job, string why)

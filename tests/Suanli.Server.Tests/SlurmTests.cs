@@ -46,7 +46,7 @@ public sealed class SlurmFixture : IAsyncLifetime
     {
         var basePort = 20000 + (Random.Shared.Next(0, 400) * 20);
         Testbed("start", "2", Dir, basePort.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        Server = new ServerProcess(localProvider: true, lostAfterSeconds: 4, dataDir: null, "--placement", "price");
+        Server = new ServerProcess(localProvider: true, lostAfterSeconds: 4, dataDir: null, "--placement", "price", "--spot-notice", "3", "--auction-interval", "3600");
         using var admin = Server.Admin();
         (_, TenantKey) = await admin.Tenant("hpc-lab");
         for (var i = 1; i <= 2; i++)
@@ -102,6 +102,59 @@ public class SlurmTests(SlurmFixture f) : IClassFixture<SlurmFixture>
         Assert.Equal("main", group["id"]!.GetValue<string>());
         Assert.Equal(2000, group["milliCpu"]!.GetValue<long>());
         Assert.Equal(2000, group["memoryMiB"]!.GetValue<long>());
+    }
+
+    [Fact]
+    public async Task OutbidSpotJobOnSlurm_GetsSigusr1AndTheNoticeFile_ThenIsCancelledAndRequeued()
+    {
+        using var admin = f.Server.Admin();
+        var providers = (await admin.Get("/api/v1/providers"))["items"]!.AsArray();
+        var centre = providers.First(p => p!["name"]!.GetValue<string>() == "centre-1")!["id"]!.GetValue<long>();
+        var (xId, xKey) = await admin.Tenant("spot-hpc-x");
+        var (yId, yKey) = await admin.Tenant("spot-hpc-y");
+        await admin.Post($"/api/v1/wallets/{xId}/topups", new { amount = 100 }, HttpStatusCode.Created);
+        await admin.Post($"/api/v1/wallets/{yId}/topups", new { amount = 100 }, HttpStatusCode.Created);
+        var offer = await admin.Post("/api/v1/offers", new { providerId = centre, group = "main", tier = "interruptible", unit = "core-hour", price = 0.01, nodes = 1 }, HttpStatusCode.Created);
+        using var x = f.Server.Client(xKey);
+        using var y = f.Server.Client(yKey);
+        long jx = 0, jy = 0;
+        try
+        {
+            var script = "#!/bin/sh\ntrap 'echo notice $SUANLI_TIER $SUANLI_PREEMPT_NOTICE_SECONDS $(head -n 1 \"$SUANLI_PREEMPT_FILE\")' USR1\necho started\nwhile :; do sleep 0.2; done\n";
+            jx = (await x.Post("/api/v1/jobs", new { name = "spot-x", script, resources = new { cpu = 1, memoryMiB = 100 }, timeLimitSeconds = 300, tier = "interruptible", maxPrice = 0.05,
+                constraints = new { providers = new[] { "centre-1" } } }, HttpStatusCode.Created))["id"]!.GetValue<long>();
+            await admin.Post("/api/v1/market/clear", new { });
+            await x.WaitJob(jx, j => j.State() == "running", 60);
+            jy = (await y.Post("/api/v1/jobs", new { name = "spot-y", command = new[] { "sleep", "60" }, resources = new { cpu = 2, memoryMiB = 100 }, timeLimitSeconds = 300,
+                tier = "interruptible", maxPrice = 1, constraints = new { providers = new[] { "centre-1" } } }, HttpStatusCode.Created))["id"]!.GetValue<long>();
+            var round = (await admin.Post("/api/v1/market/clear", new { })).AsArray().Single()!;
+            Assert.Equal(2, round["volume"]!.GetValue<long>());
+
+            var sw = Stopwatch.StartNew();
+            string logs;
+            do
+            {
+                await Task.Delay(250);
+                logs = string.Concat((await x.Get($"/api/v1/jobs/{jx}/logs"))["items"]!.AsArray().Select(c => c!["data"]!.GetValue<string>()));
+            }
+            while (!logs.Contains("notice", StringComparison.Ordinal) && sw.Elapsed < TimeSpan.FromSeconds(30));
+            Assert.Matches(@"notice interruptible 3 [1-3]\n", logs);
+            await x.WaitJob(jx, j => j.State() == "queued" && j["attempt"]!.GetValue<int>() == 2, 60);
+            Assert.Contains((await x.Get($"/api/v1/jobs/{jx}/events"))["items"]!.AsArray(), e => e!["message"]!.GetValue<string>().Contains("preempted after notice", StringComparison.Ordinal));
+            await y.WaitJob(jy, j => j.State() == "running", 60);
+        }
+        finally
+        {
+            foreach (var (c, id) in new[] { (x, jx), (y, jy) })
+            {
+                if (id > 0)
+                {
+                    await c.PostAsync($"/api/v1/jobs/{id}/cancel", null);
+                }
+            }
+
+            await admin.DeleteAsync($"/api/v1/offers/{offer["id"]}");
+        }
     }
 
     [Theory]
