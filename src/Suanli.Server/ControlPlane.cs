@@ -477,7 +477,10 @@ public sealed partial class ControlPlane : BackgroundService
             : retry ? $"failed with exit {exitCode}; retry {current.Attempt + 1}/{current.MaxAttempts}" : message ?? $"exit {exitCode}")
         {
             RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Requeue = retry, GrantAttempt = preempted is not null,
-            Settle = Charge(current, usage, preempted is null ? $"ended {state}" : "preempted after notice"), FeeBps = Options.FeeBps,
+            Settle = preempted is not null && Options.SpotNotice <= TimeSpan.Zero
+                ? new SettlePlan(current.Attempt, Void: true, 0, "preempted without notice: not charged")
+                : Charge(current, usage, preempted is null ? $"ended {state}" : "preempted after notice"),
+            FeeBps = Options.FeeBps,
             EndedMs = retry ? null : now, ExitCode = retry ? null : exitCode, StartedMs = current.StartedMs is null ? now : null,
             Reason = state == JobStates.Failed && !retry ? message ?? $"exit {exitCode}" : null,
         };

@@ -2,6 +2,7 @@ using FsCheck;
 using FsCheck.Fluent;
 using FsCheck.Xunit;
 using Microsoft.Data.Sqlite;
+using Suanli.Core.Market;
 using Suanli.Server.Storage;
 
 namespace Suanli.Server.Tests;
@@ -291,6 +292,168 @@ public sealed class LedgerTests : IDisposable
         Assert.All(await s.VouchersAsync(null, p.Id), x => Assert.Equal(0, x.AvailableFen));
         Assert.Equal(0, await s.ExpireVouchersAsync(600_000));
         Assert.True((await s.VerifyAsync(0)).Ok);
+    }
+
+    public void Dispose()
+    {
+        SqliteConnection.ClearAllPools();
+        try
+        {
+            Directory.Delete(_dir, true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
+
+/// <summary>
+/// Holds and settlements through the store's job transitions (what the control plane does at lease and at the end of
+/// an attempt), with vouchers, related parties, domestic shares, expiry and faults in random order.
+/// </summary>
+public sealed class SettlementPropertyTests : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "suanli-settle-" + Guid.NewGuid().ToString("N"));
+
+    public SettlementPropertyTests() => Directory.CreateDirectory(_dir);
+
+    private static long Subsidised;
+    private static long Charged;
+
+    [Fact]
+    public void TheSequences_ReallyChargeAndSubsidise()
+    {
+        // The property above must not pass by refusing everything: over a fixed set of seeds it charges and subsidises.
+        Interlocked.Exchange(ref Subsidised, 0);
+        Interlocked.Exchange(ref Charged, 0);
+        foreach (var seed in Enumerable.Range(1, 12))
+        {
+            var (ok, why) = RunSequence(seed * 7919);
+            Assert.True(ok, why);
+        }
+
+        Assert.True(Interlocked.Read(ref Charged) > 10, $"only {Charged} charged attempts");
+        Assert.True(Interlocked.Read(ref Subsidised) > 3, $"only {Subsidised} subsidised attempts");
+    }
+
+    [Property(MaxTest = 15)]
+    public Property AnySettlementSequence_KeepsMoneyConserved_AndVerifiesClean(int seed)
+    {
+        var (ok, why) = RunSequence(seed);
+        return ok.Label(why);
+    }
+
+    private (bool Ok, string Why) RunSequence(int seed)
+    {
+        var rng = new System.Random(seed);
+        var store = SqliteStore.Open(Path.Combine(_dir, Guid.NewGuid().ToString("N") + ".db"));
+        try
+        {
+            long now = 1_000_000;
+            var research = store.CreateTenantAsync("lab", "research", 1, now).GetAwaiter().GetResult();
+            var bank = store.CreateTenantAsync("bank", "finance", 1, now).GetAwaiter().GetResult();
+            var p1 = store.CreateProviderAsync("p1", "r", now).GetAwaiter().GetResult();
+            var p2 = store.CreateProviderAsync("p2", "r", now).GetAwaiter().GetResult();
+            if (rng.Next(2) == 0)
+            {
+                store.AddRelationAsync(research.Id, p2.Id, "sister company", now).GetAwaiter().GetResult();
+            }
+
+            var programme = store.CreateProgrammeAsync(new ProgrammeRecord(0, "prog", "city", 50_000, 5000, 8000, 30_000, ["research"], 0, 10_000_000, now)).GetAwaiter().GetResult();
+            var held = new List<(long Job, int Attempt, long Start)>();
+            var failures = new List<string>();
+            for (var step = 0; step < 30; step++)
+            {
+                now += rng.Next(1, 20_000);
+                var tenant = rng.Next(2) == 0 ? research : bank;
+                switch (rng.Next(6))
+                {
+                    case 0:
+                        store.TransferAsync([new TransferRequest($"top{step}", TransferKinds.Posted, Accounts.Cash, Accounts.Tenant(tenant.Id), rng.Next(0, 50_000), "topup")], true, now).GetAwaiter().GetResult();
+                        break;
+                    case 1:
+                        try
+                        {
+                            store.IssueVoucherAsync(programme.Id, research.Id, rng.Next(1, 8_000), now + rng.Next(1, 200_000), now).GetAwaiter().GetResult();
+                        }
+                        catch (StoreConflictException e) when (e.Code is "cap_exceeded" or "budget_exhausted")
+                        {
+                        }
+
+                        break;
+                    case 2:
+                        store.ExpireVouchersAsync(now).GetAwaiter().GetResult();
+                        break;
+                    case 3 or 4:
+                        var (job, _) = store.SubmitAsync(new NewJob(tenant.Id, "j", """{"name":"j"}""", 3, 1, now, null)).GetAwaiter().GetResult();
+                        var provider = rng.Next(2) == 0 ? p1 : p2;
+                        var price = rng.Next(0, 20_000);
+                        var units = rng.Next(1, 2_000);
+                        var limitMs = rng.Next(1, 3_600) * 1000L;
+                        var plan = new HoldPlan(1, "on-demand", "core-hour", price, price - rng.Next(0, price / 10 + 1), units, Charging.Cost(price, units, limitMs), rng.Next(2) == 0);
+                        try
+                        {
+                            var leased = store.ApplyAsync(new Transition(job.Id, [JobStates.Queued], JobStates.Leased, "lease") { Lease = (provider.Id, "g", 1, "{}"), Hold = plan, AtMs = now }).GetAwaiter().GetResult();
+                            held.Add((leased.Id, leased.Attempt, now));
+                        }
+                        catch (StoreConflictException e) when (e.Code == "insufficient_funds")
+                        {
+                            // The lease and its hold are refused together: the job must still be queued.
+                            if (store.GetJobAsync(job.Id).GetAwaiter().GetResult()!.State != JobStates.Queued)
+                            {
+                                failures.Add($"step {step}: a refused hold left job {job.Id} leased");
+                            }
+                        }
+
+                        break;
+                    default:
+                        if (held.Count == 0)
+                        {
+                            break;
+                        }
+
+                        var (id, attempt, start) = held[rng.Next(held.Count)];
+                        held.RemoveAll(h => h.Job == id);
+                        var rec = store.GetJobAsync(id).GetAwaiter().GetResult()!;
+                        var ran = rng.Next(0, 4_000_000);
+                        var usage = new UsageRecord(id, attempt, rec.TenantId, rec.ProviderId!.Value, "g", null, 0, 0, 1000, 64, start, start + ran);
+                        var fault = rng.Next(3) == 0;
+                        store.ApplyAsync(new Transition(id, [JobStates.Leased], fault ? JobStates.Queued : JobStates.Succeeded, "end")
+                        {
+                            AtMs = now, Usage = usage, Requeue = fault, FeeBps = 500,
+                            Settle = new SettlePlan(attempt, Void: fault, fault ? 0 : ran, "end"),
+                        }).GetAwaiter().GetResult();
+                        break;
+                }
+
+                var report = store.VerifyAsync(500).GetAwaiter().GetResult();
+                if (!report.Ok)
+                {
+                    return (false, $"step {step}: " + string.Join("; ", report.Problems));
+                }
+            }
+
+            // Money is conserved: the programme's budget is what it holds, what its vouchers hold and what they paid.
+            var settlements = store.SettlementsAsync(new SettlementQuery()).GetAwaiter().GetResult();
+            var inProgramme = store.AccountAsync(Accounts.Programme(programme.Id)).GetAwaiter().GetResult()!.Posted
+                + store.VouchersAsync(null, programme.Id).GetAwaiter().GetResult().Sum(v => store.AccountAsync(Accounts.Voucher(v.Id)).GetAwaiter().GetResult()!.Posted)
+                + settlements.Sum(s => s.VoucherFen ?? 0);
+            var related = store.RelationsAsync().GetAwaiter().GetResult();
+            var subsidisedRelated = settlements.Any(s => s.VoucherId is not null && related.Any(r => r.TenantId == s.TenantId && r.ProviderId == s.ProviderId));
+            var subsidisedOutsideSector = settlements.Any(s => s.VoucherId is not null && s.TenantId == bank.Id);
+            var overShare = settlements.Any(s => s.State == SettlementStates.Settled && s.VoucherFen > Money.Share(s.CostFen ?? 0, s.VoucherShareBps));
+            Interlocked.Add(ref Subsidised, settlements.Count(s => s.VoucherFen > 0));
+            Interlocked.Add(ref Charged, settlements.Count(s => s.State == SettlementStates.Settled && s.CostFen > 0));
+            return inProgramme != 50_000 ? (false, $"programme money {inProgramme} != budget 50000")
+                : subsidisedRelated ? (false, "a voucher paid between related parties")
+                : subsidisedOutsideSector ? (false, "a voucher paid outside its sectors")
+                : overShare ? (false, "a voucher paid more than its share")
+                : (failures.Count == 0, string.Join("; ", failures));
+        }
+        finally
+        {
+            store.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
     }
 
     public void Dispose()
