@@ -265,6 +265,48 @@ public class MarketTests
     }
 
     [Fact]
+    public async Task PricePlacement_TakesTheCheapestLiveOffer_AndFollowsOffersAsTheyChange()
+    {
+        using var s = new ServerProcess(extraArgs: ["--placement", "price"]);
+        using var admin = s.Admin();
+        var local = await LocalProvider(admin);
+        await LocalCores(admin);
+        var (tId, tKey) = await admin.Tenant("shopper");
+        var (cheapId, cheapKey) = await admin.Provider("cheap-site");
+        var output = new System.Text.StringBuilder();
+        using var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", cheapKey, "--cpu", "2", "--memory-mib", "1024", "--work-dir", Path.Combine(s.DataDir, "cheap"));
+        try
+        {
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            while ((await admin.Get("/api/v1/providers"))["items"]!.AsArray().Single(p => p!["id"]!.GetValue<long>() == cheapId)!["groups"]!.AsArray().Count == 0 && sw.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(100);
+            }
+
+            await admin.Post($"/api/v1/wallets/{tId}/topups", new { amount = 1000 }, HttpStatusCode.Created);
+            await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "core-hour", price = 10, nodes = 1 }, HttpStatusCode.Created);
+            var cheap = await admin.Post("/api/v1/offers", new { providerId = cheapId, group = "local", tier = "on-demand", unit = "core-hour", price = 4, nodes = 1 }, HttpStatusCode.Created);
+            using var t = s.Client(tKey);
+            var first = L((await t.Post("/api/v1/jobs", Api.Job("buy-1", ["true"]), HttpStatusCode.Created))["id"]);
+            var done = await t.WaitJob(first, j => j.State() == "succeeded");
+            Assert.Equal(cheapId, L(done["providerId"]));
+            Assert.Equal(400, L((await Settlement(admin, first))["priceFen"]));
+
+            // The cheap offer is withdrawn: a job for the local site now pays that site's live offer.
+            await admin.DeleteAsync($"/api/v1/offers/{L(cheap["id"])}");
+            var second = L((await t.Post("/api/v1/jobs", new { name = "buy-2", command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60,
+                constraints = new { providers = new[] { "local" } } }, HttpStatusCode.Created))["id"]);
+            await t.WaitJob(second, j => j.State() == "succeeded");
+            Assert.Equal(1000, L((await Settlement(admin, second))["priceFen"]));
+            Assert.True((await admin.Get("/api/v1/ledger/verify"))["ok"]!.GetValue<bool>());
+        }
+        finally
+        {
+            agent.Kill(true);
+        }
+    }
+
+    [Fact]
     public async Task BadMarketInput_IsRefusedNamingFieldAndRule_AndChangesNothing()
     {
         using var s = new ServerProcess();
