@@ -673,6 +673,7 @@ public sealed partial class ControlPlane : BackgroundService
                 // A cycle over a long queue may take a while: keep at most about a quarter of the time in cycles.
                 await Task.Delay(MinCycleGap + (3 * _lastCycle), _time, stoppingToken);
                 await DetectLostAsync();
+                await HousekeepMarketAsync();
                 if (NowMs >= _nextAuctionMs && HasSpotMarket())
                 {
                     await ClearSpotMarketAsync();
@@ -1085,9 +1086,35 @@ public sealed partial class ControlPlane : BackgroundService
     {
         var perNode = PriceUnits.PerNode(offer.Unit, group.Shape, Catalogue) ?? 0;
         var units = Charging.UnitsMilli(job.Spec.Task, job.Spec.Tasks, group.Shape, perNode);
-        var (buyer, seller) = offer.Tier == Tiers.Interruptible ? SpotPrices(offer) : (offer.PriceFen, offer.PriceFen);
+        // Spot pays the clearing prices; a reserved contract was paid up front (take-or-pay), so its use is metered at 0.
+        var (buyer, seller) = offer.Tier switch
+        {
+            Tiers.Interruptible => SpotPrices(offer),
+            Tiers.Reserved when offer.ContractFen is not null => (0, 0),
+            _ => (offer.PriceFen, offer.PriceFen),
+        };
         var domestic = group.Shape.AcceleratorModel is { } m && Catalogue.Find(m)?.Domestic == true;
         return new HoldPlan(offer.Id, offer.Tier, offer.Unit, buyer, seller, units, Charging.Cost(buyer, units, job.Doc.TimeLimitSeconds * 1000), domestic);
+    }
+
+    private long _nextHousekeepingMs;
+
+    /// <summary>About once a second: expired vouchers give back what they hold, ended reserved contracts are settled.</summary>
+    private async Task HousekeepMarketAsync()
+    {
+        var now = NowMs;
+        if (now < _nextHousekeepingMs)
+        {
+            return;
+        }
+
+        _nextHousekeepingMs = now + 1000;
+        var moved = await _ledger.ExpireVouchersAsync(now) + await _ledger.SettleContractsAsync(now, Options.FeeBps);
+        if (moved > 0)
+        {
+            MoneyMoved();
+            OffersChanged(await _ledger.OffersAsync());
+        }
     }
 
     /// <summary>An offer was created or withdrawn: placement uses the live set from the next cycle.</summary>

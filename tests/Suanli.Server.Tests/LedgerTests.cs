@@ -294,6 +294,45 @@ public sealed class LedgerTests : IDisposable
         Assert.True((await s.VerifyAsync(0)).Ok);
     }
 
+    [Fact]
+    public async Task ReservedContracts_AreTakeOrPay_EscrowedUpFront_ProRataWhenEndedEarly()
+    {
+        await using var s = Open();
+        var t = await s.CreateTenantAsync("lab", "research", 1, 1);
+        var p = await s.CreateProviderAsync("hpc", "r", 1);
+        await s.RegisterAsync(p.Id, "r", [new GroupOffer("g", 8000, 16384, null, 0, 4, null)], 1);
+        OfferRecord Contract(long from, long to, long value) => new(0, p.Id, "g", "reserved", "core-hour", 100, 1, from, to, t.Id, 1, null) { ContractFen = value };
+
+        var broke = await Assert.ThrowsAsync<StoreConflictException>(() => s.CreateOfferAsync(Contract(0, 10_000, 5_000)));
+        Assert.Equal("insufficient_funds", broke.Code);
+        Assert.Empty(await s.OffersAsync());
+
+        await s.TransferAsync([Posted("top", Accounts.Cash, Accounts.Tenant(t.Id), 10_000)], true, 1);
+        var full = await s.CreateOfferAsync(Contract(0, 10_000, 6_000));
+        var early = await s.CreateOfferAsync(Contract(0, 10_000, 3_000));
+        Assert.Equal("held", full.ContractState);
+        Assert.Equal(9_000, (await s.AccountAsync(Accounts.Tenant(t.Id)))!.PendingDebits);
+        Assert.Equal(0, await s.SettleContractsAsync(5_000, 500));
+
+        // Ended by the provider at 40% of its window: the tenant pays 40%.
+        await s.WithdrawOfferAsync(early.Id, p.Id, 4_000);
+        Assert.Equal(1, await s.SettleContractsAsync(4_000, 500));
+        var e = (await s.OffersAsync()).Single(o => o.Id == early.Id);
+        Assert.Equal(("settled", 1_200L, 60L), (e.ContractState, e.ContractChargedFen!.Value, e.ContractFeeFen!.Value));
+
+        // Ran its whole window: the full value, used or not.
+        Assert.Equal(1, await s.SettleContractsAsync(10_000, 500));
+        var f = (await s.OffersAsync()).Single(o => o.Id == full.Id);
+        Assert.Equal(6_000, f.ContractChargedFen);
+        var wallet = (await s.AccountAsync(Accounts.Tenant(t.Id)))!;
+        Assert.Equal((10_000L - 7_200, 0L), (wallet.Posted, wallet.PendingDebits));
+        Assert.Equal(7_200 - 60 - 300, (await s.AccountAsync(Accounts.Provider(p.Id)))!.Posted);
+        Assert.Equal(0, await s.SettleContractsAsync(20_000, 500));
+        var report = await s.VerifyAsync(500);
+        Assert.True(report.Ok, string.Join("; ", report.Problems));
+        Assert.Equal(2, report.SettlementsChecked);
+    }
+
     public void Dispose()
     {
         SqliteConnection.ClearAllPools();

@@ -307,6 +307,60 @@ public class MarketTests
     }
 
     [Fact]
+    public async Task ReservedContract_IsTheTenantsAlone_UsedAtNoExtraCharge_AndPaidInFullAtTheWindowsEnd()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var local = await LocalProvider(admin);
+        var cores = await LocalCores(admin);
+        var (ownerId, ownerKey) = await admin.Tenant("contract-owner");
+        var (_, otherKey) = await admin.Tenant("someone-else");
+        await admin.Post($"/api/v1/wallets/{ownerId}/topups", new { amount = 1000 }, HttpStatusCode.Created);
+        var from = DateTimeOffset.UtcNow;
+        var to = from.AddSeconds(6);
+        var contract = await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "reserved", unit = "core-hour", price = 360, nodes = 1,
+            tenantId = ownerId, validFrom = from.ToString("O"), validTo = to.ToString("O") }, HttpStatusCode.Created);
+        var value = L(contract["contractFen"]);
+        Assert.Equal(Charging.Cost(36_000, cores * 1000L, 6_000), value); // 360 CNY per core-hour, every core, 6 s
+        Assert.Equal("held", contract["contractState"]!.GetValue<string>());
+        Assert.Equal(value, L((await admin.Get($"/api/v1/wallets/{ownerId}"))["heldFen"]));
+
+        using var owner = s.Client(ownerKey);
+        using var other = s.Client(otherKey);
+        var mine = L((await owner.Post("/api/v1/jobs", new { name = "mine", command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, tier = "reserved" }, HttpStatusCode.Created))["id"]);
+        var theirs = L((await other.Post("/api/v1/jobs", new { name = "theirs", command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, tier = "reserved" }, HttpStatusCode.Created))["id"]);
+        await owner.WaitJob(mine, j => j.State() == "succeeded");
+        Assert.Equal(0, L((await Settlement(admin, mine))["costFen"]));
+        var explain = string.Join(" ", (await other.Get($"/api/v1/jobs/{theirs}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+        Assert.Contains($"reserved for tenant {ownerId}", explain, StringComparison.Ordinal);
+
+        // After the window the contract settles by itself: the whole value, used or not.
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        JsonNode offer;
+        do
+        {
+            await Task.Delay(250);
+            offer = (await admin.Get("/api/v1/offers"))["items"]!.AsArray().Single(o => L(o!["id"]) == L(contract["id"]))!;
+        }
+        while (offer["contractState"]!.GetValue<string>() != "settled" && sw.Elapsed < TimeSpan.FromSeconds(20));
+        Assert.Equal(value, L(offer["contractChargedFen"]));
+        var wallet = await admin.Get($"/api/v1/wallets/{ownerId}");
+        Assert.Equal((100_000 - value, 0L), (L(wallet["balanceFen"]), L(wallet["heldFen"])));
+        var provider = (await admin.Get("/api/v1/ledger/accounts?prefix=provider:")).AsArray().Single()!;
+        Assert.Equal(value - Money.Share(value, 500), L(provider["posted"]));
+        var month = to.ToString("yyyy-MM", System.Globalization.CultureInfo.InvariantCulture);
+        var invoice = await owner.Get($"/api/v1/statements/tenants/{ownerId}?month={month}");
+        Assert.Equal(value, L(invoice["contractsFen"]));
+        Assert.Equal(L(contract["id"]), L(invoice["contracts"]![0]!["offerId"]));
+        var payout = await admin.Get($"/api/v1/statements/providers/{local}?month={month}");
+        Assert.Equal(value - Money.Share(value, 500), L(payout["contractsNetFen"]));
+        Assert.Equal(value, L((await admin.Get("/api/v1/market/summary"))["contractsChargedFen"]));
+        var verify = await admin.Get("/api/v1/ledger/verify");
+        Assert.True(verify["ok"]!.GetValue<bool>(), verify.ToJsonString());
+        await other.PostAsync($"/api/v1/jobs/{theirs}/cancel", null);
+    }
+
+    [Fact]
     public async Task BadMarketInput_IsRefusedNamingFieldAndRule_AndChangesNothing()
     {
         using var s = new ServerProcess();

@@ -10,11 +10,11 @@ namespace Suanli.Server;
 
 /// <summary>An offer as the API shows it (money in yuan strings and fen).</summary>
 public sealed record OfferView(long Id, long ProviderId, string Group, string Tier, string Unit, long PriceFen, string Price, int Nodes, DateTimeOffset ValidFrom,
-    DateTimeOffset ValidTo, long? TenantId, bool Live, DateTimeOffset? Withdrawn)
+    DateTimeOffset ValidTo, long? TenantId, bool Live, DateTimeOffset? Withdrawn, long? ContractFen, string? ContractState, long? ContractChargedFen)
 {
     public static OfferView Of(OfferRecord o, long now) => new(o.Id, o.ProviderId, o.GroupId, o.Tier, o.Unit, o.PriceFen, Money.Yuan(o.PriceFen), o.Nodes,
         DateTimeOffset.FromUnixTimeMilliseconds(o.ValidFromMs), DateTimeOffset.FromUnixTimeMilliseconds(o.ValidToMs), o.TenantId, o.LiveAt(now),
-        o.WithdrawnMs is { } w ? DateTimeOffset.FromUnixTimeMilliseconds(w) : null);
+        o.WithdrawnMs is { } w ? DateTimeOffset.FromUnixTimeMilliseconds(w) : null, o.ContractFen, o.ContractState, o.ContractChargedFen);
 }
 
 public sealed record WalletView(long TenantId, string Account, long BalanceFen, long HeldFen, long AvailableFen, string Balance, string Available, IReadOnlyList<VoucherRecord> Vouchers);
@@ -30,7 +30,8 @@ public sealed record WriteOffRow(long JobId, int Attempt, long TenantId, long Pr
 public sealed record SummaryRow(string Tier, string Unit, int Settlements, decimal Units, long CostFen, long? AveragePriceFen);
 
 public sealed record MarketSummary(DateTimeOffset From, DateTimeOffset To, IReadOnlyList<SummaryRow> Volume, long ChargedFen, long FeesFen, long SubsidyFen,
-    IReadOnlyDictionary<string, long> SubsidyByProgramme, int Rounds, long SpotLotsCleared, int OpenHolds, long OpenHoldFen);
+    IReadOnlyDictionary<string, long> SubsidyByProgramme, int Rounds, long SpotLotsCleared, int OpenHolds, long OpenHoldFen, int ReservedContracts, long ContractsChargedFen,
+    long ContractsHeldFen);
 
 /// <summary>The trading centre's REST API: offers, the spot market, wallets, the ledger, vouchers and statements.</summary>
 public static partial class Endpoints
@@ -165,6 +166,12 @@ public static partial class Endpoints
             return await Fenced(async () =>
             {
                 var o = await l.WithdrawOfferAsync(id, who.IsOperator ? null : who.ProviderId, NowMs(t));
+                if (o.ContractState is not null && await l.SettleContractsAsync(NowMs(t), cp.Options.FeeBps) > 0)
+                {
+                    cp.MoneyMoved();
+                    o = (await l.OffersAsync()).First(x => x.Id == o.Id);
+                }
+
                 cp.OffersChanged(await l.OffersAsync());
                 return Results.Ok(OfferView.Of(o, NowMs(t)));
             });
@@ -375,11 +382,15 @@ public static partial class Endpoints
             errors.Add(new FieldError("tenantId", "tier", "only a reserved contract is for one tenant"));
         }
 
+        decimal? perNode = null;
         if (providerId is { } pid && group is not null && unit is not null && PriceUnits.IsKnown(unit) && await s.GetProviderAsync(pid) is { } prov
-            && prov.Groups.FirstOrDefault(x => x.Id == group) is { } go
-            && PriceUnits.PerNode(unit, new Core.Domain.NodeShape(go.MilliCpu, go.MemoryMiB, go.Accelerator, go.Accelerators), cp.Catalogue) is null)
+            && prov.Groups.FirstOrDefault(x => x.Id == group) is { } go)
         {
-            errors.Add(new FieldError("unit", "hardware", $"group {group} ({go.Accelerators} × {go.Accelerator ?? "no accelerator"}) has no {unit} to sell"));
+            perNode = PriceUnits.PerNode(unit, new Core.Domain.NodeShape(go.MilliCpu, go.MemoryMiB, go.Accelerator, go.Accelerators), cp.Catalogue);
+            if (perNode is null)
+            {
+                errors.Add(new FieldError("unit", "hardware", $"group {group} ({go.Accelerators} × {go.Accelerator ?? "no accelerator"}) has no {unit} to sell"));
+            }
         }
 
         if (tenantId is { } tid && await s.GetTenantAsync(tid) is null)
@@ -394,8 +405,17 @@ public static partial class Endpoints
 
         return await Fenced(async () =>
         {
+            // A reserved contract is take-or-pay: its value (price × the nodes' units × the window) is escrowed now.
+            long? contract = tier == Tiers.Reserved && perNode is { } units
+                ? Charging.Cost(price!.Value, Money.Round(units * nodes!.Value * 1000m), (to - from).Ticks / TimeSpan.TicksPerMillisecond)
+                : null;
             var o = await l.CreateOfferAsync(new OfferRecord(0, providerId!.Value, group!, tier!, unit!, price!.Value, (int)nodes!.Value, from.ToUnixTimeMilliseconds(),
-                to.ToUnixTimeMilliseconds(), tenantId, NowMs(t), null));
+                to.ToUnixTimeMilliseconds(), tenantId, NowMs(t), null) { ContractFen = contract });
+            if (contract is not null)
+            {
+                cp.MoneyMoved();
+            }
+
             cp.OffersChanged(await l.OffersAsync());
             return Results.Created($"/api/v1/offers/{o.Id}", OfferView.Of(o, NowMs(t)));
         });
@@ -588,7 +608,9 @@ public static partial class Endpoints
             .ToDictionary(g => g.Key, g => g.Sum(x => x.VoucherFen ?? 0));
         var rounds = (await l.RoundsAsync(null, 100_000)).Where(r => r.AtMs >= f.ToUnixTimeMilliseconds() && r.AtMs < until.ToUnixTimeMilliseconds()).ToList();
         var open = (await l.SettlementsAsync(new SettlementQuery())).Where(x => x.State == SettlementStates.Held).ToList();
+        var contracts = (await l.OffersAsync()).Where(o => o.ContractState is not null && o.CreatedMs < until.ToUnixTimeMilliseconds() && o.ValidToMs >= f.ToUnixTimeMilliseconds()).ToList();
         return Results.Ok(new MarketSummary(f, until, volume, settled.Sum(x => x.CostFen ?? 0), settled.Sum(x => x.FeeFen ?? 0), settled.Sum(x => x.VoucherFen ?? 0),
-            byProgramme, rounds.Count, rounds.Sum(r => r.Volume), open.Count, open.Sum(x => x.HoldFen)));
+            byProgramme, rounds.Count, rounds.Sum(r => r.Volume), open.Count, open.Sum(x => x.HoldFen), contracts.Count, contracts.Sum(o => o.ContractChargedFen ?? 0),
+            contracts.Where(o => o.ContractState == "held").Sum(o => o.ContractFen ?? 0)));
     }
 }

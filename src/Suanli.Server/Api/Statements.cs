@@ -11,9 +11,19 @@ namespace Suanli.Server;
 public sealed record InvoiceLine(DateTimeOffset Settled, long JobId, int Attempt, string Provider, string Tier, string Unit, decimal Units, decimal Hours,
     string PricePerUnit, string Cost, string Voucher, string Paid, long CostFen, long VoucherFen, long PaidFen);
 
+/// <summary>A reserved contract that ended in the month: its value, what was charged (take-or-pay) and the platform's fee.</summary>
+public sealed record ContractLine(long OfferId, string Counterparty, string Group, DateTimeOffset ValidFrom, DateTimeOffset ValidTo, DateTimeOffset? Withdrawn,
+    long ValueFen, long ChargedFen, long FeeFen);
+
 /// <summary>A tenant's monthly invoice.</summary>
 public sealed record TenantStatement(long TenantId, string Tenant, string Month, long OpeningFen, long TopUpsFen, long ChargedFen, long VoucherFen, long PaidFen,
-    long ClosingFen, long HeldFen, IReadOnlyList<InvoiceLine> Lines);
+    long ClosingFen, long HeldFen, IReadOnlyList<InvoiceLine> Lines)
+{
+    /// <summary>Reserved contracts settled in the month (charged on top of the attempts).</summary>
+    public IReadOnlyList<ContractLine> Contracts { get; init; } = [];
+
+    public long ContractsFen => Contracts.Sum(c => c.ChargedFen);
+}
 
 /// <summary>One delivered attempt on a provider's payout statement.</summary>
 public sealed record PayoutLine(DateTimeOffset Settled, long JobId, int Attempt, string Tenant, string Tier, string Unit, decimal Units, decimal Hours,
@@ -21,7 +31,14 @@ public sealed record PayoutLine(DateTimeOffset Settled, long JobId, int Attempt,
 
 /// <summary>A provider's monthly payout statement.</summary>
 public sealed record ProviderStatement(long ProviderId, string Provider, string Month, long OpeningFen, long EarnedFen, long FeesFen, long PaidOutFen, long ClosingFen,
-    IReadOnlyList<PayoutLine> Lines);
+    IReadOnlyList<PayoutLine> Lines)
+{
+    /// <summary>Reserved contracts settled in the month.</summary>
+    public IReadOnlyList<ContractLine> Contracts { get; init; } = [];
+
+    /// <summary>What the contracts earned after the fee.</summary>
+    public long ContractsNetFen => Contracts.Sum(c => c.ChargedFen - c.FeeFen);
+}
 
 /// <summary>Builds statements from settlements and the journal, and renders them as JSON or CSV (CsvHelper, RFC 4180).</summary>
 public static class Statements
@@ -65,6 +82,14 @@ public static class Statements
         }
     }
 
+    /// <summary>Settled contracts whose end (their window's, or the withdrawal) falls in [from, to).</summary>
+    private static async Task<List<OfferRecord>> ContractsAsync(ILedgerStore l, Func<OfferRecord, bool> mine, long fromMs, long toMs) =>
+        [.. (await l.OffersAsync()).Where(o => o.ContractState == "settled" && mine(o) && Math.Min(o.WithdrawnMs ?? long.MaxValue, o.ValidToMs) is var end && end >= fromMs && end < toMs)];
+
+    private static ContractLine Line(OfferRecord o, string counterparty) => new(o.Id, counterparty, o.GroupId, DateTimeOffset.FromUnixTimeMilliseconds(o.ValidFromMs),
+        DateTimeOffset.FromUnixTimeMilliseconds(o.ValidToMs), o.WithdrawnMs is { } w ? DateTimeOffset.FromUnixTimeMilliseconds(w) : null, o.ContractFen ?? 0,
+        o.ContractChargedFen ?? 0, o.ContractFeeFen ?? 0);
+
     public static async Task<TenantStatement> TenantAsync(ILedgerStore l, TenantRecord tenant, long fromMs, long toMs, string month, IReadOnlyDictionary<long, string> providers)
     {
         var settled = (await l.SettlementsAsync(new SettlementQuery(TenantId: tenant.Id, FromMs: fromMs, ToMs: toMs))).Where(s => s.State == SettlementStates.Settled).ToList();
@@ -73,8 +98,9 @@ public static class Statements
             s.CostFen ?? 0, s.VoucherFen ?? 0, s.TenantFen ?? 0)).ToList();
         var (opening, moves, closing) = await Account(l, Accounts.Tenant(tenant.Id), fromMs, toMs);
         var held = (await l.AccountAsync(Accounts.Tenant(tenant.Id)))?.PendingDebits ?? 0;
+        var contracts = (await ContractsAsync(l, o => o.TenantId == tenant.Id, fromMs, toMs)).Select(o => Line(o, providers.GetValueOrDefault(o.ProviderId, $"provider {o.ProviderId}"))).ToList();
         return new TenantStatement(tenant.Id, tenant.Name, month, opening, moves.GetValueOrDefault("topup"), lines.Sum(x => x.CostFen), lines.Sum(x => x.VoucherFen),
-            lines.Sum(x => x.PaidFen), closing, held, lines);
+            lines.Sum(x => x.PaidFen), closing, held, lines) { Contracts = contracts };
     }
 
     public static async Task<ProviderStatement> ProviderAsync(ILedgerStore l, ProviderRecord provider, long fromMs, long toMs, string month, IReadOnlyDictionary<long, TenantRecord> tenants)
@@ -88,7 +114,12 @@ public static class Statements
                 gross, s.FeeFen ?? 0, s.ProviderFen ?? 0);
         }).ToList();
         var (opening, moves, closing) = await Account(l, Accounts.Provider(provider.Id), fromMs, toMs);
-        return new ProviderStatement(provider.Id, provider.Name, month, opening, lines.Sum(x => x.NetFen), lines.Sum(x => x.FeeFen), -moves.GetValueOrDefault("payout"), closing, lines);
+        var contracts = (await ContractsAsync(l, o => o.ProviderId == provider.Id, fromMs, toMs))
+            .Select(o => Line(o, o.TenantId is { } t && tenants.TryGetValue(t, out var r) ? r.Name : $"tenant {o.TenantId}")).ToList();
+        return new ProviderStatement(provider.Id, provider.Name, month, opening, lines.Sum(x => x.NetFen), lines.Sum(x => x.FeeFen), -moves.GetValueOrDefault("payout"), closing, lines)
+        {
+            Contracts = contracts,
+        };
     }
 
     /// <summary>JSON (the whole document) or, with format=csv, the lines as an RFC 4180 file.</summary>

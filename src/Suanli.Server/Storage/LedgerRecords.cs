@@ -110,6 +110,33 @@ public sealed record OfferRecord(long Id, long ProviderId, string GroupId, strin
 {
     /// <summary>True when the offer sells at <paramref name="nowMs"/>.</summary>
     public bool LiveAt(long nowMs) => WithdrawnMs is null && ValidFromMs <= nowMs && nowMs < ValidToMs;
+
+    /// <summary>A reserved contract's value (take-or-pay: price × the nodes' units × the window), held in escrow from its creation.</summary>
+    public long? ContractFen { get; init; }
+
+    /// <summary>held (escrowed) or settled (paid to the provider at the window's end, pro rata when withdrawn early); null when no contract.</summary>
+    public string? ContractState { get; init; }
+
+    /// <summary>What the tenant was charged when the contract settled.</summary>
+    public long? ContractChargedFen { get; init; }
+
+    /// <summary>The platform's fee out of the charge.</summary>
+    public long? ContractFeeFen { get; init; }
+
+    /// <summary>
+    /// Take-or-pay rule: the whole value when the window ran to its end; when the contract was withdrawn early (the
+    /// provider ended it), the share of the window that had passed, rounded half up.
+    /// </summary>
+    public static long ContractCharge(long valueFen, long fromMs, long toMs, long? withdrawnMs)
+    {
+        if (withdrawnMs is not { } w || w >= toMs)
+        {
+            return valueFen;
+        }
+
+        var used = Math.Clamp(w - fromMs, 0, toMs - fromMs);
+        return Suanli.Core.Market.Money.Round((decimal)valueFen * used / (toMs - fromMs));
+    }
 }
 
 /// <summary>What the lease of a priced job holds in escrow (written with the lease, in one transaction).</summary>
@@ -191,6 +218,12 @@ public interface ILedgerStore
     Task<IReadOnlyList<RelationRecord>> RelationsAsync();
 
     Task<IReadOnlyList<SettlementRecord>> SettlementsAsync(SettlementQuery query);
+
+    /// <summary>
+    /// Settles every reserved contract whose window ended or that was withdrawn: posts the escrowed value (pro rata when
+    /// ended early) and pays the provider less the fee. Returns how many were settled.
+    /// </summary>
+    Task<int> SettleContractsAsync(long nowMs, int feeBps);
 
     /// <summary>Ends a held attempt on its own (recovery, or a cancelled job whose provider vanished); false when it was not held.</summary>
     Task<bool> SettleAsync(long jobId, SettlePlan plan, int feeBps, long nowMs);

@@ -151,6 +151,10 @@ public static class Migrations
             tenant_id INTEGER REFERENCES tenants(id),
             created INTEGER NOT NULL,
             withdrawn INTEGER,
+            contract_fen INTEGER,
+            contract_state TEXT CHECK (contract_state IN ('held','settled')),
+            contract_charged_fen INTEGER,
+            contract_fee_fen INTEGER,
             CHECK (valid_to > valid_from));
         CREATE TABLE settlements(
             job_id INTEGER NOT NULL REFERENCES jobs(id),

@@ -452,14 +452,45 @@ public sealed partial class SqliteStore
             }
         }
 
+        // Reserved contracts: escrowed at their value, charged by the take-or-pay rule, paid out in full.
+        var amounts = Query(c, "SELECT id, amount FROM ledger_transfers WHERE code IN ('contract-hold', 'contract-provider-share') OR id LIKE 'contract-fee:%'", r => (r.GetString(0), r.GetInt64(1)))
+            .ToDictionary(x => x.Item1, x => x.Item2);
+        foreach (var o in Query(c, $"SELECT {OfferCols} FROM offers WHERE contract_state IS NOT NULL", MapOffer))
+        {
+            checkedCount++;
+            if (amounts.GetValueOrDefault($"contract:{o.Id}", -1) != o.ContractFen)
+            {
+                Problem($"contract {o.Id}: escrowed {amounts.GetValueOrDefault($"contract:{o.Id}", -1)}, its value is {o.ContractFen}");
+            }
+
+            if (o.ContractState != "settled")
+            {
+                open++;
+                openFen += o.ContractFen ?? 0;
+                continue;
+            }
+
+            var charged = OfferRecord.ContractCharge(o.ContractFen!.Value, o.ValidFromMs, o.ValidToMs, o.WithdrawnMs);
+            settledFen += charged;
+            var posted = resolved.TryGetValue($"contract:{o.Id}", out var pr) && pr.Kind == TransferKinds.Post ? pr.Amount : -1;
+            if (charged != o.ContractChargedFen || posted != charged
+                || amounts.GetValueOrDefault($"contract-payout:{o.Id}", -1) + amounts.GetValueOrDefault($"contract-fee:{o.Id}", -1) != charged)
+            {
+                Problem($"contract {o.Id}: the take-or-pay charge is {charged}; stored {o.ContractChargedFen}, posted {posted}, paid out {amounts.GetValueOrDefault($"contract-payout:{o.Id}", -1)} + fee {amounts.GetValueOrDefault($"contract-fee:{o.Id}", -1)}");
+            }
+        }
+
         return new LedgerReport(problems.Count == 0, accounts.Count, transfers, sumPosted, sumPD, sumPC, open, openFen, checkedCount, settledFen, problems);
     });
 
     // ---- offers ----
-    private const string OfferCols = "id, provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, withdrawn";
+    private const string OfferCols = "id, provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, withdrawn, contract_fen, contract_state, contract_charged_fen, contract_fee_fen";
 
     private static OfferRecord MapOffer(SqliteDataReader r) => new(r.GetInt64(0), r.GetInt64(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt64(5), r.GetInt32(6),
-        r.GetInt64(7), r.GetInt64(8), NLong(r, 9), r.GetInt64(10), NLong(r, 11));
+        r.GetInt64(7), r.GetInt64(8), NLong(r, 9), r.GetInt64(10), NLong(r, 11))
+    {
+        ContractFen = NLong(r, 12), ContractState = NStr(r, 13), ContractChargedFen = NLong(r, 14), ContractFeeFen = NLong(r, 15),
+    };
 
     public Task<OfferRecord> CreateOfferAsync(OfferRecord offer) => Write(c =>
     {
@@ -475,9 +506,20 @@ public sealed partial class SqliteStore
             throw new StoreConflictException("over_capacity", $"nodes: group {o.GroupId} has {group.Nodes} nodes and offers overlapping this window already sell {overlapping}; at most {group.Nodes - overlapping} more");
         }
 
-        return Query(c, $"INSERT INTO offers(provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created) VALUES($p, $g, $tier, $u, $price, $n, $f, $t, $ten, $c) RETURNING {OfferCols}",
+        var contract = o.Tier == Suanli.Core.Market.Tiers.Reserved && o.ContractFen is > 0 ? o.ContractFen : null;
+        var rec = Query(c, $"INSERT INTO offers(provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, contract_fen, contract_state) VALUES($p, $g, $tier, $u, $price, $n, $f, $t, $ten, $c, $cv, $cs) RETURNING {OfferCols}",
             MapOffer, ("$p", o.ProviderId), ("$g", o.GroupId), ("$tier", o.Tier), ("$u", o.Unit), ("$price", o.PriceFen), ("$n", o.Nodes), ("$f", o.ValidFromMs), ("$t", o.ValidToMs),
-            ("$ten", o.TenantId), ("$c", o.CreatedMs))[0];
+            ("$ten", o.TenantId), ("$c", o.CreatedMs), ("$cv", contract), ("$cs", contract is null ? null : "held"))[0];
+        if (contract is { } value)
+        {
+            // Take-or-pay: the contract's whole value is escrowed from the tenant's wallet now, or there is no contract.
+            Linked(c, o.CreatedMs, new TransferRequest($"contract:{rec.Id}", TransferKinds.Pending, Accounts.Tenant(o.TenantId!.Value), Accounts.Escrow, value, "contract-hold")
+            {
+                Memo = $"reserved contract {rec.Id}: {o.Nodes} nodes of {provider.Name}/{o.GroupId} at {Money.Yuan(o.PriceFen)}/{o.Unit}",
+            });
+        }
+
+        return rec;
     });
 
     public Task<IReadOnlyList<OfferRecord>> OffersAsync() => Read<IReadOnlyList<OfferRecord>>(c => Query(c, $"SELECT {OfferCols} FROM offers ORDER BY id", MapOffer));
@@ -486,6 +528,23 @@ public sealed partial class SqliteStore
         Query(c, $"UPDATE offers SET withdrawn = $t WHERE id = $id AND withdrawn IS NULL AND ($p IS NULL OR provider_id = $p) RETURNING {OfferCols}", MapOffer,
             ("$t", nowMs), ("$id", id), ("$p", providerId)).FirstOrDefault()
         ?? throw new StoreConflictException("not_found", $"offer {id} does not exist, is not yours or was withdrawn already"));
+
+    public Task<int> SettleContractsAsync(long nowMs, int feeBps) => Write(c =>
+    {
+        var due = Query(c, $"SELECT {OfferCols} FROM offers WHERE contract_state = 'held' AND (valid_to <= $now OR withdrawn IS NOT NULL)", MapOffer, ("$now", nowMs));
+        foreach (var o in due)
+        {
+            var charged = OfferRecord.ContractCharge(o.ContractFen!.Value, o.ValidFromMs, o.ValidToMs, o.WithdrawnMs);
+            var fee = Money.Share(charged, feeBps);
+            Linked(c, nowMs,
+                new TransferRequest($"contract-pay:{o.Id}", TransferKinds.Post, "", "", charged, "contract-charge") { PendingId = $"contract:{o.Id}" },
+                new TransferRequest($"contract-payout:{o.Id}", TransferKinds.Posted, Accounts.Escrow, Accounts.Provider(o.ProviderId), charged - fee, "contract-provider-share"),
+                new TransferRequest($"contract-fee:{o.Id}", TransferKinds.Posted, Accounts.Escrow, Accounts.Fee, fee, "platform-fee"));
+            Update(c, "UPDATE offers SET contract_state = 'settled', contract_charged_fen = $ch, contract_fee_fen = $f WHERE id = $id", ("$ch", charged), ("$f", fee), ("$id", o.Id));
+        }
+
+        return due.Count;
+    });
 
     // ---- settlements ----
     private const string SettlementCols = "job_id, attempt, tenant_id, provider_id, group_id, offer_id, tier, unit, price_fen, seller_price_fen, units_milli, hold_fen, voucher_id, voucher_hold_fen, voucher_share_bps, state, metered_ms, cost_fen, tenant_fen, voucher_fen, provider_fen, fee_fen, held_at, settled_at, note";
