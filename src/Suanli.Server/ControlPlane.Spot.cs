@@ -159,6 +159,7 @@ public sealed partial class ControlPlane
                 }
 
                 _spotCleared.Add(instrument);
+                _metrics.SpotRound(instrument, c.Volume, c.BuyerPriceFen, c.SellerPriceFen);
                 rounds.Add(new RoundRecord(0, instrument, now, b.Count, a.Count, b.Sum(o => o.Lots), a.Sum(o => o.Lots), c.Volume, c.EfficientVolume,
                     c.BuyerPriceFen, c.SellerPriceFen, c.Reduced));
             }
@@ -169,6 +170,7 @@ public sealed partial class ControlPlane
             foreach (var j in spot.Where(j => j.Record.State == JobStates.Running && !winners.Contains(j.Record.Id)))
             {
                 var i = InstrumentOf(j, askLots);
+                _metrics.Preempted();
                 j.Preempting = (deadline, askLots.ContainsKey(i)
                     ? $"outbid in the spot auction for {i} (cleared at {Money.Yuan(_spotPrices.GetValueOrDefault(i).Buyer)}, the job bids {Money.Yuan(j.Doc.MaxPriceFen ?? 0)})"
                     : $"the interruptible capacity for {i} was reclaimed");

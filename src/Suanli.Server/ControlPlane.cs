@@ -890,10 +890,15 @@ public sealed partial class ControlPlane : BackgroundService
                 }
 
                 _metrics.Transition(JobStates.Queued, JobStates.Leased);
+                if (l.Hold is { } held)
+                {
+                    _metrics.Hold(held.Tier);
+                }
             }
             catch (StoreConflictException e) when (e.Code == "insufficient_funds")
             {
                 // The wallet cannot cover the hold: the job stays queued and is tried again once money moves.
+                _metrics.Unfunded();
                 lock (_gate)
                 {
                     ReleaseLocked(l.Job);

@@ -249,6 +249,13 @@ public class MarketTests
         Assert.Contains("outbid", why, StringComparison.Ordinal);
         var rounds = (await x.Get("/api/v1/market/rounds")).AsArray();
         Assert.True(rounds.Count >= 2);
+        using (var anon = new HttpClient { BaseAddress = new Uri(s.Url) })
+        {
+            var metrics = await anon.GetStringAsync("/metrics");
+            Assert.Contains("suanli_spot_clearing_price_fen{instrument=\"core-hour:cpu\",side=\"buyer\"} 5", metrics, StringComparison.Ordinal);
+            Assert.Contains("suanli_spot_preemptions_total 1", metrics, StringComparison.Ordinal);
+            Assert.Contains("suanli_escrow_holds_total{tier=\"interruptible\"}", metrics, StringComparison.Ordinal);
+        }
 
         await y.PostAsync($"/api/v1/jobs/{jy}/cancel", null);
         await x.PostAsync($"/api/v1/jobs/{jx}/cancel", null);
