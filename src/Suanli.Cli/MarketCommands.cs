@@ -86,8 +86,16 @@ internal static partial class PlatformCommands
             Set(body, "validFrom", r.GetValue(from));
             Set(body, "validTo", r.GetValue(to));
             Set(body, "tenantId", r.GetValue(tenant));
-            Print(r, await api.PostAsync("/api/v1/offers", body), o => Console.WriteLine(Messages.T($"offer {o["id"]} published: {o["tier"]} {o["price"]} CNY/{o["unit"]} × {o["nodes"]} nodes",
-                $"已发布报价 {o["id"]}：{o["tier"]} {o["price"]} 元/{o["unit"]} × {o["nodes"]} 节点")));
+            Print(r, await api.PostAsync("/api/v1/offers", body), o =>
+            {
+                Console.WriteLine(Messages.T($"offer {o["id"]} published: {o["tier"]} {o["price"]} CNY/{o["unit"]} × {o["nodes"]} nodes",
+                    $"已发布报价 {o["id"]}：{o["tier"]} {o["price"]} 元/{o["unit"]} × {o["nodes"]} 节点"));
+                if (o["contractFen"] is { } value)
+                {
+                    Console.WriteLine(Messages.T($"reserved contract for tenant {o["tenantId"]}: {Fen(value)} CNY held in escrow, paid to the provider at {o["validTo"]}",
+                        $"租户 {o["tenantId"]} 的预留合约：{Fen(value)} 元已托管冻结，于 {o["validTo"]} 结算给提供方"));
+                }
+            });
             return ExitCodes.Ok;
         }, provider, group, tier, unit, price, nodes, from, to, tenant));
         var offerId = new Argument<long>("OFFER");
