@@ -33,6 +33,9 @@ public class MarketTests
 
     private static long L(JsonNode? n) => n!.GetValue<long>();
 
+    private static async Task<string> Explain(HttpClient c, long job) =>
+        string.Join(" ", (await c.Get($"/api/v1/jobs/{job}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+
     [Fact]
     public async Task PricedJobs_HoldEscrow_SettleMeteredCost_AndApplyVouchersExceptBetweenRelatedParties()
     {
@@ -171,7 +174,7 @@ public class MarketTests
         do
         {
             await Task.Delay(200);
-            why = string.Join(" ", (await c.Get($"/api/v1/jobs/{job}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+            why = await Explain(c, job);
         }
         while (!why.Contains("waiting for funds", StringComparison.Ordinal) && sw.Elapsed < TimeSpan.FromSeconds(20));
         Assert.Contains("waiting for funds", why, StringComparison.Ordinal);
@@ -183,7 +186,7 @@ public class MarketTests
         await admin.Post($"/api/v1/wallets/{cId}/topups", new { amount = "1.00" }, HttpStatusCode.Created);
         await c.WaitJob(job, j => j.State() == "succeeded");
         await Task.Delay(500);
-        var explain = string.Join(" ", (await c.Get($"/api/v1/jobs/{capped}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+        var explain = await Explain(c, capped);
         Assert.Contains("budget", explain, StringComparison.Ordinal);
         Assert.Equal("queued", (await c.Get($"/api/v1/jobs/{capped}")).State());
         Assert.True((await admin.Get("/api/v1/ledger/verify"))["ok"]!.GetValue<bool>());
@@ -207,7 +210,7 @@ public class MarketTests
         var script = "trap 'echo notice $SUANLI_TIER $SUANLI_PREEMPT_NOTICE_SECONDS $(head -n 1 \"$SUANLI_PREEMPT_FILE\")' USR1; echo started; while :; do sleep 0.2; done";
         var jx = L((await x.Post("/api/v1/jobs", new { name = "spot-x", command = new[] { "/bin/sh", "-c", script }, resources = new { cpu = 1, memoryMiB = 64 }, timeLimitSeconds = 300, tier = "interruptible", maxPrice = 0.05 }, HttpStatusCode.Created))["id"]);
         await Task.Delay(300);
-        var explain = string.Join(" ", (await x.Get($"/api/v1/jobs/{jx}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+        var explain = await Explain(x, jx);
         Assert.Contains("spot auction", explain, StringComparison.Ordinal);
 
         var round = (await admin.Post("/api/v1/market/clear", new { })).AsArray().Single()!;
@@ -245,7 +248,7 @@ public class MarketTests
         var wy = await Settlement(admin, jy);
         Assert.Equal(5, L(wy["priceFen"]));
         Assert.Equal("held", wy["state"]!.GetValue<string>());
-        var why = string.Join(" ", (await x.Get($"/api/v1/jobs/{jx}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+        var why = await Explain(x, jx);
         Assert.Contains("outbid", why, StringComparison.Ordinal);
         var rounds = (await x.Get("/api/v1/market/rounds")).AsArray();
         Assert.True(rounds.Count >= 2);
@@ -338,7 +341,7 @@ public class MarketTests
         var theirs = L((await other.Post("/api/v1/jobs", new { name = "theirs", command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, tier = "reserved" }, HttpStatusCode.Created))["id"]);
         await owner.WaitJob(mine, j => j.State() == "succeeded");
         Assert.Equal(0, L((await Settlement(admin, mine))["costFen"]));
-        var explain = string.Join(" ", (await other.Get($"/api/v1/jobs/{theirs}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
+        var explain = await Explain(other, theirs);
         Assert.Contains($"reserved for tenant {ownerId}", explain, StringComparison.Ordinal);
 
         // After the window the contract settles by itself: the whole value, used or not.
