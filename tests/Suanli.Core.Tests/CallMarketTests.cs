@@ -3,6 +3,7 @@ using FsCheck.Fluent;
 using FsCheck.Xunit;
 using Suanli.Core.Domain;
 using Suanli.Core.Market;
+using Suanli.Core.Scheduling;
 
 namespace Suanli.Core.Tests;
 
@@ -156,5 +157,40 @@ public class CallMarketTests
         Assert.Equal(1234, Money.ParseYuan("12.34"));
         Assert.Null(Money.ParseYuan("1.234"));
         Assert.Equal("-0.05", Money.Yuan(-5));
+    }
+}
+
+public class TierFilterTests
+{
+    private static readonly NodeShape Shape = new(8000, 16384);
+
+    private static readonly Pool Pool = new([new Provider("p", "r", "s")],
+    [
+        new NodeGroup("free", "p", Shape, 1),
+        new NodeGroup("od", "p", Shape, 1, 1m, new MarketTerms(Tiers.OnDemand, OfferId: 1)),
+        new NodeGroup("res", "p", Shape, 1, 1m, new MarketTerms(Tiers.Reserved, "t1", 2)),
+        new NodeGroup("spot", "p", Shape, 1, 1m, new MarketTerms(Tiers.Interruptible, OfferId: 3)),
+    ]);
+
+    private static JobSpec Job(string tenant, string? tier) => new(1, tenant, new TaskResources(1000, 64), 1, 0, 60, Tier: tier);
+
+    [Theory]
+    [InlineData("t1", null, "free,od")]
+    [InlineData("t1", "on-demand", "free,od")]
+    [InlineData("t1", "reserved", "res")]
+    [InlineData("t2", "reserved", "")]
+    [InlineData("t2", "interruptible", "spot")]
+    public void EachTier_RunsOnItsOwnCapacity(string tenant, string? tier, string groups)
+    {
+        var f = new TierFilter();
+        var admitted = string.Join(",", Enumerable.Range(0, Pool.Groups.Count).Where(g => f.Admits(Job(tenant, tier), g, Pool)).Select(g => Pool.Groups[g].Id));
+        Assert.Equal(groups, admitted);
+        for (var g = 0; g < Pool.Groups.Count; g++)
+        {
+            Assert.Equal(f.Admits(Job(tenant, tier), g, Pool), f.Filter(Job(tenant, tier), g, Pool) is null);
+        }
+
+        Assert.Contains("reserved for tenant t1", f.Filter(Job("t2", "reserved"), 2, Pool)!.Value.Reason, StringComparison.Ordinal);
+        Assert.Contains("no offer", f.Filter(Job("t2", "interruptible"), 0, Pool)!.Value.Reason, StringComparison.Ordinal);
     }
 }

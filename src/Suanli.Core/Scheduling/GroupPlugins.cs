@@ -180,16 +180,20 @@ public sealed class LatencyFilter : IGroupFilter
 
 /// <summary>
 /// Sales tier: a group sold under an offer takes only jobs buying that tier (on-demand when the job names none), and a
-/// reserved contract only its tenant's jobs. Unpriced groups (no offer) take every job.
+/// reserved contract only its tenant's jobs. Unpriced groups (no offer) take on-demand jobs only: a job that buys
+/// reserved or interruptible capacity runs on that tier's capacity, where the contract or the auction pays for it.
 /// </summary>
 public sealed class TierFilter : IGroupFilter
 {
     public string Name => "tier";
 
-    public bool Admits(JobSpec job, int group, Pool pool) =>
-        pool.Groups[group].Terms is not { } t
-        || (string.Equals(t.Tier, job.Tier ?? Market.Tiers.OnDemand, StringComparison.Ordinal)
-            && (t.ReservedFor is null || string.Equals(t.ReservedFor, job.Tenant, StringComparison.Ordinal)));
+    public bool Admits(JobSpec job, int group, Pool pool)
+    {
+        var tier = job.Tier ?? Market.Tiers.OnDemand;
+        return pool.Groups[group].Terms is not { } t
+            ? string.Equals(tier, Market.Tiers.OnDemand, StringComparison.Ordinal)
+            : string.Equals(t.Tier, tier, StringComparison.Ordinal) && (t.ReservedFor is null || string.Equals(t.ReservedFor, job.Tenant, StringComparison.Ordinal));
+    }
 
     public Rejection? Filter(JobSpec job, int group, Pool pool)
     {
@@ -198,9 +202,10 @@ public sealed class TierFilter : IGroupFilter
             return null;
         }
 
-        var t = pool.Groups[group].Terms!;
         var tier = job.Tier ?? Market.Tiers.OnDemand;
-        return t.Tier != tier ? new(Name, $"offered as {t.Tier}, job buys {tier}") : new(Name, $"reserved for tenant {t.ReservedFor}");
+        return pool.Groups[group].Terms is not { } t ? new(Name, $"not sold as {tier} (no offer)")
+            : t.Tier != tier ? new(Name, $"offered as {t.Tier}, job buys {tier}")
+            : new(Name, $"reserved for tenant {t.ReservedFor}");
     }
 }
 
