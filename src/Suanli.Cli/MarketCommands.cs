@@ -120,6 +120,39 @@ internal static partial class PlatformCommands
             });
             return ExitCodes.Ok;
         }));
+        var jobFile = new Argument<string>("FILE") { Description = "Job spec (YAML, JSON or an sbatch script) / 作业文件" };
+        var quoteTenant = new Option<string?>("--tenant") { Description = "Tenant to quote for (operator keys) / 租户" };
+        market.Subcommands.Add(Sub("quote", "What a job would cost where, cheapest first (nothing is submitted) / 询价", async (r, api) =>
+        {
+            var path = r.GetValue(jobFile)!;
+            if (!File.Exists(path))
+            {
+                Console.Error.WriteLine(Messages.T($"{Messages.Error}: job file {path} does not exist", $"{Messages.Error}：作业文件 {path} 不存在"));
+                return ExitCodes.MissingFile;
+            }
+
+            var text = await File.ReadAllTextAsync(path);
+            var type = text.TrimStart().StartsWith('{') ? "application/json" : text.StartsWith("#!", StringComparison.Ordinal) || text.Contains("#SBATCH", StringComparison.Ordinal) ? "text/x-shellscript" : "application/yaml";
+            var q = r.GetValue(quoteTenant) is { } tn ? $"?tenant={Uri.EscapeDataString(tn)}" : "";
+            Print(r, await api.PostTextAsync("/api/v1/market/quote" + q, text, type), rows =>
+            {
+                if (rows.AsArray().Count == 0)
+                {
+                    Console.WriteLine(Messages.T("no node group may run this job now (see `suanli explain` once submitted)", "当前没有可运行该作业的节点组"));
+                    return;
+                }
+
+                Table([Messages.T("PROVIDER", "提供方"), Messages.T("GROUP", "节点组"), Messages.T("OFFER", "报价"), Messages.T("TIER", "档位"), Messages.T("PRICE", "单价"),
+                        Messages.T("UNITS/H", "每小时用量"), Messages.T("PER HOUR", "每小时"), Messages.T("HOLD", "冻结预估"), Messages.T("FREE NOW", "当前空闲")],
+                    rows.AsArray().Select(x => new[]
+                    {
+                        Str(x!["provider"]), Str(x["group"]), Str(x["offerId"]), Str(x["tier"]), x["unit"] is null ? "-" : $"{Fen(x["priceFen"])}/{x["unit"]}",
+                        $"{x["unitsMilli"]!.GetValue<long>() / 1000.0:0.###}", Fen(x["hourlyFen"]), Fen(x["estimatedFen"]),
+                        x["fitsNow"]!.GetValue<bool>() ? Messages.T("yes", "是") : Messages.T("no", "否"),
+                    }));
+            });
+            return ExitCodes.Ok;
+        }, jobFile, quoteTenant));
         var instrument = new Option<string?>("--instrument") { Description = "e.g. card-hour:A100 / 品种" };
         var limit = new Option<int>("--limit") { Description = "Rounds / 轮数", DefaultValueFactory = _ => 20 };
         market.Subcommands.Add(Sub("rounds", "Clearing history / 成交历史", async (r, api) =>

@@ -262,3 +262,6 @@ public sealed record BookLevel(long PriceFen, long Lots, int Orders);
 
 /// <summary>The spot order book of one instrument and its last clearing prices.</summary>
 public sealed record BookView(string Instrument, IReadOnlyList<BookLevel> Bids, IReadOnlyList<BookLevel> Asks, long? LastBuyerPriceFen, long? LastSellerPriceFen);
+
+/// <summary>One place a job could run and what it would cost there (fen; units ×1000 per hour).</summary>
+public sealed record QuoteRow(string Provider, string Group, long? OfferId, string Tier, string? Unit, long PriceFen, long UnitsMilli, long HourlyFen, long EstimatedFen, bool FitsNow);

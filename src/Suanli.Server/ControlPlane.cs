@@ -1122,6 +1122,68 @@ public sealed partial class ControlPlane : BackgroundService
         }
     }
 
+    /// <summary>
+    /// What a job would cost on each node group that may run it now (every filter: hardware, placement constraints,
+    /// latency, tier, budget), cheapest first: the price it would lease at, its units per hour on that node shape, the
+    /// escrow hold for its time limit, and whether it fits into free capacity at this moment.
+    /// </summary>
+    public IReadOnlyList<QuoteRow> Quote(JobDocument doc, long tenantId)
+    {
+        lock (_gate)
+        {
+            DrainInboxLocked();
+            if (_poolDirty || NowMs >= _offersChangeMs)
+            {
+                RebuildPoolLocked();
+            }
+
+            if (_scheduler is null || _pool is null || _state is null)
+            {
+                return [];
+            }
+
+            var spec = new JobSpec(-1, tenantId.ToString(System.Globalization.CultureInfo.InvariantCulture), doc.ToTask(), doc.Tasks, NowMs / 1000, doc.TimeLimitSeconds,
+                doc.PriorityClass, Constraints: doc.Constraints, Budget: doc.Budget, Tier: doc.Tier);
+            var live = new LiveJob(new JobRecord(-1, tenantId, doc.Name, "", JobStates.Queued, 1, 1, doc.PriorityClass, NowMs, null, null, null, null, null, null, null, null), doc, spec);
+            var rows = new List<QuoteRow>();
+            foreach (var g in _scheduler.FeasibleGroups(spec))
+            {
+                var group = _pool.Groups[g];
+                var (localGroup, offer) = _poolGroups[g];
+                var hold = offer is null ? null : HoldFor(live, group, offer);
+                var fitsNow = FitsNowLocked(spec, g, group);
+                rows.Add(new QuoteRow(group.ProviderId, localGroup, offer?.Id, offer?.Tier ?? "unpriced", offer?.Unit, hold?.PriceFen ?? 0, hold?.UnitsMilli ?? 0,
+                    hold is null ? 0 : Charging.Cost(hold.PriceFen, hold.UnitsMilli, 3_600_000), hold?.HoldFen ?? 0, fitsNow));
+            }
+
+            _scheduler.Forget(spec);
+            return [.. rows.OrderBy(r => r.EstimatedFen).ThenBy(r => r.Provider, StringComparer.Ordinal).ThenBy(r => r.Group, StringComparer.Ordinal)];
+        }
+    }
+
+    /// <summary>Whether every task finds free CPU, memory and whole free cards on the group's nodes right now.</summary>
+    private bool FitsNowLocked(JobSpec spec, int g, NodeGroup group)
+    {
+        var t = spec.Task;
+        long fit = 0;
+        for (var n = 0; n < group.NodeCount && fit < spec.Tasks; n++)
+        {
+            var v = _state!.Node(g, n);
+            var byCpu = t.MilliCpu > 0 ? v.FreeMilliCpu / t.MilliCpu : long.MaxValue;
+            var byMem = t.MemoryMiB > 0 ? v.FreeMemoryMiB / t.MemoryMiB : long.MaxValue;
+            var freeCards = 0;
+            foreach (var milli in v.FreeGpu)
+            {
+                freeCards += milli >= Math.Max(1, t.GpuMilli) ? 1 : 0;
+            }
+
+            var byGpu = t.GpuCount > 0 ? freeCards / t.GpuCount : long.MaxValue;
+            fit += Math.Min(byCpu, Math.Min(byMem, byGpu));
+        }
+
+        return fit >= spec.Tasks;
+    }
+
     /// <summary>An offer was created or withdrawn: placement uses the live set from the next cycle.</summary>
     public void OffersChanged(IEnumerable<OfferRecord> offers)
     {

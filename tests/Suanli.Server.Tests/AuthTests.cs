@@ -72,6 +72,7 @@ public class AuthTests(AuthFixture f) : IClassFixture<AuthFixture>
         { "GET", "/api/v1/market/book", O + "," + T + "," + P },
         { "GET", "/api/v1/market/rounds", O + "," + T + "," + P },
         { "POST", "/api/v1/market/clear", O },
+        { "POST", "/api/v1/market/quote", O + "," + T },
         { "GET", "/api/v1/market/summary", O },
         { "GET", "/api/v1/wallets/1", O + "," + T },
         { "POST", "/api/v1/wallets/999999/topups", O },

@@ -112,6 +112,9 @@ public class CliPlatformTests
 
         var file = Path.Combine(s.DataDir, "paid.yaml");
         await File.WriteAllTextAsync(file, "name: paid\ntenant: lab\ncommand: [\"sleep\", \"1\"]\nresources: {cpu: 0.5, memoryMiB: 64}\ntimeLimitSeconds: 60\n");
+        (code, stdout, err) = Suanli(env, "market", "quote", file);
+        Assert.True(code == 0, err);
+        Assert.Contains("3600.00/core-hour", stdout, StringComparison.Ordinal);
         (code, _, err) = Suanli(env, "submit", file, "--wait");
         Assert.True(code == 0, err);
 

@@ -297,6 +297,11 @@ public class MarketTests
             await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "core-hour", price = 10, nodes = 1 }, HttpStatusCode.Created);
             var cheap = await admin.Post("/api/v1/offers", new { providerId = cheapId, group = "local", tier = "on-demand", unit = "core-hour", price = 4, nodes = 1 }, HttpStatusCode.Created);
             using var t = s.Client(tKey);
+            var quote = (await t.Post("/api/v1/market/quote", Api.Job("buy-1", ["true"]))).AsArray();
+            Assert.Equal(["cheap-site", "local"], quote.Select(q => q!["provider"]!.GetValue<string>()));
+            Assert.Equal([400L, 1000L], quote.Select(q => L(q!["priceFen"])));
+            Assert.Equal(Charging.Cost(400, L(quote[0]!["unitsMilli"]), 60_000), L(quote[0]!["estimatedFen"]));
+            Assert.True(quote[0]!["fitsNow"]!.GetValue<bool>());
             var first = L((await t.Post("/api/v1/jobs", Api.Job("buy-1", ["true"]), HttpStatusCode.Created))["id"]);
             var done = await t.WaitJob(first, j => j.State() == "succeeded");
             Assert.Equal(cheapId, L(done["providerId"]));

@@ -184,6 +184,36 @@ public static partial class Endpoints
             limit is < 1 or > 1000 ? Problems.Validation("limit", "range", "must be from 1 to 1000")
             : Results.Ok(await l.RoundsAsync(instrument, limit ?? 50))).AddEndpointFilter(anyone).Produces<IReadOnlyList<RoundRecord>>()
             .WithTags("market").WithSummary("Clearing history of the spot auction, newest first: volume, prices, whether the trade reduction applied");
+        api.MapPost("/market/quote", async (HttpContext h, ControlPlane cp) =>
+        {
+            var who = Who(h);
+            var (text, err) = await Problems.ReadBodyAsync(h.Request, JobDocument.MaxBodyBytes);
+            if (err is not null)
+            {
+                return err;
+            }
+
+            try
+            {
+                var type = h.Request.ContentType ?? "";
+                var doc = type.StartsWith("text/x-shellscript", StringComparison.Ordinal) || (!type.Contains("json", StringComparison.Ordinal) && !type.Contains("yaml", StringComparison.Ordinal) && Sbatch.Looks(text!))
+                    ? Sbatch.ToJob(text!, cp.Catalogue)
+                    : JobDocument.Parse(text!, cp.Catalogue);
+                if (h.Request.Query["tenant"].ToString() is { Length: > 0 } qt)
+                {
+                    doc = doc with { Tenant = qt };
+                }
+
+                var tenant = who.TenantId ?? (doc.Tenant is { } name ? cp.Tenants().Values.FirstOrDefault(t => t.Name == name || t.Id.ToString(CultureInfo.InvariantCulture) == name)?.Id : null);
+                return tenant is { } id ? Results.Ok(cp.Quote(doc, id))
+                    : Problems.Validation("tenant", "required", "an operator asks for a tenant: give tenant (name or id) of an existing tenant");
+            }
+            catch (ValidationException e)
+            {
+                return Problems.Validation(e);
+            }
+        }).AddEndpointFilter(opOrTenant).Produces<IReadOnlyList<QuoteRow>>().WithTags("market")
+            .WithSummary("What a job (YAML, JSON or sbatch, not submitted) would cost on every node group that may run it, cheapest first");
         api.MapPost("/market/clear", async (ControlPlane cp) => Results.Ok(await cp.ClearSpotMarketAsync())).AddEndpointFilter(op)
             .Produces<IReadOnlyList<RoundRecord>>().WithTags("market").WithSummary("Run a round of the spot auction now (operator)");
         api.MapGet("/market/summary", MarketSummaryAsync).AddEndpointFilter(op).Produces<MarketSummary>().WithTags("market")
