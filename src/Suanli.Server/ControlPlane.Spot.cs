@@ -192,7 +192,7 @@ public sealed partial class ControlPlane
                 {
                     AtMs = now, Requeue = true, GrantAttempt = true, Settle = new SettlePlan(j.Record.Attempt, Void: true, 0, "outbid before start"), FeeBps = Options.FeeBps,
                 });
-                MoneyMoved();
+                MoneyMoved(j.Record.TenantId);
                 Finish(j, rec, JobStates.Leased);
             }
             catch (StoreConflictException)

@@ -85,7 +85,7 @@ internal sealed class LiveJob(JobRecord record, JobDocument doc, JobSpec spec)
     public string? PoolGroup { get; set; }
 
     /// <summary>When the lease failed for want of funds: the wallet generation then, and why (retried once money moves).</summary>
-    public (long Generation, string Why)? Unfunded { get; set; }
+    public (long Global, long Tenant, string Why)? Unfunded { get; set; }
 
     /// <summary>A spot job told to stop: when the notice ends (ms) and why; null otherwise.</summary>
     public (long DeadlineMs, string Why)? Preempting { get; set; }
@@ -114,6 +114,7 @@ public sealed partial class ControlPlane : BackgroundService
     private Dictionary<long, OfferRecord> _offers = [];
     private long _offersChangeMs = long.MaxValue;
     private long _walletGeneration;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<long, long> _tenantMoney = new();
     private Dictionary<int, (string LocalGroup, OfferRecord? Offer)> _poolGroups = [];
     private readonly TimeProvider _time;
     private readonly ServerMetrics _metrics;
@@ -351,12 +352,14 @@ public sealed partial class ControlPlane : BackgroundService
     private async Task ReleaseCancelledAsync(long id)
     {
         int? attempt = null;
+        long? tenant = null;
         lock (_gate)
         {
             DrainInboxLocked();
             if (_jobs.TryGetValue(id, out var j) && j.Record.State == JobStates.Cancelled)
             {
                 attempt = j.Record.Attempt;
+                tenant = j.Record.TenantId;
                 ReleaseLocked(j);
                 _jobs.Remove(id);
             }
@@ -364,14 +367,28 @@ public sealed partial class ControlPlane : BackgroundService
 
         if (attempt is { } a && await _ledger.SettleAsync(id, new SettlePlan(a, Void: true, 0, "cancelled; no metered run reported"), Options.FeeBps, NowMs))
         {
-            MoneyMoved();
+            MoneyMoved(tenant);
         }
 
         Wake();
     }
 
     /// <summary>Money moved (a top-up, a settlement): jobs that waited for funds are tried again.</summary>
-    public void MoneyMoved() => Interlocked.Increment(ref _walletGeneration);
+    public void MoneyMoved(long? tenant = null)
+    {
+        if (tenant is { } t)
+        {
+            _tenantMoney.AddOrUpdate(t, 1, (_, g) => g + 1);
+        }
+        else
+        {
+            Interlocked.Increment(ref _walletGeneration);
+        }
+    }
+
+    /// <summary>True while neither the tenant's wallet nor the market as a whole moved since the lease was refused.</summary>
+    private bool StillUnfunded(LiveJob j, long global) =>
+        j.Unfunded is { } u && u.Global == global && u.Tenant == _tenantMoney.GetValueOrDefault(j.Record.TenantId);
 
     /// <summary>A leased job handed to an agent: everything it needs to start the job.</summary>
     public sealed record LeasedJob(long Id, int Attempt, string Name, IReadOnlyList<string>? Command, string? Script, IReadOnlyDictionary<string, string> Env,
@@ -465,7 +482,7 @@ public sealed partial class ControlPlane : BackgroundService
             {
                 RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Settle = Charge(current, usage, "cancelled by the tenant"), FeeBps = Options.FeeBps,
             });
-            MoneyMoved();
+            MoneyMoved(current.TenantId);
             await ReleaseCancelledAsync(jobId);
             return rec;
         }
@@ -485,7 +502,7 @@ public sealed partial class ControlPlane : BackgroundService
             Reason = state == JobStates.Failed && !retry ? message ?? $"exit {exitCode}" : null,
         };
         var done = await _store.ApplyAsync(t);
-        MoneyMoved();
+        MoneyMoved(current.TenantId);
         Finish(live, done, current.State);
         return done;
     }
@@ -631,7 +648,7 @@ public sealed partial class ControlPlane : BackgroundService
                 AtMs = now, Requeue = retry, EndedMs = retry ? null : now, Reason = retry ? null : "provider lost", Usage = UsageOf(current, live, now),
                 Settle = new SettlePlan(current.Attempt, Void: true, 0, $"provider at fault: {why}"), FeeBps = Options.FeeBps,
             });
-            MoneyMoved();
+            MoneyMoved(current.TenantId);
             Finish(live, rec, current.State);
         }
         catch (StoreConflictException e)
@@ -819,6 +836,7 @@ public sealed partial class ControlPlane : BackgroundService
         var held = await HeldByDependenciesAsync();
         List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch, string LocalGroup, HoldPlan? Hold)> leases = [];
         long generationAtCycle = 0;
+        Dictionary<long, long> tenantMoneyAtCycle = [];
         lock (_gate)
         {
             DrainInboxLocked();
@@ -829,7 +847,7 @@ public sealed partial class ControlPlane : BackgroundService
 
             var generation = Interlocked.Read(ref _walletGeneration);
             var queued = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null && !held.Contains(j.Record.Id)
-                && (j.Unfunded is not { } u || u.Generation != generation) && SpotAdmitted(j)).ToList();
+                && !StillUnfunded(j, generation) && SpotAdmitted(j)).ToList();
             queued = ThrottleArraysLocked(queued);
             _metrics.QueueDepth(queued.Count);
             if (queued.Count == 0 || _scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
@@ -868,6 +886,10 @@ public sealed partial class ControlPlane : BackgroundService
             }
 
             generationAtCycle = generation;
+            foreach (var l in leases)
+            {
+                tenantMoneyAtCycle[l.Job.Record.TenantId] = _tenantMoney.GetValueOrDefault(l.Job.Record.TenantId);
+            }
         }
 
         var now = NowMs;
@@ -902,7 +924,7 @@ public sealed partial class ControlPlane : BackgroundService
                 lock (_gate)
                 {
                     ReleaseLocked(l.Job);
-                    l.Job.Unfunded = (generationAtCycle, $"waiting for funds: {e.Message}");
+                    l.Job.Unfunded = (generationAtCycle, tenantMoneyAtCycle.GetValueOrDefault(l.Job.Record.TenantId), $"waiting for funds: {e.Message}");
                 }
             }
             catch (StoreConflictException)

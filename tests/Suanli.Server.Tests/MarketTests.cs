@@ -181,6 +181,17 @@ public class MarketTests
         Assert.Contains($"tenant:{cId}", why, StringComparison.Ordinal);
         Assert.Equal("queued", (await c.Get($"/api/v1/jobs/{job}")).State());
 
+        // Money moving for another tenant does not wake this job: its lease is not tried again (the counter stays put).
+        using var anon = new HttpClient { BaseAddress = new Uri(s.Url) };
+        static long Unfunded(string metrics) => long.Parse(metrics.Split('\n').Single(l => l.StartsWith("suanli_leases_unfunded_total ", StringComparison.Ordinal)).Split(' ')[1],
+            System.Globalization.CultureInfo.InvariantCulture);
+        var refusals = Unfunded(await anon.GetStringAsync("/metrics"));
+        Assert.True(refusals >= 1);
+        var (otherId, _) = await admin.Tenant("rich");
+        await admin.Post($"/api/v1/wallets/{otherId}/topups", new { amount = 5 }, HttpStatusCode.Created);
+        await Task.Delay(1500);
+        Assert.Equal(refusals, Unfunded(await anon.GetStringAsync("/metrics")));
+
         // A budget below the estimate keeps a job off the priced capacity, and explain names the filter.
         var capped = L((await c.Post("/api/v1/jobs", new { name = "cheap", command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, budget = 0.01 }, HttpStatusCode.Created))["id"]);
         await admin.Post($"/api/v1/wallets/{cId}/topups", new { amount = "1.00" }, HttpStatusCode.Created);

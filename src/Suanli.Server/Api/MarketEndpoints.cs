@@ -168,7 +168,7 @@ public static partial class Endpoints
                 var o = await l.WithdrawOfferAsync(id, who.IsOperator ? null : who.ProviderId, NowMs(t));
                 if (o.ContractState is not null && await l.SettleContractsAsync(NowMs(t), cp.Options.FeeBps) > 0)
                 {
-                    cp.MoneyMoved();
+                    cp.MoneyMoved(o.TenantId);
                     o = (await l.OffersAsync()).First(x => x.Id == o.Id);
                 }
 
@@ -443,7 +443,7 @@ public static partial class Endpoints
                 to.ToUnixTimeMilliseconds(), tenantId, NowMs(t), null) { ContractFen = contract });
             if (contract is not null)
             {
-                cp.MoneyMoved();
+                cp.MoneyMoved(tenantId);
             }
 
             cp.OffersChanged(await l.OffersAsync());
@@ -495,8 +495,12 @@ public static partial class Endpoints
             return Problems.Of(409, o.Result, o.Message ?? o.Result);
         }
 
-        cp.MoneyMoved();
-        cp.Wake();
+        if (topUp)
+        {
+            cp.MoneyMoved(id);
+            cp.Wake();
+        }
+
         var balance = (await l.AccountAsync(account))?.Posted ?? 0;
         var view = new MoneyMoved(o.Id, o.Result, o.Amount, balance);
         return o.Result == "exists" ? Results.Ok(view) : Results.Created($"/api/v1/ledger/transfers?account={account}", view);
@@ -589,7 +593,7 @@ public static partial class Endpoints
         return await Fenced(async () =>
         {
             var v = await l.IssueVoucherAsync(id, tenant!.Value, amount!.Value, until?.ToUnixTimeMilliseconds() ?? programme.ValidToMs, NowMs(t));
-            cp.MoneyMoved();
+            cp.MoneyMoved(tenant);
             return Results.Created($"/api/v1/vouchers?tenant={tenant}", v);
         });
     }
