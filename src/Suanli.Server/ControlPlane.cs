@@ -1136,10 +1136,16 @@ public sealed partial class ControlPlane : BackgroundService
         }
 
         _nextHousekeepingMs = now + 1000;
-        var moved = await _ledger.ExpireVouchersAsync(now) + await _ledger.SettleContractsAsync(now, Options.FeeBps);
-        if (moved > 0)
+        var expired = await _ledger.ExpireVouchersAsync(now);
+        var settled = await _ledger.SettleContractsAsync(now, Options.FeeBps);
+        if (expired + settled > 0)
         {
             MoneyMoved();
+        }
+
+        if (settled > 0)
+        {
+            // A settled contract changes what the pool shows for its offer; an expired voucher does not.
             OffersChanged(await _ledger.OffersAsync());
         }
     }

@@ -428,6 +428,20 @@ public static partial class Endpoints
         return Results.Created($"/api/v1/keys/{rec.Id}", new KeyCreated(rec.Id, role, rec.TenantId, rec.ProviderId, secret, false));
     }
 
+    /// <summary>
+    /// A job body by its Content-Type: an sbatch script (text/x-shellscript, application/x-sbatch, or neither JSON nor
+    /// YAML and shaped like one) or a YAML/JSON document; <c>?tenant=</c> names the tenant for operator keys.
+    /// </summary>
+    private static JobDocument ParseJobBody(HttpContext h, string text, ControlPlane cp)
+    {
+        var type = h.Request.ContentType ?? "";
+        var doc = type.StartsWith("text/x-shellscript", StringComparison.Ordinal) || type.StartsWith("application/x-sbatch", StringComparison.Ordinal)
+            || (!type.Contains("json", StringComparison.Ordinal) && !type.Contains("yaml", StringComparison.Ordinal) && Sbatch.Looks(text))
+            ? Sbatch.ToJob(text, cp.Catalogue)
+            : JobDocument.Parse(text, cp.Catalogue);
+        return h.Request.Query["tenant"].ToString() is { Length: > 0 } qt ? doc with { Tenant = qt } : doc;
+    }
+
     private static async Task<IResult> SubmitJob(HttpContext h, IControlStore s, ControlPlane cp)
     {
         var who = Who(h);
@@ -446,15 +460,7 @@ public static partial class Endpoints
         JobDocument doc;
         try
         {
-            var type = h.Request.ContentType ?? "";
-            doc = type.StartsWith("text/x-shellscript", StringComparison.Ordinal) || type.StartsWith("application/x-sbatch", StringComparison.Ordinal)
-                || (!type.Contains("json", StringComparison.Ordinal) && !type.Contains("yaml", StringComparison.Ordinal) && Sbatch.Looks(text!))
-                ? Sbatch.ToJob(text!, cp.Catalogue)
-                : JobDocument.Parse(text!, cp.Catalogue);
-            if (h.Request.Query["tenant"].ToString() is { Length: > 0 } qt)
-            {
-                doc = doc with { Tenant = qt };
-            }
+            doc = ParseJobBody(h, text!, cp);
         }
         catch (ValidationException e)
         {

@@ -195,15 +195,7 @@ public static partial class Endpoints
 
             try
             {
-                var type = h.Request.ContentType ?? "";
-                var doc = type.StartsWith("text/x-shellscript", StringComparison.Ordinal) || (!type.Contains("json", StringComparison.Ordinal) && !type.Contains("yaml", StringComparison.Ordinal) && Sbatch.Looks(text!))
-                    ? Sbatch.ToJob(text!, cp.Catalogue)
-                    : JobDocument.Parse(text!, cp.Catalogue);
-                if (h.Request.Query["tenant"].ToString() is { Length: > 0 } qt)
-                {
-                    doc = doc with { Tenant = qt };
-                }
-
+                var doc = ParseJobBody(h, text!, cp);
                 var tenant = who.TenantId ?? (doc.Tenant is { } name ? cp.Tenants().Values.FirstOrDefault(t => t.Name == name || t.Id.ToString(CultureInfo.InvariantCulture) == name)?.Id : null);
                 return tenant is { } id ? Results.Ok(cp.Quote(doc, id))
                     : Problems.Validation("tenant", "required", "an operator asks for a tenant: give tenant (name or id) of an existing tenant");
