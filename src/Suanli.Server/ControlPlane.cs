@@ -128,6 +128,9 @@ public sealed partial class ControlPlane : BackgroundService
     // Submissions land here without the gate and are moved into _jobs by whoever takes the gate next.
     private readonly System.Collections.Concurrent.ConcurrentQueue<LiveJob> _inbox = new();
     private readonly FairShareLedger _fairShare = new();
+
+    /// <summary>Metered attempts read at recovery, charged to fair-share once the pool's size is known again.</summary>
+    private IReadOnlyList<UsageRecord>? _usageToReplay;
     private readonly RunTimePredictor _predictor = new();
     private readonly SemaphoreSlim _wake = new(0, 1);
     private Dictionary<long, WaitReason> _waits = [];
@@ -180,6 +183,13 @@ public sealed partial class ControlPlane : BackgroundService
             _jobs[j.Id] = live;
         }
 
+        // The scheduler's memory survives the restart: run-time history for the predictor, decayed usage for fair-share.
+        foreach (var j in await _store.RecentFinishedJobsAsync(RunTimePredictor.HistoryDepth))
+        {
+            _predictor.Completed(ToLive(j).Spec, Math.Max(0, (j.EndedMs!.Value - j.StartedMs!.Value) / 1000));
+        }
+
+        _usageToReplay = await _store.UsageAsync(null, now - (FairShareReplayHalfLives * _fairShare.HalfLifeSeconds * 1000), now);
         _metrics.SetStateCounts(await _store.CountJobsByStateAsync());
         _poolDirty = true;
         if (_log.IsEnabled(LogLevel.Information))
@@ -552,6 +562,32 @@ public sealed partial class ControlPlane : BackgroundService
     }
 
     /// <summary>After a final or requeue transition: frees resources, charges fair share, drops or requeues the job.</summary>
+    /// <summary>How many fair-share half-lives of metered history a restart replays (older usage has decayed below 0.1 %).</summary>
+    private const int FairShareReplayHalfLives = 10;
+
+    /// <summary>The pool's milli-CPU and milli-GPU (at least 1 each): the denominators of a job's dominant share.</summary>
+    private (double Cpu, double Gpu) PoolTotalsLocked() =>
+        (Math.Max(1, _pool?.Groups.Sum(g => (double)g.Shape.MilliCpu * g.NodeCount) ?? 1),
+         Math.Max(1, _pool?.Groups.Sum(g => 1000.0 * g.Shape.AcceleratorCount * g.NodeCount) ?? 1));
+
+    /// <summary>Charges the attempts metered before a restart to fair-share, oldest first, once a pool exists.</summary>
+    private void ReplayUsageLocked()
+    {
+        if (_usageToReplay is not { } rows || _pool is null || _pool.Groups.Count == 0)
+        {
+            return;
+        }
+
+        var (poolCpu, poolGpu) = PoolTotalsLocked();
+        foreach (var u in rows.OrderBy(u => u.EndedMs))
+        {
+            var share = Math.Max(u.MilliCpu / poolCpu, u.GpuMilli / poolGpu);
+            _fairShare.Charge(u.TenantId.ToString(System.Globalization.CultureInfo.InvariantCulture), share * Math.Max(0, (u.EndedMs - u.StartedMs) / 1000), u.EndedMs / 1000);
+        }
+
+        _usageToReplay = null;
+    }
+
     private void Finish(LiveJob? live, JobRecord rec, string from)
     {
         if (live is not null)
@@ -560,9 +596,8 @@ public sealed partial class ControlPlane : BackgroundService
             {
                 if (live.Allocation is not null && live.Record.StartedMs is { } s)
                 {
-                    var poolCpu = _pool?.Groups.Sum(g => (double)g.Shape.MilliCpu * g.NodeCount) ?? 1;
-                    var poolGpu = _pool?.Groups.Sum(g => 1000.0 * g.Shape.AcceleratorCount * g.NodeCount) ?? 1;
-                    var share = FairShareLedger.DominantShare(live.Spec, Math.Max(1, poolCpu), Math.Max(1, poolGpu));
+                    var (poolCpu, poolGpu) = PoolTotalsLocked();
+                    var share = FairShareLedger.DominantShare(live.Spec, poolCpu, poolGpu);
                     _fairShare.Charge(live.Spec.Tenant, share * Math.Max(0, (NowMs - s) / 1000), NowMs / 1000);
                 }
 
@@ -787,6 +822,7 @@ public sealed partial class ControlPlane : BackgroundService
         _poolGroups = poolGroups;
         _offersChangeMs = _offers.Values.Where(o => o.WithdrawnMs is null).SelectMany(o => new[] { o.ValidFromMs, o.ValidToMs }).Where(t => t > now).DefaultIfEmpty(long.MaxValue).Min();
         _pool = new Pool(providers, groups, Options.Latency);
+        ReplayUsageLocked();
         _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill)) : null;
         _state = new ClusterState(_pool);
         var index = groups.Select((g, i) => (g.Id, i)).ToDictionary(x => x.Id, x => x.i, StringComparer.Ordinal);
@@ -1104,7 +1140,26 @@ public sealed partial class ControlPlane : BackgroundService
             }
 
             WaitReason? reason = _waits.TryGetValue(job.Id, out var w) ? w : null;
-            return _scheduler.Explain(live.Spec, _state, reason);
+            var lines = _scheduler.Explain(live.Spec, _state, reason);
+            if (_scheduler.Policy.Order is FairShareOrder)
+            {
+                var usage = _fairShare.Usage(live.Spec.Tenant, NowMs / 1000);
+                var weight = _tenants.TryGetValue(live.Record.TenantId, out var t) ? t.Weight : 1;
+                return [.. lines, FormattableString.Invariant($"queue order fair-share: tenant usage {usage:F1} dominant-share seconds (decayed, half-life {_fairShare.HalfLifeSeconds / 3600} h), weight {weight}; less usage per weight goes first")];
+            }
+
+            if (_scheduler.Policy.Order is not SuanliOrder)
+            {
+                return lines;
+            }
+
+            // The suanli order ranks by predicted run time: say what the prediction is and what it rests on.
+            var predicted = (long)Math.Round(_predictor.Predict(live.Spec));
+            var known = _predictor.Known(live.Spec.Tenant);
+            var basis = known == 0 ? "the time limit: this tenant has no finished job yet"
+                : known == 1 ? "this tenant's last finished job"
+                : $"the mean of this tenant's last {known} finished jobs";
+            return [.. lines, $"queue order suanli: predicted run time {predicted} s ({basis}; never above the time limit {live.Spec.RequestedSeconds} s)"];
         }
     }
 

@@ -68,4 +68,27 @@ public class QueueOrderTests
         Assert.Equal(100, shares["a"], 6);
         Assert.Equal(50, shares["b"], 6);
     }
+
+    [FsCheck.Xunit.Property(MaxTest = 200)]
+    public bool FairShare_ChargesInAnyOrder_GiveTheSameDecayedUsage(int seed)
+    {
+        // A restart replays history oldest first, but live charges may already be in: order must not matter.
+        var rng = new System.Random(seed);
+        var charges = Enumerable.Range(0, rng.Next(1, 12)).Select(_ => (Amount: rng.Next(0, 1000) / 10.0, At: (long)rng.Next(0, 2000))).ToList();
+        var inOrder = new FairShareLedger(halfLifeSeconds: 300);
+        foreach (var (amount, at) in charges.OrderBy(c => c.At))
+        {
+            inOrder.Charge("t", amount, at);
+        }
+
+        var shuffled = new FairShareLedger(halfLifeSeconds: 300);
+        foreach (var (amount, at) in charges.OrderBy(_ => rng.Next()))
+        {
+            shuffled.Charge("t", amount, at);
+        }
+
+        var expected = charges.Sum(c => c.Amount * Math.Pow(0.5, (2500 - c.At) / 300.0));
+        return Math.Abs(inOrder.Usage("t", 2500) - expected) < 1e-9 * Math.Max(1, expected)
+            && Math.Abs(shuffled.Usage("t", 2500) - expected) < 1e-9 * Math.Max(1, expected);
+    }
 }

@@ -82,6 +82,37 @@ public abstract class StoreCompliance
     }
 
     [Fact]
+    public async Task RecentFinishedJobs_AreEachTenantsLastRuns_OldestEndFirst()
+    {
+        await using var s = Create();
+        var a = await s.CreateTenantAsync("a", "x", 1, 1);
+        var b = await s.CreateTenantAsync("b", "x", 1, 1);
+        var p = await s.CreateProviderAsync("p", "r", 1);
+
+        async Task<long> Run(long tenant, string final, long started, long ended)
+        {
+            var (j, _) = await s.SubmitAsync(Job(tenant));
+            await s.ApplyAsync(new Transition(j.Id, [JobStates.Queued], JobStates.Leased, "l") { Lease = (p.Id, "g", 0, "{}") });
+            await s.ApplyAsync(new Transition(j.Id, [JobStates.Leased], JobStates.Running, "r") { StartedMs = started, AtMs = started });
+            await s.ApplyAsync(new Transition(j.Id, [JobStates.Running], final, "end") { EndedMs = ended, AtMs = ended });
+            return j.Id;
+        }
+
+        var a1 = await Run(a.Id, JobStates.Succeeded, 0, 100);
+        var a2 = await Run(a.Id, JobStates.Failed, 50, 400);
+        var a3 = await Run(a.Id, JobStates.Succeeded, 10, 300);
+        await Run(a.Id, JobStates.Cancelled, 0, 900);
+        var b1 = await Run(b.Id, JobStates.Succeeded, 0, 200);
+        var (queued, _) = await s.SubmitAsync(Job(b.Id));
+
+        // a: the two latest ends (a3 at 300, a2 at 400; a1 is older, the cancelled one does not count); b: its only run.
+        Assert.Equal([b1, a3, a2], (await s.RecentFinishedJobsAsync(2)).Select(j => j.Id));
+        Assert.Equal([a1, b1, a3, a2], (await s.RecentFinishedJobsAsync(3)).Select(j => j.Id));
+        Assert.DoesNotContain(queued.Id, (await s.RecentFinishedJobsAsync(10)).Select(j => j.Id));
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => s.RecentFinishedJobsAsync(0));
+    }
+
+    [Fact]
     public async Task LogChunks_ResentWithTheSameOffset_AreStoredOnce()
     {
         await using var s = Create();

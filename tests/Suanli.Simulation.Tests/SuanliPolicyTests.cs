@@ -117,10 +117,15 @@ public class SuanliPolicyTests
         var p = new RunTimePredictor();
         var a = new JobSpec(1, "u1", new TaskResources(1000, 0), 1, 0, 1000);
         Assert.Equal(1000, p.Predict(a));
+        Assert.Equal(0, p.Known("u1"));
         p.Completed(a, 100);
         Assert.Equal(100, p.Predict(a));
+        Assert.Equal(1, p.Known("u1"));
         p.Completed(a, 300);
         Assert.Equal(200, p.Predict(a));
+        p.Completed(a, 500);
+        Assert.Equal(400, p.Predict(a));
+        Assert.Equal(RunTimePredictor.HistoryDepth, p.Known("u1"));
         Assert.Equal(50, p.Predict(a with { RequestedSeconds = 50 }));
         var unknown = a with { Tenant = Tenant.Unknown };
         p.Completed(unknown, 5);

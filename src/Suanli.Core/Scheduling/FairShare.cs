@@ -16,6 +16,13 @@ public sealed class FairShareLedger(long halfLifeSeconds = 7 * 24 * 3600)
     /// <summary>Adds <paramref name="amount"/> dominant-share seconds to a tenant at time <paramref name="at"/>.</summary>
     public void Charge(string tenant, double amount, long at)
     {
+        if (_usage.TryGetValue(tenant, out var u) && at < u.At)
+        {
+            // A charge older than the last one (history replayed after a restart): decay it to the newer time.
+            _usage[tenant] = (u.Usage + (amount * Math.Pow(0.5, (u.At - at) / (double)HalfLifeSeconds)), u.At);
+            return;
+        }
+
         _usage[tenant] = (Usage(tenant, at) + amount, at);
     }
 

@@ -13,6 +13,9 @@ public sealed class RunTimePredictor
 {
     private readonly Dictionary<string, (long Last, long Before, int Count)> _history = new(StringComparer.Ordinal);
 
+    /// <summary>How many of a tenant's finished jobs the prediction reads (the last two).</summary>
+    public const int HistoryDepth = 2;
+
     /// <summary>Records a finished job's actual run time.</summary>
     public void Completed(JobSpec job, long runSeconds)
     {
@@ -22,8 +25,11 @@ public sealed class RunTimePredictor
         }
 
         var h = _history.GetValueOrDefault(job.Tenant);
-        _history[job.Tenant] = (Math.Max(0, runSeconds), h.Last, Math.Min(2, h.Count + 1));
+        _history[job.Tenant] = (Math.Max(0, runSeconds), h.Last, Math.Min(HistoryDepth, h.Count + 1));
     }
+
+    /// <summary>How many finished jobs of the tenant the prediction rests on (0 to <see cref="HistoryDepth"/>).</summary>
+    public int Known(string tenant) => _history.TryGetValue(tenant, out var h) ? h.Count : 0;
 
     /// <summary>Predicted run time in seconds (at least 1).</summary>
     public double Predict(JobSpec job)

@@ -97,6 +97,12 @@ public interface IControlStore : IAsyncDisposable
     /// <summary>Jobs in queued, leased or running (for recovery after a restart).</summary>
     Task<IReadOnlyList<JobRecord>> ActiveJobsAsync();
 
+    /// <summary>
+    /// Each tenant's last <paramref name="perTenant"/> jobs that ran and ended succeeded or failed, oldest end first
+    /// (to rebuild the run-time predictor after a restart).
+    /// </summary>
+    Task<IReadOnlyList<JobRecord>> RecentFinishedJobsAsync(int perTenant);
+
     Task<JobRecord> ApplyAsync(Transition transition);
 
     /// <summary>

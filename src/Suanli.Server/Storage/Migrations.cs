@@ -225,6 +225,10 @@ public static class Migrations
             seller_price_fen INTEGER NOT NULL,
             reduced INTEGER NOT NULL);
         """,
+        // 5: finished jobs per tenant by end time, for rebuilding the run-time predictor after a restart.
+        """
+        CREATE INDEX jobs_finished ON jobs(tenant_id, ended) WHERE state IN ('succeeded','failed') AND started IS NOT NULL AND ended IS NOT NULL;
+        """,
     ];
 
     /// <summary>Brings the database up to date.</summary>

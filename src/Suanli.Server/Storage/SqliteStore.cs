@@ -372,6 +372,15 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
     public Task<IReadOnlyList<JobRecord>> ActiveJobsAsync() =>
         Read<IReadOnlyList<JobRecord>>(c => Query(c, $"SELECT {JobCols} FROM jobs WHERE state IN ('queued','leased','running') ORDER BY id", MapJob));
 
+    public Task<IReadOnlyList<JobRecord>> RecentFinishedJobsAsync(int perTenant)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(perTenant);
+        const string Finished = "state IN ('succeeded','failed') AND started IS NOT NULL AND ended IS NOT NULL";
+        return Read<IReadOnlyList<JobRecord>>(c => Query(c,
+            $"SELECT {JobCols} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant_id ORDER BY ended DESC, id DESC) AS rn FROM jobs WHERE {Finished}) WHERE rn <= $n ORDER BY ended, id",
+            MapJob, ("$n", perTenant)));
+    }
+
     public Task<JobRecord> ApplyAsync(Transition transition) => Write(c => ApplyOne(c, transition));
 
     private static JobRecord ApplyOne(SqliteConnection c, Transition t)
