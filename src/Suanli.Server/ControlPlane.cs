@@ -561,7 +561,6 @@ public sealed partial class ControlPlane : BackgroundService
         _metrics.Transition(from, rec.State);
     }
 
-    /// <summary>After a final or requeue transition: frees resources, charges fair share, drops or requeues the job.</summary>
     /// <summary>How many fair-share half-lives of metered history a restart replays (older usage has decayed below 0.1 %).</summary>
     private const int FairShareReplayHalfLives = 10;
 
@@ -588,6 +587,7 @@ public sealed partial class ControlPlane : BackgroundService
         _usageToReplay = null;
     }
 
+    /// <summary>After a final or requeue transition: frees resources, charges fair share, drops or requeues the job.</summary>
     private void Finish(LiveJob? live, JobRecord rec, string from)
     {
         if (live is not null)
