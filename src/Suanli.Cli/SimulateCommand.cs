@@ -110,7 +110,7 @@ internal static class SimulateCommand
         var trace = TraceFiles.Load(tracePath, format);
         var pool = clusterPath is not null ? ClusterFile.Load(clusterPath)
             : trace.DefaultPool ?? throw new ArgumentException("--cluster: this trace implies no cluster; pass a cluster file");
-        var typical = placement == "fgd" && format == TraceFormat.Pai
+        var typical = placement is "fgd" or "suanli" && format == TraceFormat.Pai
             ? FgdProtocol.TypicalTasks(PaiReader.ReadTasks(tracePath, new Trace())) : null;
         var policy = PolicyRegistry.Build(policyName, pool, placement, mode, typical: typical);
         var loaded = sw.Elapsed.TotalSeconds;

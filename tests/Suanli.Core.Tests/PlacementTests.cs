@@ -69,6 +69,43 @@ public class PlacementTests
     }
 
     [Fact]
+    public void Suanli_CpuOnlyTask_TakesTheTiedNodeWithFewestFreeCards_CardTasksScoreAsFgd()
+    {
+        // Three equal nodes of 2 cards: node 0 has both cards free, node 1 one, node 2 none.
+        var pool = new Pool([new Provider("p", "r", "s")], [new NodeGroup("g", "p", new NodeShape(64000, 64000, "T4", 2, GpuSharing: true), 3)]);
+        var state = new ClusterState(pool);
+        var max = MaxSpec.Of(pool);
+        void Take(int node, int cards)
+        {
+            var slice = NodeFit.SliceFor(state.Node(0, node), new TaskResources(1000, 0, cards, 1000), new BestFitNodeScorer(max))!.Value;
+            state.Allocate(new Allocation(0, [slice]));
+        }
+
+        Take(1, 1);
+        Take(2, 2);
+        TypicalTask[] typical = [new TypicalTask(1000, 1000, 1, "", 0.7), new TypicalTask(2000, 0, 0, "", 0.3)];
+        var fgd = new FgdNodeScorer(typical);
+        var suanli = new SuanliNodeScorer(typical);
+        var cpuOnly = new JobSpec(1, "t", new TaskResources(4000, 0), 1, 0, 1);
+
+        // FGD scores the three nodes alike for a CPU-only task (no card changes) and node order decides: node 0.
+        Assert.Equal(0, Scheduler.PlaceInGroup(cpuOnly, 0, state, fgd)!.Slices[0].Node);
+        Assert.Equal(fgd.Score(state.Node(0, 0), cpuOnly.Task), fgd.Score(state.Node(0, 2), cpuOnly.Task));
+        // Suanli keeps the CPU beside the free cards: node 2, whose cards are all taken.
+        Assert.Equal(2, Scheduler.PlaceInGroup(cpuOnly, 0, state, suanli)!.Slices[0].Node);
+        Assert.True(suanli.Score(state.Node(0, 1), cpuOnly.Task) > suanli.Score(state.Node(0, 0), cpuOnly.Task));
+        Assert.Equal(Math.Floor(suanli.Score(state.Node(0, 2), cpuOnly.Task)), fgd.Score(state.Node(0, 2), cpuOnly.Task));
+
+        // A card task is scored exactly as FGD scores it.
+        var card = new TaskResources(1000, 0, 1, 500);
+        for (var n = 0; n < 2; n++)
+        {
+            Assert.Equal(fgd.Score(state.Node(0, n), card), suanli.Score(state.Node(0, n), card));
+            Assert.Equal(fgd.ChooseSharingDevice(state.Node(0, n), card), suanli.ChooseSharingDevice(state.Node(0, n), card));
+        }
+    }
+
+    [Fact]
     public void StandardUnits_A100HalfCardTwoHours()
     {
         var q = StandardUnits.Convert(new ResourceUsage(7200, 4000, 500, "A100"), AcceleratorCatalogue.BuiltIn);

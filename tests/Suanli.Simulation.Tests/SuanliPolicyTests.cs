@@ -112,6 +112,19 @@ public class SuanliPolicyTests
     }
 
     [Fact]
+    public void FgdProtocol_SuanliPlacement_DefaultList_AboveFgd()
+    {
+        // Regression for docs/policies.md: suanli 95.25 / 95.41 against FGD's published 95.23 / 95.39 (mean of seeds 42..51).
+        var inputs = FgdProtocol.Load(Paths.PaiDefault);
+        var cooked = GoRandom.LoadRngCooked();
+        var typical = FgdProtocol.TypicalTasks(inputs.Tasks);
+        var runs = FgdProtocol.Seeds.Select(s => FgdProtocol.RunSeed(inputs, "suanli", s, cooked, typical)).ToList();
+        Assert.Equal(95.25, Math.Round(runs.Average(r => r.AllocAt100), 2));
+        Assert.Equal(95.41, Math.Round(runs.Average(r => r.AllocAt130), 2));
+        Assert.True(runs.Average(r => r.AllocAt130) > 95.39);
+    }
+
+    [Fact]
     public void Predictor_UsesTheTenantsLastTwoRuns_CappedByTheRequest_AndNeverPoolsUnknownUsers()
     {
         var p = new RunTimePredictor();

@@ -326,6 +326,44 @@ public sealed class FgdNodeScorer(IReadOnlyList<TypicalTask> typical) : NodeScor
     }
 }
 
+/// <summary>
+/// Suanli's GPU placement: FGD's fragmentation gradient (<see cref="FgdNodeScorer"/>, same integer score), and among
+/// nodes FGD scores equal, a task that asks for no card goes to the node with the fewest free card-milli. FGD cannot
+/// tell those nodes apart (a CPU-only task changes no card, so the gradient is the same on each) and leaves the choice
+/// to node order; spending CPU where the cards are already taken keeps CPU beside the free cards, where later card
+/// tasks need it. Chosen on the gpushare100 and gpuspec33 lists, then scored once on the default list
+/// (docs/policies.md).
+/// </summary>
+public sealed class SuanliNodeScorer(IReadOnlyList<TypicalTask> typical) : NodeScorer
+{
+    private readonly FgdNodeScorer _fgd = new(typical);
+
+    public override string Name => "suanli";
+
+    /// <summary>The typical-task prior.</summary>
+    public IReadOnlyList<TypicalTask> Typical => typical;
+
+    public override double Score(in NodeView node, TaskResources task)
+    {
+        var score = _fgd.Score(node, task);
+        if (task.Kind != 0)
+        {
+            return score;
+        }
+
+        // FGD's scores are whole numbers; a fraction below 1/2, larger for fewer free card-milli, orders only its ties.
+        long free = 0;
+        foreach (var f in node.FreeGpu)
+        {
+            free += f;
+        }
+
+        return score + (0.5 / (1 + free));
+    }
+
+    public override int ChooseSharingDevice(in NodeView node, TaskResources task) => _fgd.ChooseSharingDevice(node, task);
+}
+
 /// <summary>Helpers on task resources used by the scorers.</summary>
 public static class TaskResourceExtensions
 {

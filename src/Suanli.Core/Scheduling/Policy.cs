@@ -51,7 +51,7 @@ public static class PolicyRegistry
 
     /// <summary>Node placement names.</summary>
     public static IReadOnlyList<string> PlacementNames { get; } =
-        ["bestfit", "spread", "price", "latency", "heterogeneity", "fgd", "dotprod", "gpu-packing", "gpu-clustering"];
+        ["bestfit", "spread", "price", "latency", "heterogeneity", "fgd", "suanli", "dotprod", "gpu-packing", "gpu-clustering"];
 
     /// <summary>The default filters, in order.</summary>
     public static IReadOnlyList<IGroupFilter> DefaultFilters { get; } =
@@ -72,7 +72,7 @@ public static class PolicyRegistry
     /// <summary>
     /// Builds policy <paramref name="name"/> with placement <paramref name="placement"/> on <paramref name="pool"/>.
     /// Group scorers: bestfit (or spread/price/latency/heterogeneity when named) plus data locality; node scorer:
-    /// bestfit unless a GPU placement (fgd, dotprod, gpu-packing, gpu-clustering, spread) is named.
+    /// bestfit unless a GPU placement (fgd, suanli, dotprod, gpu-packing, gpu-clustering, spread) is named.
     /// </summary>
     public static Policy Build(string name, Pool pool, string placement = "bestfit", BackfillMode backfill = BackfillMode.Easy,
         AcceleratorCatalogue? catalogue = null, IReadOnlyList<TypicalTask>? typical = null)
@@ -96,6 +96,7 @@ public static class PolicyRegistry
             "gpu-packing" => new GpuPackingNodeScorer(),
             "gpu-clustering" => new GpuClusteringNodeScorer(max),
             "fgd" => new FgdNodeScorer(typical ?? []),
+            "suanli" => new SuanliNodeScorer(typical ?? []),
             _ => new BestFitNodeScorer(max),
         };
         var policy = new Policy(name, order, DefaultFilters,

@@ -123,15 +123,17 @@ public static class FgdProtocol
             "dotprod" => new DotProductNodeScorer(max),
             "gpu-packing" => new GpuPackingNodeScorer(),
             "gpu-clustering" => new GpuClusteringNodeScorer(max),
-            // Suanli's placement on GPU pools is FGD's fragmentation gradient (docs/policies.md).
-            "fgd" or "suanli" => new FgdNodeScorer(typical ?? TypicalTasks(inputs.Tasks)),
+            "fgd" => new FgdNodeScorer(typical ?? TypicalTasks(inputs.Tasks)),
+            // Suanli's placement on GPU pools: FGD's gradient, CPU-only ties to the node with the fewest free cards (docs/policies.md).
+            "suanli" => new SuanliNodeScorer(typical ?? TypicalTasks(inputs.Tasks)),
             _ => throw new ArgumentException($"policy: unknown FGD-protocol placement '{policy}'; choose one of {string.Join(", ", Policies)}", nameof(policy)),
         };
 
         // Nodes in rank order: rank 0 wins every tie, and Random's feasible list follows the renamed (rank-prefixed) names.
         var byRank = Enumerable.Range(0, inputs.Nodes.Count).OrderBy(i => work.Ranks[i]).Select(i => position[i]).ToArray();
         var rng = policy == "random" ? new GoRandom(seed, rngCooked) : null;
-        var memo = scorer is FgdNodeScorer ? new Dictionary<(int, long, ulong, ulong, TaskResources), (double, int)>() : null;
+        // FGD-family scores depend only on the node's free CPU and cards (and its group's shape): memoised.
+        var memo = scorer is FgdNodeScorer or SuanliNodeScorer ? new Dictionary<(int, long, ulong, ulong, TaskResources), (double, int)>() : null;
         var feasible = new List<(int Group, int Node)>(byRank.Length);
         var rows = new List<(long Used, long Arrived)>(work.Sequence.Count);
         long arrived = 0, used = 0;
@@ -169,7 +171,7 @@ public static class FgdProtocol
                     {
                         var (g, n) = feasible[i];
                         var view = state.Node(g, n);
-                        var (score, device) = memo is null ? (scorer!.Score(view, t), -1) : Memo(memo, g, view, t, (FgdNodeScorer)scorer!);
+                        var (score, device) = memo is null ? (scorer!.Score(view, t), -1) : Memo(memo, g, view, t, scorer!);
                         if (score > best)
                         {
                             best = score;
@@ -204,7 +206,7 @@ public static class FgdProtocol
         return new SeedResult(seed, at100, at130, failed, used, work.Sequence.Count, work.Appended);
     }
 
-    private static (double, int) Memo(Dictionary<(int, long, ulong, ulong, TaskResources), (double, int)> memo, int group, in NodeView view, TaskResources t, FgdNodeScorer fgd)
+    private static (double, int) Memo(Dictionary<(int, long, ulong, ulong, TaskResources), (double, int)> memo, int group, in NodeView view, TaskResources t, NodeScorer fgd)
     {
         ulong lo = 0, hi = 0;
         var free = view.FreeGpu;
