@@ -131,6 +131,18 @@ public sealed partial class ControlPlane : BackgroundService
 
     /// <summary>Metered attempts read at recovery, charged to fair-share once the pool's size is known again.</summary>
     private IReadOnlyList<UsageRecord>? _usageToReplay;
+
+    // The task shapes of the last PriorWindow submitted tasks: the typical-task prior of the fgd and suanli placements.
+    private readonly Dictionary<(long Cpu, int Milli, int Count, string Spec), int> _shapeCounts = [];
+    private readonly Queue<(long Cpu, int Milli, int Count, string Spec)> _shapeWindow = new();
+    private int _shapesSinceBuild;
+    private (int Shapes, int Tasks) _priorInUse;
+
+    /// <summary>How many recent tasks the fragmentation prior describes.</summary>
+    private const int PriorWindow = 10_000;
+
+    /// <summary>New tasks after which the placement is rebuilt with a fresh prior.</summary>
+    private const int PriorRefresh = 500;
     private readonly RunTimePredictor _predictor = new();
     private readonly SemaphoreSlim _wake = new(0, 1);
     private Dictionary<long, WaitReason> _waits = [];
@@ -181,12 +193,15 @@ public sealed partial class ControlPlane : BackgroundService
             }
 
             _jobs[j.Id] = live;
+            NoteShapeLocked(live.Spec);
         }
 
         // The scheduler's memory survives the restart: run-time history for the predictor, decayed usage for fair-share.
         foreach (var j in await _store.RecentFinishedJobsAsync(RunTimePredictor.HistoryDepth))
         {
-            _predictor.Completed(ToLive(j).Spec, Math.Max(0, (j.EndedMs!.Value - j.StartedMs!.Value) / 1000));
+            var spec = ToLive(j).Spec;
+            _predictor.Completed(spec, Math.Max(0, (j.EndedMs!.Value - j.StartedMs!.Value) / 1000));
+            NoteShapeLocked(spec);
         }
 
         _usageToReplay = await _store.UsageAsync(null, now - (FairShareReplayHalfLives * _fairShare.HalfLifeSeconds * 1000), now);
@@ -203,7 +218,35 @@ public sealed partial class ControlPlane : BackgroundService
     {
         while (_inbox.TryDequeue(out var j))
         {
-            _jobs.TryAdd(j.Record.Id, j);
+            if (_jobs.TryAdd(j.Record.Id, j))
+            {
+                NoteShapeLocked(j.Spec);
+            }
+        }
+    }
+
+    private bool PlacementUsesPrior => Options.Placement is "fgd" or "suanli";
+
+    /// <summary>Adds a job's tasks to the recent-shape window; asks for a rebuild when enough new tasks came.</summary>
+    private void NoteShapeLocked(JobSpec spec)
+    {
+        var key = TypicalTask.KeyOf(spec.Task);
+        for (var i = 0; i < Math.Min(spec.Tasks, PriorWindow); i++)
+        {
+            _shapeWindow.Enqueue(key);
+            _shapeCounts[key] = _shapeCounts.GetValueOrDefault(key) + 1;
+            if (_shapeWindow.Count > PriorWindow)
+            {
+                var old = _shapeWindow.Dequeue();
+                _shapeCounts[old]--;
+            }
+        }
+
+        // Early on the mix changes fast: rebuild whenever the window has grown by half since the last build, later every PriorRefresh tasks.
+        _shapesSinceBuild += spec.Tasks;
+        if (PlacementUsesPrior && _shapesSinceBuild >= Math.Min(PriorRefresh, Math.Max(1, _shapeWindow.Count / 2)))
+        {
+            _poolDirty = true;
         }
     }
 
@@ -823,7 +866,10 @@ public sealed partial class ControlPlane : BackgroundService
         _offersChangeMs = _offers.Values.Where(o => o.WithdrawnMs is null).SelectMany(o => new[] { o.ValidFromMs, o.ValidToMs }).Where(t => t > now).DefaultIfEmpty(long.MaxValue).Min();
         _pool = new Pool(providers, groups, Options.Latency);
         ReplayUsageLocked();
-        _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill)) : null;
+        var typical = PlacementUsesPrior ? TypicalTask.Of(_shapeCounts) : null;
+        _shapesSinceBuild = 0;
+        _priorInUse = (typical?.Count ?? 0, _shapeWindow.Count);
+        _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill, typical: typical)) : null;
         _state = new ClusterState(_pool);
         var index = groups.Select((g, i) => (g.Id, i)).ToDictionary(x => x.Id, x => x.i, StringComparer.Ordinal);
         foreach (var j in _jobs.Values)
@@ -1141,6 +1187,11 @@ public sealed partial class ControlPlane : BackgroundService
 
             WaitReason? reason = _waits.TryGetValue(job.Id, out var w) ? w : null;
             var lines = _scheduler.Explain(live.Spec, _state, reason);
+            if (PlacementUsesPrior)
+            {
+                lines = [.. lines, $"placement {Options.Placement}: fragmentation prior of {_priorInUse.Shapes} task shapes from the last {_priorInUse.Tasks} submitted tasks"];
+            }
+
             if (_scheduler.Policy.Order is FairShareOrder)
             {
                 var usage = _fairShare.Usage(live.Spec.Tenant, NowMs / 1000);

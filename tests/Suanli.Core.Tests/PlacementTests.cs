@@ -106,6 +106,22 @@ public class PlacementTests
     }
 
     [Fact]
+    public void TypicalTasks_KeepTheCommonShapesUpTo95Percent_ByShareOfTheKept()
+    {
+        // 10 tasks: 6 of A, 3 of B, 1 of C. 95 % of 10 = 9.5: A and B reach 9, C is needed to reach 10; with 80 %, A and B.
+        var a = TypicalTask.KeyOf(new TaskResources(1000, 0, 1, 1000));
+        var b = TypicalTask.KeyOf(new TaskResources(2000, 0, 1, 500, ["T4", "A10"]));
+        var c = TypicalTask.KeyOf(new TaskResources(500, 0));
+        Assert.Equal((2000L, 500, 1, "T4|A10"), b);
+        var tasks = Enumerable.Repeat(a, 6).Concat(Enumerable.Repeat(b, 3)).Append(c).ToList();
+        Assert.Equal(3, TypicalTask.Of(tasks).Count);
+        var kept = TypicalTask.Of(tasks, 80);
+        Assert.Equal([a, b], kept.Select(k => (k.MilliCpu, k.GpuMilli, k.GpuCount, k.GpuSpec)));
+        Assert.Equal(6.0 / 9, kept[0].Frequency, 12);
+        Assert.Empty(TypicalTask.Of(new Dictionary<(long, int, int, string), int> { [a] = 0 }));
+    }
+
+    [Fact]
     public void StandardUnits_A100HalfCardTwoHours()
     {
         var q = StandardUnits.Convert(new ResourceUsage(7200, 4000, 500, "A100"), AcceleratorCatalogue.BuiltIn);

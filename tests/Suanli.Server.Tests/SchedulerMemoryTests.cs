@@ -31,6 +31,41 @@ public class SchedulerMemoryTests
         Assert.InRange(Usage(after), used + blocker - 1.01, used + blocker + 1.01);
     }
 
+    [Fact]
+    public async Task SuanliPlacement_FragmentationPrior_IsTheMixOfSubmittedTaskShapes()
+    {
+        using var s = new ServerProcess(false, 30, null, "--placement", "suanli", "--policy", "fcfs");
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("shapes");
+        var (_, providerKey) = await admin.Provider("one-core");
+        using var t = s.Client(key);
+        var output = new StringBuilder();
+        var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512",
+            "--work-dir", Path.Combine(s.DataDir, "agent"));
+        try
+        {
+            // Three tasks of two shapes (1 core twice, half a core once): both shapes are typical (95 % rule).
+            var blocker = (await t.Post("/api/v1/jobs", Api.Job("blocker", ["sleep", "60"], cpu: 1), HttpStatusCode.Created))["id"]!.GetValue<long>();
+            await t.WaitJob(blocker, j => j.State() == "running", 60);
+            var probe = (await t.Post("/api/v1/jobs", Api.Job("probe", ["true"], cpu: 1), HttpStatusCode.Created))["id"]!.GetValue<long>();
+            await t.Post("/api/v1/jobs", Api.Job("half", ["true"], cpu: 0.5), HttpStatusCode.Created);
+            const string Expected = "placement suanli: fragmentation prior of 2 task shapes from the last 3 submitted tasks";
+            var lines = new List<string>();
+            for (var i = 0; i < 100 && !lines.Contains(Expected); i++)
+            {
+                await Task.Delay(100);
+                lines = (await t.Get($"/api/v1/jobs/{probe}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()).ToList();
+            }
+
+            Assert.Contains(Expected, lines);
+            await t.Post($"/api/v1/jobs/{blocker}/cancel", new { });
+        }
+        finally
+        {
+            agent.Kill(true);
+        }
+    }
+
     /// <summary>Whole seconds between a job's start and end, as the control plane meters them.</summary>
     private static long Seconds(JsonNode job)
     {

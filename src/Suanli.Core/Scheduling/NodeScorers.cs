@@ -178,6 +178,46 @@ public sealed record TypicalTask(long MilliCpu, int GpuMilli, int GpuCount, stri
 {
     internal TaskResources AsTask { get; } = new(MilliCpu, 0, GpuCount, GpuMilli,
         GpuSpec.Length == 0 ? [] : GpuSpec.Split('|'));
+
+    /// <summary>The shape key of a task: CPU, card share, card count and allowed models ("|"-joined; memory ignored, as FGD does).</summary>
+    public static (long Cpu, int Milli, int Count, string Spec) KeyOf(TaskResources task) =>
+        (task.MilliCpu, task.GpuMilli, task.GpuCount, string.Join('|', task.Models));
+
+    /// <summary>
+    /// FGD's typical-task prior (GetTypicalPods): count tasks per shape, sort by count descending (ties by shape
+    /// descending: CPU, share, count, models), keep the shortest prefix whose count reaches
+    /// <paramref name="thresholdPercent"/> % of all tasks, and give each kept shape its share of the kept tasks.
+    /// </summary>
+    public static List<TypicalTask> Of(IEnumerable<(long Cpu, int Milli, int Count, string Spec)> tasks, int thresholdPercent = 95)
+    {
+        var counts = new Dictionary<(long Cpu, int Milli, int Count, string Spec), int>();
+        foreach (var key in tasks)
+        {
+            counts[key] = counts.GetValueOrDefault(key) + 1;
+        }
+
+        return Of(counts, thresholdPercent);
+    }
+
+    /// <summary><see cref="Of(IEnumerable{ValueTuple{long, int, int, string}}, int)"/> from counts per shape.</summary>
+    public static List<TypicalTask> Of(IReadOnlyDictionary<(long Cpu, int Milli, int Count, string Spec), int> counts, int thresholdPercent = 95)
+    {
+        var sorted = counts.Where(kv => kv.Value > 0).OrderByDescending(kv => kv.Value)
+            .ThenByDescending(kv => kv.Key.Cpu).ThenByDescending(kv => kv.Key.Milli).ThenByDescending(kv => kv.Key.Count)
+            .ThenByDescending(kv => kv.Key.Spec, StringComparer.Ordinal).ToList();
+        double total = sorted.Sum(kv => (long)kv.Value);
+        var expected = thresholdPercent * total / 100.0;
+        double cum = 0;
+        var kept = 0;
+        while (cum < expected && kept < sorted.Count)
+        {
+            cum += sorted[kept].Value;
+            kept++;
+        }
+
+        return [.. sorted.Take(kept).Select(kv => new TypicalTask(kv.Key.Cpu, kv.Key.Milli, kv.Key.Count, kv.Key.Spec,
+            kv.Value / total / (cum / total)))];
+    }
 }
 
 /// <summary>

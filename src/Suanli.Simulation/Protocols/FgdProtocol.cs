@@ -82,32 +82,8 @@ public static class FgdProtocol
     }
 
     /// <summary>The FGD typical-task prior over the original tasks (section 3.3).</summary>
-    public static List<TypicalTask> TypicalTasks(IReadOnlyList<PaiTask> tasks, int thresholdPercent = 95)
-    {
-        var counts = new Dictionary<(long Cpu, int Milli, int Count, string Spec), int>();
-        foreach (var t in tasks)
-        {
-            var r = t.Resources;
-            var key = (r.MilliCpu, r.GpuMilli, r.GpuCount, t.GpuSpec);
-            counts[key] = counts.GetValueOrDefault(key) + 1;
-        }
-
-        var sorted = counts.OrderByDescending(kv => kv.Value)
-            .ThenByDescending(kv => kv.Key.Cpu).ThenByDescending(kv => kv.Key.Milli).ThenByDescending(kv => kv.Key.Count)
-            .ThenByDescending(kv => kv.Key.Spec, StringComparer.Ordinal).ToList();
-        double total = tasks.Count;
-        var expected = thresholdPercent * total / 100.0;
-        double cum = 0;
-        var kept = 0;
-        while (cum < expected && kept < sorted.Count)
-        {
-            cum += sorted[kept].Value;
-            kept++;
-        }
-
-        return [.. sorted.Take(kept).Select(kv => new TypicalTask(kv.Key.Cpu, kv.Key.Milli, kv.Key.Count, kv.Key.Spec,
-            kv.Value / total / (cum / total)))];
-    }
+    public static List<TypicalTask> TypicalTasks(IReadOnlyList<PaiTask> tasks, int thresholdPercent = 95) =>
+        TypicalTask.Of(tasks.Select(t => (t.Resources.MilliCpu, t.Resources.GpuMilli, t.Resources.GpuCount, t.GpuSpec)), thresholdPercent);
 
     /// <summary>Runs one seed with placement <paramref name="policy"/>.</summary>
     public static SeedResult RunSeed(Inputs inputs, string policy, int seed, long[] rngCooked, IReadOnlyList<TypicalTask>? typical = null)
