@@ -91,4 +91,29 @@ public class QueueOrderTests
         return Math.Abs(inOrder.Usage("t", 2500) - expected) < 1e-9 * Math.Max(1, expected)
             && Math.Abs(shuffled.Usage("t", 2500) - expected) < 1e-9 * Math.Max(1, expected);
     }
+
+    [Fact]
+    public void Suanli_IdenticalSiblingOfTheJobStartedLast_MovesUp_OthersDoNot()
+    {
+        var order = new SuanliOrder();
+        var last = new JobSpec(1, "u30", new TaskResources(1000, 0), 115, 0, 64800);
+        var sibling = last with { Id = 2, SubmitTime = 5 };
+        var ctx = new QueueContext(10, new Dictionary<string, double>());
+        var withLast = ctx with { LastStarted = last };
+        Assert.Equal(order.Key(sibling, ctx) - SuanliOrder.ContinuationBonus, order.Key(sibling, withLast), 12);
+
+        // Not siblings: another tenant, another width, another request, another task shape, or an unknown submitter.
+        foreach (var other in new[]
+        {
+            sibling with { Tenant = "u31" }, sibling with { Tasks = 114 }, sibling with { RequestedSeconds = 64801 },
+            sibling with { Task = new TaskResources(1000, 0, 1, 1000) }, sibling with { Tenant = Tenant.Unknown },
+        })
+        {
+            Assert.Equal(order.Key(other, ctx), order.Key(other, withLast with { LastStarted = other.Tenant == Tenant.Unknown ? last with { Tenant = Tenant.Unknown } : last }), 12);
+        }
+
+        // Models are compared by content, not by list identity.
+        var gpu = new JobSpec(3, "t", new TaskResources(1000, 0, 1, 1000, ["A100"]), 1, 0, 60);
+        Assert.True(SuanliOrder.IsSibling(gpu with { Id = 4, Task = new TaskResources(1000, 0, 1, 1000, ["A100"]) }, gpu));
+    }
 }

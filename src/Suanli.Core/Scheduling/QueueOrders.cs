@@ -6,7 +6,8 @@ namespace Suanli.Core.Scheduling;
 /// What a queue order may look at besides the job: the clock, fair-share usage and a run-time predictor fed only by
 /// finished jobs (null when the caller keeps none). All of it is online information.
 /// </summary>
-public readonly record struct QueueContext(long Now, IReadOnlyDictionary<string, double> TenantShare, RunTimePredictor? Predictor = null);
+public readonly record struct QueueContext(long Now, IReadOnlyDictionary<string, double> TenantShare, RunTimePredictor? Predictor = null,
+    JobSpec? LastStarted = null);
 
 /// <summary>
 /// Queue order plugin: a key per job, smaller first. Jobs are ordered by priority class (higher first), then this key,

@@ -104,6 +104,9 @@ public sealed class Scheduler
     // Caches keyed by job id; the stored spec reference guards against a different job reusing an id.
     private readonly Dictionary<long, (JobSpec Job, int[] Groups)> _feasible = [];
     private readonly QueueCache _queue = new();
+
+    // The job this scheduler started last (any cycle): the suanli order lets its identical siblings follow it.
+    private JobSpec? _lastStarted;
     private readonly List<int> _candidates = [];
     private readonly List<(int Group, double Score)> _scored = [];
     private readonly List<Reservation> _overlaid = [];
@@ -243,7 +246,7 @@ public sealed class Scheduler
         var result = new CycleResult(input.RecordWaits ? input.Pending.Count : 0);
         var record = input.RecordWaits;
         var now = input.Now;
-        var ordered = OrderKeyed(input.Pending, new QueueContext(now, TenantShares(input), input.Predictor));
+        var ordered = OrderKeyed(input.Pending, new QueueContext(now, TenantShares(input), input.Predictor, _lastStarted));
         var running = new List<RunningJob>(input.Running);
         var quotaUse = Policy.EnforceQuotas && input.Tenants is { Count: > 0 } ? QuotaUse(input.Running) : null;
         JobSpec? blocked = null;
@@ -290,6 +293,7 @@ public sealed class Scheduler
             if (placed is not null)
             {
                 result.Started.Add(placed);
+                _lastStarted = job;
                 running.Add(new RunningJob(job, now, placed.Allocation));
                 if (quotaUse is not null)
                 {

@@ -92,6 +92,7 @@ public static class RlSchedulerProtocol
         private readonly List<int> _runningList = [];
         private readonly long[] _start;
         private readonly RunTimePredictor _predictor = new();
+        private JobSpec? _lastStarted;
         private long _seq;
         private int _free;
         private long _now;
@@ -141,7 +142,7 @@ public static class RlSchedulerProtocol
 
         private int Head()
         {
-            var ctx = new QueueContext(_now, EmptyShares, _predictor);
+            var ctx = new QueueContext(_now, EmptyShares, _predictor, _lastStarted);
             var best = _queue[0];
             var bestKey = order.Key(jobs[best].Spec, ctx);
             for (var i = 1; i < _queue.Count; i++)
@@ -160,6 +161,7 @@ public static class RlSchedulerProtocol
 
         private void Start(int j)
         {
+            _lastStarted = jobs[j].Spec;
             _start[j - first] = _now;
             _free -= jobs[j].Nodes;
             _running.Enqueue(j, (_now + jobs[j].Run, _seq++));
