@@ -40,8 +40,7 @@ public class SchedulerMemoryTests
         var (_, providerKey) = await admin.Provider("one-core");
         using var t = s.Client(key);
         var output = new StringBuilder();
-        var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512",
-            "--work-dir", Path.Combine(s.DataDir, "agent"));
+        var agent = OneCoreAgent(output, s, providerKey, Path.Combine(s.DataDir, "agent"));
         try
         {
             // Three tasks of two shapes (1 core twice, half a core once): both shapes are typical (95 % rule).
@@ -65,6 +64,10 @@ public class SchedulerMemoryTests
             agent.Kill(true);
         }
     }
+
+    /// <summary>A separate `suanli agent` process offering one core and 512 MiB.</summary>
+    private static System.Diagnostics.Process OneCoreAgent(StringBuilder output, ServerProcess s, string providerKey, string workDir) =>
+        ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512", "--work-dir", workDir);
 
     /// <summary>Whole seconds between a job's start and end, as the control plane meters them.</summary>
     private static long Seconds(JsonNode job)
@@ -96,7 +99,7 @@ public class SchedulerMemoryTests
         using var t = s.Client(key);
         var output = new StringBuilder();
         var agentDir = Path.Combine(s.DataDir, "agent");
-        var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512", "--work-dir", agentDir);
+        var agent = OneCoreAgent(output, s, providerKey, agentDir);
         try
         {
             var runs = new List<long>();
@@ -113,7 +116,7 @@ public class SchedulerMemoryTests
             agent.Kill(true);
             await agent.WaitForExitAsync();
             s.Start();
-            agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512", "--work-dir", agentDir);
+            agent = OneCoreAgent(output, s, providerKey, agentDir);
             using var admin2 = s.Admin();
             // Submit only once the new agent has registered: a lease to the previous epoch would be lost on registration.
             for (var i = 0; i < 300 && await Epoch(admin2) == epoch; i++)
