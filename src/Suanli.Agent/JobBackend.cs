@@ -27,6 +27,9 @@ public interface IJobBackend
     /// <summary>What the backend is and enforces, for the agent's start-up line.</summary>
     string Describe { get; }
 
+    /// <summary>How the backend isolates tenants' jobs, shown in the provider list; null when the backend's own system does (Slurm).</summary>
+    string? Isolation => null;
+
     /// <summary>The node groups this backend offers when the agent was given none (discovery), else null.</summary>
     Task<IReadOnlyList<GroupOffer>?> DiscoverAsync(CancellationToken ct);
 

@@ -10,6 +10,9 @@ public sealed record JobLaunch(long Id, int Attempt, IReadOnlyList<string>? Comm
 {
     /// <summary>A batch script: run as a file with its own interpreter and the SLURM_* variables a script expects.</summary>
     public bool Sbatch { get; init; }
+
+    /// <summary>The submitting tenant: the local backend runs the job as that tenant's own Unix account.</summary>
+    public long TenantId { get; init; }
 }
 
 /// <summary>A job process the local backend runs.</summary>
@@ -22,14 +25,19 @@ internal sealed class LocalHandle(JobLaunch job, Process process, string key) : 
 
 /// <summary>
 /// Runs jobs as child processes on this machine: each in its own session and process group (setsid), inside a
-/// control group with its declared CPU and memory where the machine allows (<see cref="ResourceLimiter"/>), with
-/// stdout and stderr streamed to a callback. Stopping a job kills its whole process group and control group.
+/// control group with its declared CPU and memory (<see cref="ResourceLimiter"/>), in the tenant's sandbox
+/// (<see cref="JobSandbox"/>: its own Unix account, namespaces, a fresh 0700 work folder per attempt), with stdout and
+/// stderr streamed to a callback. Stopping a job kills its whole process group and control group.
 /// </summary>
-public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IReadOnlyList<GroupOffer>? offer = null) : IJobBackend
+public sealed class LocalBackend(ResourceLimiter limiter, JobSandbox sandbox, string workRoot, IReadOnlyList<GroupOffer>? offer = null) : IJobBackend
 {
     public ResourceLimiter Limiter { get; } = limiter;
 
-    public string Describe => $"local processes; limits: {Limiter.Describe}";
+    public JobSandbox Sandbox { get; } = sandbox;
+
+    public string Describe => $"local processes; {Sandbox.Describe}";
+
+    public string Isolation => Sandbox.Describe;
 
     public Task<IReadOnlyList<GroupOffer>?> DiscoverAsync(CancellationToken ct)
     {
@@ -42,20 +50,24 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
         return Task.FromResult<IReadOnlyList<GroupOffer>?>([new GroupOffer("local", cpu, mem, null, 0, 1, null)]);
     }
 
-    public Task<JobHandle> StartAsync(JobLaunch job, string group, Func<string, Task> output) => Task.FromResult<JobHandle>(Start(job, output));
+    public async Task<JobHandle> StartAsync(JobLaunch job, string group, Func<string, Task> output)
+    {
+        var account = await Sandbox.AccountAsync(job.TenantId);
+        return Start(job, output, account);
+    }
 
     public Task<string?> HealthAsync(CancellationToken ct) => Task.FromResult<string?>(null);
 
     public void Stop(JobHandle job, string why) => Stop((LocalHandle)job, why);
 
     /// <summary>Starts a job; <paramref name="output"/> receives its output in order.</summary>
-    private LocalHandle Start(JobLaunch job, Func<string, Task> output)
+    private LocalHandle Start(JobLaunch job, Func<string, Task> output, (string Name, int Uid, int Gid) account)
     {
         // Job ids repeat across control planes, and several agents may share this machine's control groups: the key
         // carries this backend's own instance id so one agent never touches another's jobs.
         var key = $"{Instance}-job-{job.Id.ToString(CultureInfo.InvariantCulture)}-{job.Attempt.ToString(CultureInfo.InvariantCulture)}";
         var dir = Path.Combine(workRoot, key);
-        Directory.CreateDirectory(dir);
+        Sandbox.PrepareWorkDir(workRoot, dir, account.Uid, account.Gid);
         IReadOnlyList<string> argv;
         if (job.Command is { Count: > 0 } c)
         {
@@ -70,6 +82,8 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
             {
                 File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
             }
+
+            Sandbox.Own(file, account.Uid, account.Gid);
             argv = [file];
         }
         else
@@ -92,7 +106,7 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
         psi.ArgumentList.Add("-c");
         psi.ArgumentList.Add($"{prelude}; exec \"$@\"");
         psi.ArgumentList.Add("suanli-job");
-        foreach (var a in argv)
+        foreach (var a in Sandbox.Wrap(dir, argv, account.Uid, account.Gid))
         {
             psi.ArgumentList.Add(a);
         }
@@ -100,6 +114,8 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
         psi.Environment.Clear();
         psi.Environment["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
         psi.Environment["HOME"] = dir;
+        psi.Environment["USER"] = account.Name;
+        psi.Environment["LOGNAME"] = account.Name;
         psi.Environment["SUANLI_JOB_ID"] = job.Id.ToString(CultureInfo.InvariantCulture);
         psi.Environment["SUANLI_ATTEMPT"] = job.Attempt.ToString(CultureInfo.InvariantCulture);
         psi.Environment["SUANLI_TASKS"] = job.Tasks.ToString(CultureInfo.InvariantCulture);
@@ -124,6 +140,8 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
         {
             psi.Environment[k] = v;
         }
+
+        psi.Environment["SUANLI_JOB_ID"] = job.Id.ToString(CultureInfo.InvariantCulture); // the reaper's marker: never the job's to change
 
         var p = Process.Start(psi) ?? throw new InvalidOperationException($"job {job.Id}: the process did not start");
         p.StandardInput.Close();
@@ -284,7 +302,15 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
 
         try
         {
-            await File.WriteAllTextAsync(Path.Combine(rp.Process.StartInfo.WorkingDirectory, PreemptFile), IJobBackend.NoticeText(seconds, reason));
+            // The folder belongs to the job's account: whatever it left at this name (a symbolic link to a file of the
+            // agent's, say) is removed, and the notice is created with O_EXCL, which never follows a link.
+            var file = Path.Combine(rp.Process.StartInfo.WorkingDirectory, PreemptFile);
+            File.Delete(file);
+            await using (var f = new FileStream(file, FileMode.CreateNew, FileAccess.Write))
+            {
+                await f.WriteAsync(Encoding.UTF8.GetBytes(IJobBackend.NoticeText(seconds, reason)));
+            }
+
             return Native.kill(-rp.Process.Id, Native.SIGUSR1) == 0;
         }
         catch (Exception e) when (e is IOException or InvalidOperationException or UnauthorizedAccessException)
@@ -314,7 +340,7 @@ public sealed class LocalBackend(ResourceLimiter limiter, string workRoot, IRead
         }
     }
 
-    private static void TryDelete(string dir)
+    internal static void TryDelete(string dir)
     {
         try
         {

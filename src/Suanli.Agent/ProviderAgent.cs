@@ -65,7 +65,7 @@ public sealed class ProviderAgent : IAsyncDisposable
     private readonly ConcurrentDictionary<long, bool> _noticed = new();
 
     private sealed record Leased(long Id, int Attempt, string Name, List<string>? Command, string? Script, Dictionary<string, string> Env,
-        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch, string? Format);
+        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch, string? Format, long TenantId);
 
     private sealed record LeasePage(List<Leased> Items);
 
@@ -123,7 +123,7 @@ public sealed class ProviderAgent : IAsyncDisposable
     private async Task RegisterAsync(CancellationToken ct)
     {
         var groups = _options.Groups.Count > 0 ? _options.Groups : await _backend.DiscoverAsync(ct) ?? [];
-        using var resp = await _http.PostAsJsonAsync("/api/v1/agent/register", new { region = _options.Region, groups }, Web, ct);
+        using var resp = await _http.PostAsJsonAsync("/api/v1/agent/register", new { region = _options.Region, groups, isolation = _backend.Isolation }, Web, ct);
         if (!resp.IsSuccessStatusCode)
         {
             var body = await resp.Content.ReadAsStringAsync(ct);
@@ -250,7 +250,7 @@ public sealed class ProviderAgent : IAsyncDisposable
     private void Launch(Leased l)
     {
         var epoch = Epoch;
-        var job = new JobLaunch(l.Id, l.Attempt, l.Command, l.Script, l.Env, l.Cpu, l.MemoryMiB, l.Tasks, l.TimeLimitSeconds) { Sbatch = l.Format == "sbatch" };
+        var job = new JobLaunch(l.Id, l.Attempt, l.Command, l.Script, l.Env, l.Cpu, l.MemoryMiB, l.Tasks, l.TimeLimitSeconds) { Sbatch = l.Format == "sbatch", TenantId = l.TenantId };
         var logs = new LogShipper(this, l.Id, epoch);
         _ = Task.Run(async () =>
         {
@@ -273,7 +273,7 @@ public sealed class ProviderAgent : IAsyncDisposable
             await rp.Started;
             await ReportAsync(l.Id, epoch, "running", null, $"started: {rp.Where}");
             var code = await rp.Exited;
-            await logs.FlushAsync();
+            await logs.FlushAsync(final: true);
             logs.Dispose();
             _running.TryRemove(l.Id, out _);
             if (epoch != Epoch)
@@ -353,27 +353,42 @@ public sealed class ProviderAgent : IAsyncDisposable
         await Task.CompletedTask;
     }
 
-    /// <summary>Batches a job's output: sends at most every 100 ms or 64 KiB.</summary>
-    private sealed class LogShipper(ProviderAgent agent, long id, long epoch) : IDisposable
+    /// <summary>
+    /// Batches a job's output: sends at most every 100 ms, in chunks of at most <see cref="ChunkChars"/> characters so
+    /// every request stays under the server's body limit. At most <see cref="MaxBuffered"/> characters wait here: past
+    /// that, <see cref="Add"/> returns the pending send, so the backend stops reading the job's pipe until it drains
+    /// (the job then blocks on its writes instead of the agent's memory growing).
+    /// </summary>
+    internal sealed class LogShipper(ProviderAgent? agent, long id, long epoch, Func<long, string, Task>? ship = null) : IDisposable
     {
+        /// <summary>Characters per request: even at six JSON bytes per character (\u escapes) under 1 MiB.</summary>
+        public const int ChunkChars = 64 * 1024;
+
+        /// <summary>Most characters held before the job's output is read no further.</summary>
+        public const int MaxBuffered = 1024 * 1024;
+
         private readonly StringBuilder _buffer = new();
         private readonly Lock _gate = new();
         private readonly SemaphoreSlim _send = new(1, 1);
         private Task _pending = Task.CompletedTask;
         private long _offset;
 
+        /// <summary>The most characters that were ever waiting at once (for tests of the bound).</summary>
+        public int HighWater { get; private set; }
+
         public Task Add(string text)
         {
             lock (_gate)
             {
                 _buffer.Append(text);
-                if (_buffer.Length >= 65536 || _pending.IsCompleted)
+                HighWater = Math.Max(HighWater, _buffer.Length);
+                if (_buffer.Length >= ChunkChars || _pending.IsCompleted)
                 {
-                    _pending = SendSoon();
+                    _pending = _buffer.Length >= ChunkChars ? Task.Run(() => FlushAsync()) : SendSoon();
                 }
-            }
 
-            return Task.CompletedTask;
+                return _buffer.Length >= MaxBuffered ? _pending : Task.CompletedTask;
+            }
         }
 
         private async Task SendSoon()
@@ -382,22 +397,40 @@ public sealed class ProviderAgent : IAsyncDisposable
             await FlushAsync();
         }
 
-        public async Task FlushAsync()
+        /// <summary>Sends what is buffered; <paramref name="final"/> also sends a trailing half of a surrogate pair.</summary>
+        public async Task FlushAsync(bool final = false)
         {
             // One send at a time, so chunks arrive in order.
             await _send.WaitAsync();
             try
             {
-                string data;
-                lock (_gate)
+                while (true)
                 {
-                    data = _buffer.ToString();
-                    _buffer.Clear();
-                }
+                    string data;
+                    lock (_gate)
+                    {
+                        var n = Math.Min(_buffer.Length, ChunkChars);
+                        // Never split a surrogate pair across chunks (a lone half is not valid text for the server).
+                        if (n > 0 && char.IsHighSurrogate(_buffer[n - 1]) && !(final && n == _buffer.Length))
+                        {
+                            n--;
+                        }
 
-                if (data.Length > 0)
-                {
-                    await agent.ShipLogAsync(id, epoch, _offset, data);
+                        data = _buffer.ToString(0, n);
+                        _buffer.Remove(0, n);
+                    }
+
+                    if (data.Length == 0)
+                    {
+                        return;
+                    }
+
+                    if (final && char.IsHighSurrogate(data[^1]))
+                    {
+                        data = data[..^1] + "\uFFFD";
+                    }
+
+                    await (ship is not null ? ship(_offset, data) : agent!.ShipLogAsync(id, epoch, _offset, data));
                     _offset += data.Length;
                 }
             }

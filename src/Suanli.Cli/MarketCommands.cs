@@ -53,6 +53,14 @@ internal static partial class PlatformCommands
     }
 
     // ------------------------------------------------------------------ market
+    private static string Consent(string c) => c switch
+    {
+        "proposed" => Messages.T("proposed", "待确认"),
+        "accepted" => Messages.T("accepted", "已接受"),
+        "declined" => Messages.T("declined", "已拒绝"),
+        _ => c,
+    };
+
     private static Command Market()
     {
         var market = new Command("market", "Trading centre: offers, spot order book, auction rounds / 算力交易：报价、现货盘口、竞价");
@@ -64,7 +72,8 @@ internal static partial class PlatformCommands
                     Messages.T("NODES", "节点"), Messages.T("VALID", "有效期"), Messages.T("LIVE", "有效")],
                 p["items"]!.AsArray().Select(o => new[]
                 {
-                    Str(o!["id"]), Str(o["providerId"]), Str(o["group"]), Str(o["tier"]) + (o["tenantId"] is { } t ? $"(tenant {t})" : ""), Str(o["price"]), Str(o["unit"]),
+                    Str(o!["id"]), Str(o["providerId"]), Str(o["group"]),
+                    Str(o["tier"]) + (o["tenantId"] is { } t ? $"(tenant {t}{(o["consent"] is { } c ? ", " + Consent(c.ToString()) : "")})" : ""), Str(o["price"]), Str(o["unit"]),
                     Str(o["nodes"]), $"{o["validFrom"]}..{o["validTo"]}", o["live"]!.GetValue<bool>() ? Messages.T("yes", "是") : Messages.T("no", "否"),
                 })));
             return ExitCodes.Ok;
@@ -92,8 +101,8 @@ internal static partial class PlatformCommands
                     $"已发布报价 {o["id"]}：{o["tier"]} {o["price"]} 元/{o["unit"]} × {o["nodes"]} 节点"));
                 if (o["contractFen"] is { } value)
                 {
-                    Console.WriteLine(Messages.T($"reserved contract for tenant {o["tenantId"]}: {Fen(value)} CNY held in escrow, paid to the provider at {o["validTo"]}",
-                        $"租户 {o["tenantId"]} 的预留合约：{Fen(value)} 元已托管冻结，于 {o["validTo"]} 结算给提供方"));
+                    Console.WriteLine(Messages.T($"reserved contract proposed to tenant {o["tenantId"]}: {Fen(value)} CNY; it binds once the tenant accepts (suanli market offers accept {o["id"]}) before {o["validFrom"]}",
+                        $"已向租户 {o["tenantId"]} 提议预留合约：{Fen(value)} 元；租户须在 {o["validFrom"]} 之前接受（suanli market offers accept {o["id"]}）后方生效"));
                 }
             });
             return ExitCodes.Ok;
@@ -104,6 +113,21 @@ internal static partial class PlatformCommands
             Print(r, await api.DeleteAsync($"/api/v1/offers/{r.GetValue(offerId)}"), o => Console.WriteLine(Messages.T($"offer {o["id"]} withdrawn", $"已撤回报价 {o["id"]}")));
             return ExitCodes.Ok;
         }, offerId));
+        var answer = new Argument<long>("OFFER");
+        offers.Subcommands.Add(Sub("accept", "Accept a reserved contract proposed to you: its value is escrowed now / 接受预留合约（合约金额即时托管冻结）", async (r, api) =>
+        {
+            Print(r, await api.PostAsync($"/api/v1/offers/{r.GetValue(answer)}/accept", new JsonObject()), o => Console.WriteLine(Messages.T(
+                $"contract {o["id"]} accepted: {Fen(o["contractFen"]!)} CNY held in escrow, paid to the provider at {o["validTo"]}",
+                $"已接受合约 {o["id"]}：{Fen(o["contractFen"]!)} 元已托管冻结，于 {o["validTo"]} 结算给提供方")));
+            return ExitCodes.Ok;
+        }, answer));
+        var declined = new Argument<long>("OFFER");
+        offers.Subcommands.Add(Sub("decline", "Decline a reserved contract proposed to you / 拒绝预留合约", async (r, api) =>
+        {
+            Print(r, await api.PostAsync($"/api/v1/offers/{r.GetValue(declined)}/decline", new JsonObject()), o => Console.WriteLine(Messages.T(
+                $"contract {o["id"]} declined; nothing was charged", $"已拒绝合约 {o["id"]}，未产生费用")));
+            return ExitCodes.Ok;
+        }, declined));
         market.Subcommands.Add(offers);
 
         market.Subcommands.Add(Sub("book", "Spot order book / 现货盘口", async (r, api) =>

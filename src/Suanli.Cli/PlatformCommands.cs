@@ -77,6 +77,44 @@ internal static partial class PlatformCommands
         }
     }
 
+    // ------------------------------------------------------------------ job sandbox (up and agent)
+    private static readonly Option<bool> SingleUserOpt = new("--single-user")
+    {
+        Description = "Run jobs as your own user, without per-tenant accounts (a personal machine; refused as root) / 单用户模式：作业以当前用户运行",
+    };
+
+    private static readonly Option<long> UidBaseOpt = new("--tenant-uid-base")
+    {
+        Description = "Tenant N's jobs run as Unix account suanli-(BASE+N) / 租户作业账户 UID 基数", DefaultValueFactory = _ => 200_000,
+    };
+
+    private static readonly Option<string?> WorkDirOpt = new("--work-dir")
+    {
+        Description = "Root of the jobs' work folders, outside the data folder / 作业工作目录根",
+    };
+
+    /// <summary>The sandbox and the local backend of an agent, or why this machine cannot isolate jobs.</summary>
+    private static LocalBackend LocalJobs(ParseResult r, string workRoot)
+    {
+        var limiter = ResourceLimiter.Detect();
+        try
+        {
+            var sandbox = JobSandbox.Detect(new SandboxOptions { SingleUser = r.GetValue(SingleUserOpt), UidBase = r.GetValue(UidBaseOpt) }, limiter);
+            return new LocalBackend(limiter, sandbox, workRoot);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new ArgumentException(e.Message, e);
+        }
+    }
+
+    /// <summary>Default work root: outside the data folder (which job accounts cannot enter), one per data folder.</summary>
+    private static string DefaultWorkRoot(string dataDir)
+    {
+        var tag = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(Path.GetFullPath(dataDir))))[..12].ToLowerInvariant();
+        return JobSandbox.AgentUid == 0 ? Path.Combine("/var/lib/suanli/work", tag) : Path.Combine(Path.GetTempPath(), $"suanli-work-{JobSandbox.AgentUid}-{tag}");
+    }
+
     // ------------------------------------------------------------------ up
     private static Command Up()
     {
@@ -91,7 +129,12 @@ internal static partial class PlatformCommands
         var fee = new Option<decimal>("--fee") { Description = "Platform fee as a fraction of each settlement / 平台费率", DefaultValueFactory = _ => 0.05m };
         var notice = new Option<double>("--spot-notice") { Description = "Seconds of warning before a spot job is preempted / 抢占通知秒数", DefaultValueFactory = _ => 120 };
         var auction = new Option<double>("--auction-interval") { Description = "Seconds between spot auction rounds / 竞价间隔秒数", DefaultValueFactory = _ => 60 };
-        var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台") { urls, data, noLocal, lostAfter, policy, placement, latency, localRegion, fee, notice, auction };
+        var logCap = new Option<long>("--log-cap-mib") { Description = "Most output stored per job attempt, MiB / 每次作业尝试保存的最大输出", DefaultValueFactory = _ => 64 };
+        var logDays = new Option<double?>("--log-retention-days") { Description = "Delete output of jobs finished this many days ago (default: keep) / 作业输出保留天数" };
+        var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台")
+        {
+            urls, data, noLocal, lostAfter, policy, placement, latency, localRegion, fee, notice, auction, SingleUserOpt, UidBaseOpt, WorkDirOpt, logCap, logDays,
+        };
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
             if (r.GetValue(lostAfter) is < 1 or > 3600)
@@ -119,11 +162,30 @@ internal static partial class PlatformCommands
                 throw new ArgumentException("--spot-notice: 0 to 86400 seconds; --auction-interval: 1 to 86400 seconds");
             }
 
-            return RunUp(r.GetValue(urls)!, Path.GetFullPath(r.GetValue(data)!), !r.GetValue(noLocal),
+            if (r.GetValue(logCap) is < 1 or > 1 << 20 || r.GetValue(logDays) is < 0.001 or > 36500)
+            {
+                throw new ArgumentException("--log-cap-mib: 1 to 1048576; --log-retention-days: 0.001 to 36500");
+            }
+
+            var dataDir = Path.GetFullPath(r.GetValue(data)!);
+            LocalBackend? local = null;
+            if (!r.GetValue(noLocal))
+            {
+                var workRoot = Path.GetFullPath(r.GetValue(WorkDirOpt) ?? DefaultWorkRoot(dataDir));
+                if (workRoot == dataDir || workRoot.StartsWith(dataDir.TrimEnd('/') + "/", StringComparison.Ordinal))
+                {
+                    throw new ArgumentException("--work-dir: job work folders must live outside the data folder");
+                }
+
+                local = LocalJobs(r, workRoot); // refuses here, before anything starts, when jobs cannot be isolated
+            }
+
+            return RunUp(r.GetValue(urls)!, dataDir, local,
                 new ControlPlaneOptions
                 {
                     LostAfter = TimeSpan.FromSeconds(r.GetValue(lostAfter)), Policy = r.GetValue(policy)!, Placement = r.GetValue(placement)!,
                     Latency = r.GetValue(latency) is { } file ? ControlPlaneOptions.ReadLatency(file) : [],
+                    LogCapBytes = r.GetValue(logCap) << 20, LogRetention = r.GetValue(logDays) is { } days ? TimeSpan.FromDays(days) : null,
                     FeeBps = (int)(r.GetValue(fee) * 10000), SpotNotice = TimeSpan.FromSeconds(r.GetValue(notice)), AuctionInterval = TimeSpan.FromSeconds(r.GetValue(auction)),
                 }, r.GetValue(localRegion)!)
                 .GetAwaiter().GetResult();
@@ -131,7 +193,7 @@ internal static partial class PlatformCommands
         return cmd;
     }
 
-    private static async Task<int> RunUp(string urls, string dataDir, bool localProvider, ControlPlaneOptions cp, string localRegion)
+    private static async Task<int> RunUp(string urls, string dataDir, LocalBackend? local, ControlPlaneOptions cp, string localRegion)
     {
         var app = await ServerHost.BuildAsync(new ServerOptions(urls, dataDir, cp));
         await app.StartAsync();
@@ -149,7 +211,7 @@ internal static partial class PlatformCommands
         app.Lifetime.ApplicationStopping.Register(stop.Cancel);
         Task agentTask = Task.CompletedTask;
         ProviderAgent? agent = null;
-        if (localProvider)
+        if (local is not null)
         {
             var store = app.Services.GetRequiredService<IControlStore>();
             var keys = app.Services.GetRequiredService<KeyService>();
@@ -165,9 +227,15 @@ internal static partial class PlatformCommands
             }
 
             var (cpu, mem) = LocalBackend.MachineCapacity();
-            var backend = new LocalBackend(ResourceLimiter.Detect(), Path.Combine(dataDir, "work"));
-            agent = new ProviderAgent(new AgentOptions(new Uri(address), secret, localRegion, [new Suanli.Agent.GroupOffer("local", cpu, mem, null, 0, 1, null)], Path.Combine(dataDir, "work")),
-                backend, m => Console.WriteLine($"[local provider] {m}"));
+            Console.WriteLine(Messages.T($"[local provider] jobs: {local.Sandbox.Describe}", $"[本地提供方] 作业隔离：{local.Sandbox.Describe}"));
+            if (!local.Sandbox.Isolated)
+            {
+                Console.WriteLine(Messages.T("[local provider] WARNING: single-user mode: every tenant's job runs as this user; do not admit strangers",
+                    "[本地提供方] 警告：单用户模式，所有租户的作业都以当前用户运行；不要接纳陌生租户"));
+            }
+
+            agent = new ProviderAgent(new AgentOptions(new Uri(address), secret, localRegion, [new Suanli.Agent.GroupOffer("local", cpu, mem, null, 0, 1, null)], dataDir),
+                local, m => Console.WriteLine($"[local provider] {m}"));
             agentTask = agent.RunAsync(stop.Token);
         }
 
@@ -204,12 +272,12 @@ internal static partial class PlatformCommands
         var cpu = new Option<double?>("--cpu") { Description = "Cores offered (default: all) / 提供核数" };
         var mem = new Option<long?>("--memory-mib") { Description = "Memory offered in MiB (default: all) / 提供内存" };
         var price = new Option<decimal?>("--price") { Description = "Price per node-hour (CNY) / 每节点小时价格" };
-        var work = new Option<string>("--work-dir") { Description = "Job working folders / 作业工作目录", DefaultValueFactory = _ => Path.Combine(Path.GetTempPath(), "suanli-agent") };
-        var cmd = new Command("agent", "Run a provider agent / 运行提供方代理") { server, key, backendOpt, slurmrestd, outputDir, name, region, cpu, mem, price, work };
+        var cmd = new Command("agent", "Run a provider agent / 运行提供方代理") { server, key, backendOpt, slurmrestd, outputDir, name, region, cpu, mem, price, WorkDirOpt, SingleUserOpt, UidBaseOpt };
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
             IJobBackend backend;
             IReadOnlyList<Suanli.Agent.GroupOffer> offer;
+            var workDir = Path.GetFullPath(r.GetValue(WorkDirOpt) ?? Path.Combine(JobSandbox.AgentUid == 0 ? "/var/lib/suanli" : Path.GetTempPath(), "suanli-agent"));
             switch (r.GetValue(backendOpt))
             {
                 case "local":
@@ -221,7 +289,8 @@ internal static partial class PlatformCommands
                         throw new ArgumentException("--cpu/--memory-mib: must be positive");
                     }
 
-                    backend = new LocalBackend(ResourceLimiter.Detect(), r.GetValue(work)!);
+                    backend = LocalJobs(r, workDir);
+                    Console.WriteLine($"jobs: {((LocalBackend)backend).Sandbox.Describe}");
                     offer = [new Suanli.Agent.GroupOffer("local", milli, mib, null, 0, 1, r.GetValue(price))];
                     break;
                 case "slurm":
@@ -234,7 +303,7 @@ internal static partial class PlatformCommands
                     throw new ArgumentException("--backend: choose local or slurm");
             }
 
-            var options = new AgentOptions(new Uri(r.GetValue(server)!), r.GetValue(key)!, r.GetValue(region), offer, r.GetValue(work)!) { Name = r.GetValue(name) };
+            var options = new AgentOptions(new Uri(r.GetValue(server)!), r.GetValue(key)!, r.GetValue(region), offer, workDir) { Name = r.GetValue(name) };
             using var stop = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) =>
             {
@@ -501,11 +570,12 @@ internal static partial class PlatformCommands
         cmd.SetAction(r => Client(r, async api =>
         {
             Print(r, await api.GetAsync("/api/v1/providers"), p => Table(
-                [Messages.T("ID", "编号"), Messages.T("NAME", "名称"), Messages.T("REGION", "区域"), Messages.T("STATE", "状态"), Messages.T("EPOCH", "纪元"), Messages.T("GROUPS", "节点组"), Messages.T("ACTIVE", "运行中")],
+                [Messages.T("ID", "编号"), Messages.T("NAME", "名称"), Messages.T("REGION", "区域"), Messages.T("STATE", "状态"), Messages.T("EPOCH", "纪元"), Messages.T("GROUPS", "节点组"), Messages.T("ACTIVE", "运行中"), Messages.T("ISOLATION", "隔离")],
                 p["items"]!.AsArray().Select(x => new[]
                 {
                     x!["id"]!.ToString(), x["name"]!.ToString(), x["region"]!.ToString(), x["state"]!.ToString(), x["epoch"]!.ToString(),
                     string.Join(",", x["groups"]!.AsArray().Select(g => $"{g!["id"]}:{g["nodes"]}x{g["milliCpu"]!.GetValue<long>() / 1000}c")), x["activeJobs"]!.ToString(),
+                    x["isolation"]?.ToString() is { } iso ? iso.Split(':')[0] : Messages.T("batch system", "批处理系统"),
                 })));
             return ExitCodes.Ok;
         }));

@@ -19,6 +19,12 @@ public sealed record ControlPlaneOptions
     /// <summary>Longest pause between scheduling cycles (a submission or completion wakes the loop at once).</summary>
     public TimeSpan CycleInterval { get; init; } = TimeSpan.FromMilliseconds(500);
 
+    /// <summary>Most output one attempt stores (UTF-8 bytes); past it the log ends with a truncation line.</summary>
+    public long LogCapBytes { get; init; } = LogLimits.DefaultCapBytes;
+
+    /// <summary>How long the output of a finished job is kept; null keeps it.</summary>
+    public TimeSpan? LogRetention { get; init; }
+
     /// <summary>Queue order (a name from the policy registry).</summary>
     public string Policy { get; init; } = "fair-share";
 
@@ -99,6 +105,9 @@ internal sealed class LiveProvider(ProviderRecord record)
     public long LastHeartbeatMs { get; set; } = record.LastHeartbeatMs ?? 0;
 
     public TaskCompletionSource Wake { get; set; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>How the agent said it isolates jobs at its last registration (null: its batch system does, or unknown).</summary>
+    public string? Isolation { get; set; }
 }
 
 /// <summary>
@@ -335,7 +344,7 @@ public sealed partial class ControlPlane : BackgroundService
     // ------------------------------------------------------------------ agents
 
     /// <summary>Registers an agent's offer under a new fencing epoch; jobs held under older epochs are handled as lost.</summary>
-    public async Task<ProviderRecord> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups)
+    public async Task<ProviderRecord> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups, string? isolation = null)
     {
         var (p, orphans) = await _store.RegisterAsync(providerId, region, groups, NowMs);
         lock (_gate)
@@ -345,10 +354,11 @@ public sealed partial class ControlPlane : BackgroundService
             {
                 live.Record = p;
                 live.LastHeartbeatMs = NowMs;
+                live.Isolation = isolation;
             }
             else
             {
-                _providers[p.Id] = new LiveProvider(p) { LastHeartbeatMs = NowMs };
+                _providers[p.Id] = new LiveProvider(p) { LastHeartbeatMs = NowMs, Isolation = isolation };
             }
 
             _poolDirty = true;
@@ -445,7 +455,7 @@ public sealed partial class ControlPlane : BackgroundService
 
     /// <summary>A leased job handed to an agent: everything it needs to start the job.</summary>
     public sealed record LeasedJob(long Id, int Attempt, string Name, IReadOnlyList<string>? Command, string? Script, IReadOnlyDictionary<string, string> Env,
-        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch, string? Format);
+        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch, string? Format, long TenantId);
 
     /// <summary>Jobs leased to the provider and not yet started; waits up to <paramref name="wait"/> for one to appear.</summary>
     public async Task<IReadOnlyList<LeasedJob>> LeasesAsync(long providerId, long epoch, TimeSpan wait, CancellationToken ct)
@@ -464,7 +474,7 @@ public sealed partial class ControlPlane : BackgroundService
                 var leased = _jobs.Values.Where(j => j.Record.State == JobStates.Leased && j.Record.ProviderId == providerId && j.Record.Epoch == epoch)
                     .OrderBy(j => j.Record.Id)
                     .Select(j => new LeasedJob(j.Record.Id, j.Record.Attempt, j.Record.Name, j.Doc.Command, j.Doc.Script, LeaseEnv(j), j.Doc.Resources.Cpu,
-                        j.Doc.Resources.MemoryMiB, j.Doc.Tasks, j.Doc.TimeLimitSeconds, j.Record.GroupId!, epoch, j.Doc.Format)).ToList();
+                        j.Doc.Resources.MemoryMiB, j.Doc.Tasks, j.Doc.TimeLimitSeconds, j.Record.GroupId!, epoch, j.Doc.Format, j.Record.TenantId)).ToList();
                 var left = deadline - _time.GetUtcNow();
                 if (leased.Count > 0 || left <= TimeSpan.Zero)
                 {
@@ -691,7 +701,8 @@ public sealed partial class ControlPlane : BackgroundService
             attempt = j.Record.Attempt;
         }
 
-        await _store.AppendLogAsync(jobId, attempt, offset, data);
+        // A NUL ends a string for SQLite's text functions (the rest of the chunk would be lost): stored as U+FFFD.
+        await _store.AppendLogAsync(jobId, attempt, offset, data.Contains('\0', StringComparison.Ordinal) ? data.Replace('\0', '\uFFFD') : data, Options.LogCapBytes);
     }
 
     /// <summary>Moves a leased or running job of a lost provider back to the queue, or to lost when no attempt is left.</summary>
@@ -1254,7 +1265,19 @@ public sealed partial class ControlPlane : BackgroundService
             // A settled contract changes what the pool shows for its offer; an expired voucher does not.
             OffersChanged(await _ledger.OffersAsync());
         }
+
+        if (Options.LogRetention is { } keep && now >= _nextLogPurgeMs)
+        {
+            _nextLogPurgeMs = now + 60_000;
+            var purged = await _store.PurgeLogsAsync(now - (long)keep.TotalMilliseconds);
+            if (purged > 0 && _log.IsEnabled(LogLevel.Information))
+            {
+                _log.LogInformation("Removed {Chunks} output chunks of jobs that ended more than {Days} days ago", purged, keep.TotalDays);
+            }
+        }
     }
+
+    private long _nextLogPurgeMs;
 
     /// <summary>
     /// What a job would cost on each node group that may run it now (every filter: hardware, placement constraints,
@@ -1351,6 +1374,15 @@ public sealed partial class ControlPlane : BackgroundService
     }
 
     /// <summary>Leased and running jobs per provider (for the provider list).</summary>
+    /// <summary>How each registered agent isolates its jobs, by provider id.</summary>
+    public IReadOnlyDictionary<long, string?> IsolationByProvider()
+    {
+        lock (_gate)
+        {
+            return _providers.ToDictionary(p => p.Key, p => p.Value.Isolation);
+        }
+    }
+
     public IReadOnlyDictionary<long, int> ActiveByProvider()
     {
         lock (_gate)

@@ -3,7 +3,6 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Suanli.Core.Domain;
-using YamlDotNet.Serialization;
 
 namespace Suanli.Server;
 
@@ -142,19 +141,8 @@ public sealed record JobDocument(
     /// <summary>Parses YAML or JSON (JSON is YAML; a body starting with '{' is read as JSON for exact error positions).</summary>
     public static JobDocument Parse(string text, AcceleratorCatalogue catalogue)
     {
-        JsonNode? node;
-        try
-        {
-            node = text.TrimStart().StartsWith('{') ? JsonNode.Parse(text) : YamlToJson(text);
-        }
-        catch (JsonException e)
-        {
-            throw new ValidationException([new FieldError("$", "syntax", $"malformed JSON: {e.Message}")]);
-        }
-        catch (YamlDotNet.Core.YamlException e)
-        {
-            throw new ValidationException([new FieldError("$", "syntax", $"malformed YAML at line {e.Start.Line}: {e.Message}")]);
-        }
+        // Bounded and strict before anything is expanded: no YAML aliases, no duplicate keys, valid Unicode, finite numbers.
+        var node = text.TrimStart().StartsWith('{') ? StrictInput.ParseJson(text) : StrictInput.ParseYaml(text);
 
         if (node is not JsonObject obj)
         {
@@ -163,19 +151,6 @@ public sealed record JobDocument(
 
         return FromJson(obj, catalogue);
     }
-
-    private static JsonNode? YamlToJson(string text)
-    {
-        var yaml = new DeserializerBuilder().WithAttemptingUnquotedStringTypeDeserialization().Build().Deserialize<object?>(text);
-        return JsonSerializer.SerializeToNode(Normalize(yaml));
-    }
-
-    private static object? Normalize(object? o) => o switch
-    {
-        IDictionary<object, object?> d => d.ToDictionary(kv => Convert.ToString(kv.Key, CultureInfo.InvariantCulture) ?? "", kv => Normalize(kv.Value)),
-        IList<object?> l => l.Select(Normalize).ToList(),
-        _ => o,
-    };
 
     /// <summary>The canonical JSON of this document (stored with the job).</summary>
     public string ToJson() => JsonSerializer.Serialize(this, Web);

@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.AspNetCore.WebUtilities;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -17,8 +18,11 @@ namespace Suanli.Server;
 public sealed record ServerOptions(string Urls, string DataDir, ControlPlaneOptions ControlPlane, LogLevel LogLevel = LogLevel.Warning);
 
 /// <summary>Builds and starts the control plane web application.</summary>
-public static class ServerHost
+public static partial class ServerHost
 {
+    [System.Text.RegularExpressions.GeneratedRegex("""parameter "(?<type>[^ "]+) (?<name>[^ "]+)" from""")]
+    private static partial System.Text.RegularExpressions.Regex BindFailure();
+
     /// <summary>The operator key file under the data directory.</summary>
     public const string AdminKeyFile = "admin.key";
 
@@ -26,6 +30,12 @@ public static class ServerHost
     public static async Task<WebApplication> BuildAsync(ServerOptions options)
     {
         Directory.CreateDirectory(options.DataDir);
+        if (!OperatingSystem.IsWindows())
+        {
+            // The database, its WAL and the key files: for the platform's own user only (jobs run as other accounts).
+            File.SetUnixFileMode(options.DataDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+
         var store = SqliteStore.Open(Path.Combine(options.DataDir, "suanli.db"));
         // Content root away from the working folder (where the data folder usually is), and no configuration file
         // watching: a file watcher over a busy SQLite folder only burns CPU.
@@ -51,12 +61,10 @@ public static class ServerHost
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ControlPlane>());
         builder.Services.AddSingleton<KeyService>();
         builder.Services.AddProblemDetails();
-        builder.Services.AddOpenApi(o => o.AddDocumentTransformer((doc, _, _) =>
-        {
-            doc.Info.Title = "Suanli control plane";
-            doc.Info.Description = "Tenants submit jobs; provider agents lease and run them. Errors are RFC 9457 problems with a stable code.";
-            return Task.CompletedTask;
-        }));
+        // A query or route value that does not bind (logs?after=abc) throws, so the handler below answers with a problem
+        // naming the parameter instead of an empty 400.
+        builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
+        builder.Services.AddOpenApi(OpenApiContract.Configure);
         builder.Services.ConfigureHttpJsonOptions(j => j.SerializerOptions.PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.CamelCase);
 
         var app = builder.Build();
@@ -65,12 +73,33 @@ public static class ServerHost
         app.UseExceptionHandler(e => e.Run(async ctx =>
         {
             var ex = ctx.Features.Get<IExceptionHandlerFeature>()?.Error;
-            var result = ex is BadHttpRequestException { StatusCode: 413 }
-                ? Problems.Of(413, "body_too_large", $"body: at most {JobDocument.MaxBodyBytes} bytes")
-                : ex is BadHttpRequestException b ? Problems.Of(b.StatusCode, "bad_request", b.Message)
-                : Problems.Of(500, "internal", "internal error; see the server log");
+            var result = ex switch
+            {
+                BadHttpRequestException { StatusCode: 413 } => Problems.Of(413, "body_too_large", $"body: at most {JobDocument.MaxBodyBytes} bytes"),
+                BadHttpRequestException { StatusCode: 415 } b => Problems.Of(415, "unsupported_media_type", b.Message),
+                BadHttpRequestException b when BindFailure().Match(b.Message) is { Success: true } m =>
+                    Problems.Of(400, "validation_failed", b.Message, [new FieldError(m.Groups["name"].Value, "type", $"{m.Groups["name"].Value}: must be {(m.Groups["type"].Value.Contains("long", StringComparison.OrdinalIgnoreCase) || m.Groups["type"].Value.Contains("int", StringComparison.OrdinalIgnoreCase) ? "a whole number" : "a " + m.Groups["type"].Value)}")]),
+                BadHttpRequestException b => Problems.Of(b.StatusCode, "bad_request", b.Message),
+                _ => Problems.Of(500, "internal", "internal error; see the server log"),
+            };
             await result.ExecuteAsync(ctx);
         }));
+        // Every error answer is a problem document: the framework's own bodiless 4xx (no route, wrong method, a route
+        // constraint such as {id:long} that does not match) get one here.
+        app.UseStatusCodePages(async s =>
+        {
+            var r = s.HttpContext.Response;
+            var (code, detail) = r.StatusCode switch
+            {
+                404 => ("not_found", $"no resource at {s.HttpContext.Request.Path}: check the path and that ids are whole numbers"),
+                405 => ("method_not_allowed", $"{s.HttpContext.Request.Method} is not allowed on {s.HttpContext.Request.Path}"),
+                415 => ("unsupported_media_type", "send the body as application/json (job documents: application/json, application/yaml or application/x-sbatch)"),
+                401 => ("unauthenticated", "send an API key as Authorization: Bearer KEY"),
+                403 => ("forbidden", "this key's role may not do this"),
+                _ => ("error", ReasonPhrases.GetReasonPhrase(r.StatusCode)),
+            };
+            await Problems.Of(r.StatusCode, code, detail).ExecuteAsync(s.HttpContext);
+        });
         app.Use(async (ctx, next) =>
         {
             var t0 = Stopwatch.GetTimestamp();

@@ -69,6 +69,8 @@ public class AuthTests(AuthFixture f) : IClassFixture<AuthFixture>
         { "POST", "/api/v1/offers", O + "," + P },
         { "GET", "/api/v1/offers", O + "," + T + "," + P },
         { "DELETE", "/api/v1/offers/999999", O + "," + P },
+        { "POST", "/api/v1/offers/999999/accept", O + "," + T },
+        { "POST", "/api/v1/offers/999999/decline", O + "," + T },
         { "GET", "/api/v1/market/book", O + "," + T + "," + P },
         { "GET", "/api/v1/market/rounds", O + "," + T + "," + P },
         { "POST", "/api/v1/market/clear", O },

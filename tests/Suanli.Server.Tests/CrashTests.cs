@@ -91,7 +91,7 @@ public class CrashTests
         var outA = new StringBuilder();
         var outB = new StringBuilder();
         var marker = "41" + Random.Shared.Next(10000, 99999).ToString(System.Globalization.CultureInfo.InvariantCulture);
-        using var agentA = ServerProcess.StartSuanli(outA, null, "agent", "--server", s.Url, "--key", keyA, "--cpu", "1", "--memory-mib", "512", "--work-dir", Path.Combine(s.DataDir, "a"));
+        using var agentA = ServerProcess.StartSuanli(outA, null, "agent", "--server", s.Url, "--key", keyA, "--cpu", "1", "--memory-mib", "512", "--work-dir", s.DataDir + "-a");
         Process? agentB = null;
         try
         {
@@ -103,7 +103,7 @@ public class CrashTests
 
             agentA.Kill(entireProcessTree: false);
             agentA.WaitForExit();
-            agentB = ServerProcess.StartSuanli(outB, null, "agent", "--server", s.Url, "--key", keyB, "--cpu", "1", "--memory-mib", "512", "--work-dir", Path.Combine(s.DataDir, "b"));
+            agentB = ServerProcess.StartSuanli(outB, null, "agent", "--server", s.Url, "--key", keyB, "--cpu", "1", "--memory-mib", "512", "--work-dir", s.DataDir + "-b");
             var done = await t.WaitJob(id, j => j.State() is "succeeded" or "failed" or "lost", 40);
             Assert.True(done.State() == "succeeded", done.ToJsonString() + "\nagent B:\n" + outB);
             Assert.Equal(idB, done["providerId"]!.GetValue<long>());
@@ -134,7 +134,7 @@ public class CrashTests
         {
             (tenantId, key) = await admin.Tenant("payer");
             (providerId, var pkey) = await admin.Provider("crash-site");
-            agent = ServerProcess.StartSuanli(outA, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "2", "--memory-mib", "1024", "--work-dir", Path.Combine(s.DataDir, "agent"));
+            agent = ServerProcess.StartSuanli(outA, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "2", "--memory-mib", "1024", "--work-dir", s.DataDir + "-agent");
             var sw = Stopwatch.StartNew();
             while ((await admin.Get("/api/v1/providers"))["items"]![0]!["groups"]!.AsArray().Count == 0 && sw.Elapsed < TimeSpan.FromSeconds(30))
             {
@@ -248,7 +248,7 @@ public class CrashTests
         using var admin = s.Admin();
         var (_, key) = await admin.Tenant("t");
         var (_, pkey) = await admin.Provider("edge");
-        var work = Path.Combine(s.DataDir, "agent-work");
+        var work = s.DataDir + "-agent-work";
         var marker = "43" + Random.Shared.Next(10000, 99999).ToString(System.Globalization.CultureInfo.InvariantCulture);
         var out1 = new StringBuilder();
         var agent = ServerProcess.StartSuanli(out1, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "1", "--memory-mib", "512", "--work-dir", work);

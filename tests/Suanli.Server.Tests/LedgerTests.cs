@@ -303,25 +303,33 @@ public sealed class LedgerTests : IDisposable
         await s.RegisterAsync(p.Id, "r", [new GroupOffer("g", 8000, 16384, null, 0, 4, null)], 1);
         OfferRecord Contract(long from, long to, long value) => new(0, p.Id, "g", "reserved", "core-hour", 100, 1, from, to, t.Id, 1, null) { ContractFen = value };
 
-        var broke = await Assert.ThrowsAsync<StoreConflictException>(() => s.CreateOfferAsync(Contract(0, 10_000, 5_000)));
-        Assert.Equal("insufficient_funds", broke.Code);
-        Assert.Empty(await s.OffersAsync());
+        // A proposal holds nothing; accepting it without the money fails whole and leaves it proposed.
+        var broke = await s.CreateOfferAsync(Contract(1_000, 11_000, 5_000));
+        Assert.Equal((Consents.Proposed, (string?)null), (broke.Consent, broke.ContractState));
+        var refused = await Assert.ThrowsAsync<StoreConflictException>(() => s.AnswerContractAsync(broke.Id, t.Id, true, 500));
+        Assert.Equal("insufficient_funds", refused.Code);
+        Assert.Equal(Consents.Proposed, (await s.OffersAsync()).Single(o => o.Id == broke.Id).Consent);
+        Assert.Equal(0, (await s.AccountAsync(Accounts.Tenant(t.Id)))?.PendingDebits ?? 0);
+        Assert.Equal("not_found", (await Assert.ThrowsAsync<StoreConflictException>(() => s.AnswerContractAsync(broke.Id, t.Id + 1, true, 500))).Code);
 
         await s.TransferAsync([Posted("top", Accounts.Cash, Accounts.Tenant(t.Id), 10_000)], true, 1);
-        var full = await s.CreateOfferAsync(Contract(0, 10_000, 6_000));
-        var early = await s.CreateOfferAsync(Contract(0, 10_000, 3_000));
-        Assert.Equal("held", full.ContractState);
+        Assert.Equal("window_started", (await Assert.ThrowsAsync<StoreConflictException>(() => s.AnswerContractAsync(broke.Id, t.Id, true, 1_000))).Code);
+        Assert.Equal(Consents.Declined, (await s.AnswerContractAsync(broke.Id, t.Id, false, 900)).Consent);
+        Assert.Equal("already_answered", (await Assert.ThrowsAsync<StoreConflictException>(() => s.AnswerContractAsync(broke.Id, null, true, 900))).Code);
+        var full = await s.AnswerContractAsync((await s.CreateOfferAsync(Contract(1_000, 11_000, 6_000))).Id, t.Id, true, 500);
+        var early = await s.AnswerContractAsync((await s.CreateOfferAsync(Contract(1_000, 11_000, 3_000))).Id, null, true, 500);
+        Assert.Equal(("held", Consents.Accepted, 500L), (full.ContractState, full.Consent, full.AcceptedMs!.Value));
         Assert.Equal(9_000, (await s.AccountAsync(Accounts.Tenant(t.Id)))!.PendingDebits);
         Assert.Equal(0, await s.SettleContractsAsync(5_000, 500));
 
         // Ended by the provider at 40% of its window: the tenant pays 40%.
-        await s.WithdrawOfferAsync(early.Id, p.Id, 4_000);
-        Assert.Equal(1, await s.SettleContractsAsync(4_000, 500));
+        await s.WithdrawOfferAsync(early.Id, p.Id, 5_000);
+        Assert.Equal(1, await s.SettleContractsAsync(5_000, 500));
         var e = (await s.OffersAsync()).Single(o => o.Id == early.Id);
         Assert.Equal(("settled", 1_200L, 60L), (e.ContractState, e.ContractChargedFen!.Value, e.ContractFeeFen!.Value));
 
         // Ran its whole window: the full value, used or not.
-        Assert.Equal(1, await s.SettleContractsAsync(10_000, 500));
+        Assert.Equal(1, await s.SettleContractsAsync(11_000, 500));
         var f = (await s.OffersAsync()).Single(o => o.Id == full.Id);
         Assert.Equal(6_000, f.ContractChargedFen);
         var wallet = (await s.AccountAsync(Accounts.Tenant(t.Id)))!;

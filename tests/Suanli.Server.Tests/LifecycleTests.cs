@@ -134,7 +134,7 @@ public class LifecycleTests
         Assert.Equal("queued", (await tenant2.Get($"/api/v1/jobs/{id}")).State());
         var output = new StringBuilder();
         using var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512",
-            "--work-dir", Path.Combine(s.DataDir, "agent"));
+            "--work-dir", s.DataDir + "-agent");
         try
         {
             var done = await tenant2.WaitJob(id, j => j.State() == "succeeded", 30);

@@ -295,7 +295,7 @@ public class MarketTests
         var (tId, tKey) = await admin.Tenant("shopper");
         var (cheapId, cheapKey) = await admin.Provider("cheap-site");
         var output = new System.Text.StringBuilder();
-        using var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", cheapKey, "--cpu", "2", "--memory-mib", "1024", "--work-dir", Path.Combine(s.DataDir, "cheap"));
+        using var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", cheapKey, "--cpu", "2", "--memory-mib", "1024", "--work-dir", s.DataDir + "-cheap");
         try
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
@@ -342,16 +342,22 @@ public class MarketTests
         var (ownerId, ownerKey) = await admin.Tenant("contract-owner");
         var (_, otherKey) = await admin.Tenant("someone-else");
         await admin.Post($"/api/v1/wallets/{ownerId}/topups", new { amount = 1000 }, HttpStatusCode.Created);
-        var from = DateTimeOffset.UtcNow;
+        var from = DateTimeOffset.UtcNow.AddSeconds(2);
         var to = from.AddSeconds(6);
-        var contract = await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "reserved", unit = "core-hour", price = 360, nodes = 1,
+        var proposal = await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "reserved", unit = "core-hour", price = 360, nodes = 1,
             tenantId = ownerId, validFrom = from.ToString("O"), validTo = to.ToString("O") }, HttpStatusCode.Created);
+        Assert.Equal(0, L((await admin.Get($"/api/v1/wallets/{ownerId}"))["heldFen"]));
+        using var owner = s.Client(ownerKey);
+        var contract = await (await owner.PostAsync($"/api/v1/offers/{proposal["id"]}/accept", null)).Json(HttpStatusCode.OK);
         var value = L(contract["contractFen"]);
         Assert.Equal(Charging.Cost(36_000, cores * 1000L, 6_000), value); // 360 CNY per core-hour, every core, 6 s
         Assert.Equal("held", contract["contractState"]!.GetValue<string>());
         Assert.Equal(value, L((await admin.Get($"/api/v1/wallets/{ownerId}"))["heldFen"]));
+        while (DateTimeOffset.UtcNow < from)
+        {
+            await Task.Delay(100);
+        }
 
-        using var owner = s.Client(ownerKey);
         using var other = s.Client(otherKey);
         var mine = L((await owner.Post("/api/v1/jobs", new { name = "mine", command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, tier = "reserved" }, HttpStatusCode.Created))["id"]);
         var theirs = L((await other.Post("/api/v1/jobs", new { name = "theirs", command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, tier = "reserved" }, HttpStatusCode.Created))["id"]);

@@ -37,6 +37,9 @@ public sealed class ServerProcess : IDisposable
 
     public string Url => $"http://127.0.0.1:{Port}";
 
+    /// <summary>The server's process id (a job must not be able to see or signal it).</summary>
+    public int Pid => _process!.Id;
+
     public string AdminKey => File.ReadAllText(Path.Combine(DataDir, "admin.key")).Trim();
 
     public string Output

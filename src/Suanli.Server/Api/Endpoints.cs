@@ -33,9 +33,9 @@ public sealed record KeyCreated(long Id, string Role, long? TenantId, long? Prov
 
 public sealed record ListPage<T>(IReadOnlyList<T> Items, string? Next);
 
-public sealed record ProviderView(long Id, string Name, string Region, string State, long Epoch, DateTimeOffset? LastHeartbeat, IReadOnlyList<GroupOffer> Groups, int ActiveJobs);
+public sealed record ProviderView(long Id, string Name, string Region, string State, long Epoch, DateTimeOffset? LastHeartbeat, IReadOnlyList<GroupOffer> Groups, int ActiveJobs, string? Isolation = null);
 
-public sealed record AgentRegister(string? Region, IReadOnlyList<GroupOffer> Groups);
+public sealed record AgentRegister(string? Region, IReadOnlyList<GroupOffer> Groups, string? Isolation = null);
 
 public sealed record AgentRegistered(long ProviderId, string Name, long Epoch, double HeartbeatSeconds, double LeaseTimeoutSeconds);
 
@@ -118,9 +118,10 @@ public static partial class Endpoints
         {
             var who = Who(h);
             var active = cp.ActiveByProvider();
+            var isolation = cp.IsolationByProvider();
             var list = (await s.ListProvidersAsync()).Where(p => who.IsOperator || p.Id == who.ProviderId)
                 .Select(p => new ProviderView(p.Id, p.Name, p.Region, p.State, p.Epoch, p.LastHeartbeatMs is { } hb ? DateTimeOffset.FromUnixTimeMilliseconds(hb) : null,
-                    p.Groups, active.GetValueOrDefault(p.Id))).ToList();
+                    p.Groups, active.GetValueOrDefault(p.Id), isolation.GetValueOrDefault(p.Id))).ToList();
             return TypedResults.Ok(new ListPage<ProviderView>(list, null));
         }).AddEndpointFilter(opOrProvider).WithTags("providers").WithSummary("List providers and their agents' state");
         api.MapPost("/providers/{id:long}/keys", (long id, HttpContext h, IControlStore s, KeyService k) => CreateKey(h, s, k, Roles.Provider, id))
@@ -202,13 +203,12 @@ public static partial class Endpoints
         agent.MapPost("/register", Register).AddEndpointFilter(provider).Accepts<AgentRegister>("application/json").Produces<AgentRegistered>();
         agent.MapPost("/heartbeat", async (HttpContext h, ControlPlane cp) =>
         {
-            var (body, err) = await Problems.ReadObjectAsync(h.Request);
+            var (hb, err) = await Problems.ReadAsync<AgentHeartbeat>(h.Request);
             if (err is not null)
             {
                 return err;
             }
 
-            var hb = body.Deserialize<AgentHeartbeat>(Web);
             return await Fenced(async () =>
             {
                 var (stop, notices) = await cp.HeartbeatAsync(Who(h).ProviderId!.Value, hb!.Epoch, hb.Running ?? []);
@@ -217,39 +217,42 @@ public static partial class Endpoints
         }).AddEndpointFilter(provider).Accepts<AgentHeartbeat>("application/json").Produces<AgentHeartbeatReply>();
         agent.MapPost("/lease", async (HttpContext h, ControlPlane cp) =>
         {
-            var (body, err) = await Problems.ReadObjectAsync(h.Request);
+            var (l, err) = await Problems.ReadAsync<AgentLease>(h.Request);
             if (err is not null)
             {
                 return err;
             }
 
-            var l = body.Deserialize<AgentLease>(Web)!;
-            var wait = TimeSpan.FromSeconds(Math.Clamp(l.WaitSeconds ?? 0, 0, 30));
+            var wait = TimeSpan.FromSeconds(Math.Clamp(l!.WaitSeconds ?? 0, 0, 30));
             return await Fenced(async () => Results.Ok(new ListPage<ControlPlane.LeasedJob>(await cp.LeasesAsync(Who(h).ProviderId!.Value, l.Epoch, wait, h.RequestAborted), null)));
         }).AddEndpointFilter(provider).Accepts<AgentLease>("application/json");
         agent.MapPost("/jobs/{id:long}/report", async (long id, HttpContext h, ControlPlane cp) =>
         {
-            var (body, err) = await Problems.ReadObjectAsync(h.Request);
+            var (r, err) = await Problems.ReadAsync<AgentReport>(h.Request);
             if (err is not null)
             {
                 return err;
             }
 
-            var r = body.Deserialize<AgentReport>(Web)!;
-            return await Fenced(async () => Results.Ok(JobView.Of(await cp.ReportAsync(Who(h).ProviderId!.Value, r.Epoch, id, r.State, r.ExitCode, r.Message, r.BackendElapsedSeconds, r.BackendTres))));
+            if (r!.State is null || r.Message is { Length: > 4096 } || r.BackendTres is { Length: > 1024 })
+            {
+                return Problems.Validation(r.State is null ? "state" : r.Message is { Length: > 4096 } ? "message" : "backendTres", r.State is null ? "required" : "length",
+                    "state is required; message at most 4096 characters; backendTres at most 1024");
+            }
+
+            return await Fenced(async () => Results.Ok(JobView.Of(await cp.ReportAsync(Who(h).ProviderId!.Value, r!.Epoch, id, r.State, r.ExitCode, r.Message, r.BackendElapsedSeconds, r.BackendTres))));
         }).AddEndpointFilter(provider).Accepts<AgentReport>("application/json");
         agent.MapPost("/jobs/{id:long}/logs", async (long id, HttpContext h, ControlPlane cp) =>
         {
-            var (body, err) = await Problems.ReadObjectAsync(h.Request, 1 << 20);
+            var (l, err) = await Problems.ReadAsync<AgentLog>(h.Request, 1 << 20);
             if (err is not null)
             {
                 return err;
             }
 
-            var l = body.Deserialize<AgentLog>(Web)!;
             return await Fenced(async () =>
             {
-                if (l.Offset is < 0)
+                if (l!.Offset is < 0)
                 {
                     return Problems.Validation("offset", "range", "must not be negative");
                 }
@@ -301,37 +304,87 @@ public static partial class Endpoints
             return bad;
         }
 
-        var scope = $"{kind}:{Who(h).KeyId}";
-        if (key is not null && await s.IdempotentGetAsync(scope, key) is { } prior && long.TryParse(prior, CultureInfo.InvariantCulture, out var priorId) && await find(priorId) is { } existing)
-        {
-            return Results.Ok(existing);
-        }
-
-        var (body, err) = await Problems.ReadObjectAsync(h.Request);
+        var (text, err) = await Problems.ReadBodyAsync(h.Request, 1 << 16);
         if (err is not null)
         {
             return err;
         }
 
-        var errors = new List<FieldError>();
+        return await Idempotent(s, time, $"{kind}:{Who(h).KeyId}", key, text!,
+            async prior => long.TryParse(prior, CultureInfo.InvariantCulture, out var priorId) && await find(priorId) is { } existing ? Results.Ok(existing) : null,
+            async () =>
+            {
+                JsonObject body;
+                try
+                {
+                    body = StrictInput.ParseJson(text!) as JsonObject ?? throw new ValidationException([new FieldError("$", "type", "body must be a JSON object")]);
+                }
+                catch (ValidationException e)
+                {
+                    return (Problems.Validation(e), null);
+                }
+
+                var errors = new List<FieldError>();
+                try
+                {
+                    var made = await create(body, errors);
+                    return made is not { } m
+                        ? (Problems.Validation(new ValidationException(errors)), null)
+                        : (Results.Created($"/api/v1/{kind}s/{m.Id}", m.Created), m.Id.ToString(CultureInfo.InvariantCulture));
+                }
+                catch (StoreConflictException e)
+                {
+                    return (Problems.Of(409, e.Code, e.Message), null);
+                }
+            });
+    }
+
+    private static readonly SemaphoreSlim[] IdempotencyLocks = [.. Enumerable.Range(0, 64).Select(_ => new SemaphoreSlim(1, 1))];
+
+    /// <summary>
+    /// Runs a creating request at most once per (scope, Idempotency-Key): requests with one key are serialised (so 20
+    /// parallel replays make one resource), a replay with the same body gets the resource made the first time
+    /// (<paramref name="replay"/>), one with a different body is refused with 409 <c>id_reused</c>. Without a key the
+    /// request simply runs. <paramref name="create"/> answers with the result and the id of what it made (null when it
+    /// made nothing, e.g. a validation problem: the key is then not remembered).
+    /// </summary>
+    private static async Task<IResult> Idempotent(IControlStore s, TimeProvider time, string scope, string? key, string body,
+        Func<string, Task<IResult?>> replay, Func<Task<(IResult Result, string? Resource)>> create)
+    {
+        if (key is null)
+        {
+            return (await create()).Result;
+        }
+
+        var hash = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(body)));
+        var gate = IdempotencyLocks[(int)((uint)StringComparer.Ordinal.GetHashCode(scope + "\n" + key) % (uint)IdempotencyLocks.Length)];
+        await gate.WaitAsync();
         try
         {
-            var made = await create(body!, errors);
-            if (made is not { } m)
+            if (await s.IdempotentGetAsync(scope, key) is { } prior)
             {
-                return Problems.Validation(new ValidationException(errors));
+                if (prior.RequestHash is not null && prior.RequestHash != hash)
+                {
+                    return Problems.Of(409, "id_reused", "Idempotency-Key: already used with a different request body; use a new key for a new request");
+                }
+
+                if (await replay(prior.Resource) is { } again)
+                {
+                    return again;
+                }
             }
 
-            if (key is not null)
+            var (result, resource) = await create();
+            if (resource is not null)
             {
-                await s.IdempotentPutAsync(scope, key, m.Id.ToString(CultureInfo.InvariantCulture), time.GetUtcNow().ToUnixTimeMilliseconds());
+                await s.IdempotentPutAsync(scope, key, resource, time.GetUtcNow().ToUnixTimeMilliseconds(), hash);
             }
 
-            return Results.Created($"/api/v1/{kind}s/{m.Id}", m.Created);
+            return result;
         }
-        catch (StoreConflictException e)
+        finally
         {
-            return Problems.Of(409, e.Code, e.Message);
+            gate.Release();
         }
     }
 
@@ -412,20 +465,21 @@ public static partial class Endpoints
             return Problems.NotFound($"{role} {id}");
         }
 
-        var scope = $"key:{role}:{id}:{Who(h).KeyId}";
-        if (idem is not null && await s.IdempotentGetAsync(scope, idem) is { } prior)
+        var (text, err) = await Problems.ReadBodyAsync(h.Request, 1 << 16);
+        if (err is not null)
         {
+            return err;
+        }
+
+        return await Idempotent(s, TimeProvider.System, $"key:{role}:{id}:{Who(h).KeyId}", idem, text!,
             // The secret is shown once; a replay names the key it made without the secret.
-            return Results.Ok(new KeyCreated(long.Parse(prior, CultureInfo.InvariantCulture), role, role == Roles.Tenant ? id : null, role == Roles.Provider ? id : null, null, true));
-        }
-
-        var (rec, secret) = await keys.CreateAsync(role, role == Roles.Tenant ? id : null, role == Roles.Provider ? id : null);
-        if (idem is not null)
-        {
-            await s.IdempotentPutAsync(scope, idem, rec.Id.ToString(CultureInfo.InvariantCulture), rec.CreatedMs);
-        }
-
-        return Results.Created($"/api/v1/keys/{rec.Id}", new KeyCreated(rec.Id, role, rec.TenantId, rec.ProviderId, secret, false));
+            prior => Task.FromResult<IResult?>(Results.Ok(new KeyCreated(long.Parse(prior, CultureInfo.InvariantCulture), role, role == Roles.Tenant ? id : null,
+                role == Roles.Provider ? id : null, null, true))),
+            async () =>
+            {
+                var (rec, secret) = await keys.CreateAsync(role, role == Roles.Tenant ? id : null, role == Roles.Provider ? id : null);
+                return (Results.Created($"/api/v1/keys/{rec.Id}", new KeyCreated(rec.Id, role, rec.TenantId, rec.ProviderId, secret, false)), rec.Id.ToString(CultureInfo.InvariantCulture));
+            });
     }
 
     /// <summary>
@@ -511,7 +565,17 @@ public static partial class Endpoints
                     el = el with { Env = new Dictionary<string, string>(el.Env, StringComparer.Ordinal) { ["SLURM_ARRAY_JOB_ID"] = first.Id.ToString(CultureInfo.InvariantCulture) } };
                 }
 
-                var (rec, again) = await cp.SubmitAsync(tenantId, el, idem is null ? null : $"{idem}#{index.ToString(CultureInfo.InvariantCulture)}");
+                JobRecord rec;
+                bool again;
+                try
+                {
+                    (rec, again) = await cp.SubmitAsync(tenantId, el, idem is null ? null : $"{idem}#{index.ToString(CultureInfo.InvariantCulture)}");
+                }
+                catch (StoreConflictException e)
+                {
+                    return Problems.Of(409, e.Code, e.Message);
+                }
+
                 first ??= rec;
                 anyNew |= !again;
                 ids.Add(rec.Id);
@@ -521,9 +585,16 @@ public static partial class Endpoints
             return anyNew ? Results.Created($"/api/v1/jobs/{first!.Id}", arrayView) : Results.Ok(arrayView);
         }
 
-        var (job, replayed) = await cp.SubmitAsync(tenantId, doc with { Tenant = null }, idem);
-        var view = JobView.Of(job);
-        return replayed ? Results.Ok(view) : Results.Created($"/api/v1/jobs/{job.Id}", view);
+        try
+        {
+            var (job, replayed) = await cp.SubmitAsync(tenantId, doc with { Tenant = null }, idem);
+            var view = JobView.Of(job);
+            return replayed ? Results.Ok(view) : Results.Created($"/api/v1/jobs/{job.Id}", view);
+        }
+        catch (StoreConflictException e)
+        {
+            return Problems.Of(409, e.Code, e.Message);
+        }
     }
 
     private static async Task<IResult> ListJobs(HttpContext h, IControlStore s, string? state, int? limit, string? after)
@@ -593,23 +664,18 @@ public static partial class Endpoints
 
     private static async Task<IResult> Register(HttpContext h, ControlPlane cp, IControlStore s)
     {
-        var (body, err) = await Problems.ReadObjectAsync(h.Request);
+        var (reg, err) = await Problems.ReadAsync<AgentRegister>(h.Request);
         if (err is not null)
         {
             return err;
         }
 
-        AgentRegister? reg;
-        try
+        var errors = new List<FieldError>();
+        if (reg?.Isolation is { Length: > 400 })
         {
-            reg = body.Deserialize<AgentRegister>(Web);
-        }
-        catch (JsonException e)
-        {
-            return Problems.Validation("$", "type", e.Message);
+            errors.Add(new FieldError("isolation", "length", "at most 400 characters"));
         }
 
-        var errors = new List<FieldError>();
         if (reg?.Groups is not { Count: > 0 and <= 256 })
         {
             errors.Add(new FieldError("groups", "length", "an agent offers 1 to 256 node groups"));
@@ -654,7 +720,7 @@ public static partial class Endpoints
 
         var who = Who(h);
         var current = await s.GetProviderAsync(who.ProviderId!.Value);
-        var p = await cp.RegisterAsync(who.ProviderId!.Value, reg!.Region ?? current?.Region ?? "default", reg.Groups);
+        var p = await cp.RegisterAsync(who.ProviderId!.Value, reg!.Region ?? current?.Region ?? "default", reg.Groups, reg.Isolation);
         var lease = cp.Options.LostAfter.TotalSeconds;
         return Results.Ok(new AgentRegistered(p.Id, p.Name, p.Epoch, Math.Max(0.2, lease / 6), lease));
     }

@@ -10,11 +10,17 @@ namespace Suanli.Server;
 
 /// <summary>An offer as the API shows it (money in yuan strings and fen).</summary>
 public sealed record OfferView(long Id, long ProviderId, string Group, string Tier, string Unit, long PriceFen, string Price, int Nodes, DateTimeOffset ValidFrom,
-    DateTimeOffset ValidTo, long? TenantId, bool Live, DateTimeOffset? Withdrawn, long? ContractFen, string? ContractState, long? ContractChargedFen)
+    DateTimeOffset ValidTo, long? TenantId, bool Live, DateTimeOffset? Withdrawn, long? ContractFen, string? ContractState, long? ContractChargedFen, string? Consent = null,
+    DateTimeOffset? Accepted = null)
 {
     public static OfferView Of(OfferRecord o, long now) => new(o.Id, o.ProviderId, o.GroupId, o.Tier, o.Unit, o.PriceFen, Money.Yuan(o.PriceFen), o.Nodes,
         DateTimeOffset.FromUnixTimeMilliseconds(o.ValidFromMs), DateTimeOffset.FromUnixTimeMilliseconds(o.ValidToMs), o.TenantId, o.LiveAt(now),
-        o.WithdrawnMs is { } w ? DateTimeOffset.FromUnixTimeMilliseconds(w) : null, o.ContractFen, o.ContractState, o.ContractChargedFen);
+        o.WithdrawnMs is { } w ? DateTimeOffset.FromUnixTimeMilliseconds(w) : null, o.ContractFen, o.ContractState, o.ContractChargedFen, o.Consent,
+        o.AcceptedMs is { } a ? DateTimeOffset.FromUnixTimeMilliseconds(a) : null);
+
+    /// <summary>Who may see an offer: public tiers everyone; a reserved contract only its two parties and the operator.</summary>
+    public static bool Visible(OfferRecord o, Principal who) =>
+        o.Tier != Tiers.Reserved || who.IsOperator || (who.ProviderId is { } p && p == o.ProviderId) || (who.TenantId is { } t && t == o.TenantId);
 }
 
 public sealed record WalletView(long TenantId, string Account, long BalanceFen, long HeldFen, long AvailableFen, string Balance, string Available, IReadOnlyList<VoucherRecord> Vouchers);
@@ -53,6 +59,12 @@ public static partial class Endpoints
 
         if (body[field] is JsonValue v && (v.TryGetValue<decimal>(out var y) || (v.TryGetValue<string>(out var s) && decimal.TryParse(s, NumberStyles.AllowDecimalPoint | NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out y))))
         {
+            if (Math.Abs(y) > 1_000_000_000_000m)
+            {
+                errors.Add(new FieldError(field, "range", $"must be at most {Money.Yuan(max)} CNY"));
+                return null;
+            }
+
             var fen = y * 100m;
             if (fen != decimal.Truncate(fen))
             {
@@ -82,6 +94,12 @@ public static partial class Endpoints
 
         if (body[field] is JsonValue v && v.TryGetValue<string>(out var s) && DateTimeOffset.TryParse(s, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var t))
         {
+            if (t.UtcDateTime.Year is < 2000 or > 2200)
+            {
+                errors.Add(new FieldError(field, "range", "must be a time from the year 2000 to 2200"));
+                return null;
+            }
+
             return t;
         }
 
@@ -147,6 +165,12 @@ public static partial class Endpoints
             return null;
         }
 
+        if (start.Year is < 2000 or > 2200)
+        {
+            error = Problems.Validation("month", "range", "must be a month from 2000-01 to 2200-12");
+            return null;
+        }
+
         return (start.ToUnixTimeMilliseconds(), start.AddMonths(1).ToUnixTimeMilliseconds());
     }
 
@@ -155,11 +179,19 @@ public static partial class Endpoints
         // ---------------------------------------------------------------- offers
         api.MapPost("/offers", CreateOffer).AddEndpointFilter(opOrProvider).Produces<OfferView>(201).ProducesProblem(400).ProducesProblem(409)
             .WithTags("market").WithSummary("Publish an offer: one tier of a node group at a price per standard unit (a provider for itself, the operator for any)");
-        api.MapGet("/offers", async (ILedgerStore l, TimeProvider t, bool? live) =>
+        api.MapGet("/offers", async (HttpContext h, ILedgerStore l, TimeProvider t, bool? live) =>
         {
             var now = NowMs(t);
-            return Results.Ok(new ListPage<OfferView>([.. (await l.OffersAsync()).Where(o => live != true || o.LiveAt(now)).Select(o => OfferView.Of(o, now))], null));
-        }).AddEndpointFilter(anyone).Produces<ListPage<OfferView>>().WithTags("market").WithSummary("List offers (live=true: only those selling now)");
+            var who = Who(h);
+            return Results.Ok(new ListPage<OfferView>([.. (await l.OffersAsync()).Where(o => (live != true || o.LiveAt(now)) && OfferView.Visible(o, who)).Select(o => OfferView.Of(o, now))], null));
+        }).AddEndpointFilter(anyone).Produces<ListPage<OfferView>>().WithTags("market")
+            .WithSummary("List offers (live=true: only those selling now); a reserved contract is shown to its provider, its tenant and the operator only");
+        api.MapPost("/offers/{id:long}/accept", (long id, HttpContext h, ILedgerStore l, ControlPlane cp, TimeProvider t) => AnswerContract(id, true, h, l, cp, t))
+            .AddEndpointFilter(opOrTenant).Produces<OfferView>().ProducesProblem(404).ProducesProblem(409).WithTags("market")
+            .WithSummary("Accept a proposed reserved contract (its tenant, or the operator for it): its value is escrowed from the wallet now");
+        api.MapPost("/offers/{id:long}/decline", (long id, HttpContext h, ILedgerStore l, ControlPlane cp, TimeProvider t) => AnswerContract(id, false, h, l, cp, t))
+            .AddEndpointFilter(opOrTenant).Produces<OfferView>().ProducesProblem(404).ProducesProblem(409).WithTags("market")
+            .WithSummary("Decline a proposed reserved contract (its tenant, or the operator for it); nothing is charged");
         api.MapDelete("/offers/{id:long}", async (long id, HttpContext h, ILedgerStore l, ControlPlane cp, TimeProvider t) =>
         {
             var who = Who(h);
@@ -345,6 +377,22 @@ public static partial class Endpoints
             .WithSummary("A provider's monthly payout statement (JSON, or format=csv): delivered attempts, platform fee, net, payouts");
     }
 
+    private static async Task<IResult> AnswerContract(long id, bool accept, HttpContext h, ILedgerStore l, ControlPlane cp, TimeProvider t)
+    {
+        var who = Who(h);
+        return await Fenced(async () =>
+        {
+            var o = await l.AnswerContractAsync(id, who.IsOperator ? null : who.TenantId, accept, NowMs(t));
+            if (accept)
+            {
+                cp.MoneyMoved(o.TenantId);
+            }
+
+            cp.OffersChanged(await l.OffersAsync());
+            return Results.Ok(OfferView.Of(o, NowMs(t)));
+        });
+    }
+
     private static async Task<IResult> CreateOffer(HttpContext h, IControlStore s, ILedgerStore l, ControlPlane cp, TimeProvider t)
     {
         var who = Who(h);
@@ -394,6 +442,20 @@ public static partial class Endpoints
             errors.Add(new FieldError("validTo", "order", "must be after validFrom"));
         }
 
+        if (tier == Tiers.Reserved && b["validFrom"] is null)
+        {
+            errors.Add(new FieldError("validFrom", "required", "a reserved contract names when its window starts (its tenant accepts before then)"));
+        }
+        else if (tier == Tiers.Reserved && from <= t.GetUtcNow())
+        {
+            errors.Add(new FieldError("validFrom", "future", "a reserved contract's window must start in the future: the tenant accepts it before it binds"));
+        }
+
+        if (to - from > TimeSpan.FromDays(3660))
+        {
+            errors.Add(new FieldError("validTo", "range", "an offer's window is at most ten years"));
+        }
+
         var tenantId = Long(b, "tenantId", errors, false);
         if (tier == Tiers.Reserved && tenantId is null)
         {
@@ -420,6 +482,20 @@ public static partial class Endpoints
             errors.Add(new FieldError("tenantId", "exists", $"tenant {tid} does not exist"));
         }
 
+        // A reserved contract is take-or-pay: its value (price × the nodes' units × the window), in checked arithmetic.
+        long? contract = null;
+        if (errors.Count == 0 && tier == Tiers.Reserved && perNode is { } units)
+        {
+            try
+            {
+                contract = Charging.Cost(price!.Value, Money.Round(units * nodes!.Value * 1000m), (to - from).Ticks / TimeSpan.TicksPerMillisecond);
+            }
+            catch (OverflowException)
+            {
+                errors.Add(new FieldError("price", "range", "price × nodes × window is larger than any amount the ledger can hold"));
+            }
+        }
+
         if (errors.Count > 0)
         {
             return Problems.Validation(new ValidationException(errors));
@@ -427,17 +503,8 @@ public static partial class Endpoints
 
         return await Fenced(async () =>
         {
-            // A reserved contract is take-or-pay: its value (price × the nodes' units × the window) is escrowed now.
-            long? contract = tier == Tiers.Reserved && perNode is { } units
-                ? Charging.Cost(price!.Value, Money.Round(units * nodes!.Value * 1000m), (to - from).Ticks / TimeSpan.TicksPerMillisecond)
-                : null;
             var o = await l.CreateOfferAsync(new OfferRecord(0, providerId!.Value, group!, tier!, unit!, price!.Value, (int)nodes!.Value, from.ToUnixTimeMilliseconds(),
                 to.ToUnixTimeMilliseconds(), tenantId, NowMs(t), null) { ContractFen = contract });
-            if (contract is not null)
-            {
-                cp.MoneyMoved(tenantId);
-            }
-
             cp.OffersChanged(await l.OffersAsync());
             return Results.Created($"/api/v1/offers/{o.Id}", OfferView.Of(o, NowMs(t)));
         });

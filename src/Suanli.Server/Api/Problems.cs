@@ -84,11 +84,41 @@ public static class Problems
 
         try
         {
-            return JsonNode.Parse(text!) is JsonObject o ? (o, null) : (null, Validation("$", "type", "body must be a JSON object"));
+            return StrictInput.ParseJson(text!) is JsonObject o ? (o, null) : (null, Validation("$", "type", "body must be a JSON object"));
+        }
+        catch (ValidationException e)
+        {
+            return (null, Validation(e));
+        }
+    }
+
+    /// <summary>
+    /// Reads a JSON object body into <typeparamref name="T"/> (the agent protocol's typed messages): a wrong type or a
+    /// missing required member is a validation problem naming the field, never an exception.
+    /// </summary>
+    public static async Task<(T? Value, IResult? Error)> ReadAsync<T>(HttpRequest request, int max = 1 << 16)
+        where T : class
+    {
+        var (body, error) = await ReadObjectAsync(request, max);
+        if (error is not null)
+        {
+            return (null, error);
+        }
+
+        try
+        {
+            return body.Deserialize<T>(Typed) is { } v ? (v, null) : (null, Validation("$", "type", "body must be a JSON object"));
         }
         catch (JsonException e)
         {
-            return (null, Validation("$", "syntax", $"malformed JSON: {e.Message}"));
+            var field = e.Path is null or "$" ? "$" : e.Path.StartsWith("$.", StringComparison.Ordinal) ? e.Path[2..] : e.Path;
+            return (null, Validation(field, "type", $"{field}: wrong type or missing ({e.Message.Split(". Path:", 2)[0]})"));
         }
     }
+
+    private static readonly JsonSerializerOptions Typed = new(JsonSerializerDefaults.Web)
+    {
+        RespectNullableAnnotations = true,
+        UnmappedMemberHandling = System.Text.Json.Serialization.JsonUnmappedMemberHandling.Disallow,
+    };
 }

@@ -1,6 +1,18 @@
 namespace Suanli.Server.Storage;
 
 /// <summary>A job to insert: everything the submit path validated.</summary>
+/// <summary>Output limits.</summary>
+public static class LogLimits
+{
+    /// <summary>Default cap on one attempt's stored output: 64 MiB.</summary>
+    public const long DefaultCapBytes = 64L << 20;
+
+    /// <summary>The line that ends a truncated attempt's log.</summary>
+    public static string Marker(long capBytes, long droppedBytes) =>
+        $"\n[suanli] output truncated: this attempt's output passed the {capBytes.ToString(System.Globalization.CultureInfo.InvariantCulture)}-byte cap; "
+        + $"{droppedBytes.ToString(System.Globalization.CultureInfo.InvariantCulture)} bytes were dropped\n";
+}
+
 public sealed record NewJob(long TenantId, string Name, string Spec, int MaxAttempts, int PriorityClass, long SubmittedMs, string? IdempotencyKey);
 
 /// <summary>
@@ -109,7 +121,14 @@ public interface IControlStore : IAsyncDisposable
     /// Appends output of an attempt. With an <paramref name="offset"/> (the sender's position in that attempt's output)
     /// a chunk sent twice is stored once.
     /// </summary>
-    Task AppendLogAsync(long jobId, int attempt, long? offset, string data);
+    /// <remarks>
+    /// An attempt stores at most <paramref name="capBytes"/> bytes (UTF-8) of output; what comes after is dropped and the
+    /// attempt's log then ends with one line saying so and how many bytes were dropped (updated as more arrive).
+    /// </remarks>
+    Task AppendLogAsync(long jobId, int attempt, long? offset, string data, long capBytes = LogLimits.DefaultCapBytes);
+
+    /// <summary>Deletes the output of jobs that ended before <paramref name="endedBeforeMs"/>; returns the chunks removed.</summary>
+    Task<int> PurgeLogsAsync(long endedBeforeMs);
 
     Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit);
 
@@ -121,9 +140,9 @@ public interface IControlStore : IAsyncDisposable
     Task<IReadOnlyList<UsageRecord>> JobUsageAsync(long jobId);
 
     /// <summary>The resource a creating request with this idempotency key made before, or null.</summary>
-    Task<string?> IdempotentGetAsync(string scope, string key);
+    Task<(string Resource, string? RequestHash)?> IdempotentGetAsync(string scope, string key);
 
-    Task IdempotentPutAsync(string scope, string key, string resource, long nowMs);
+    Task IdempotentPutAsync(string scope, string key, string resource, long nowMs, string? requestHash = null);
 
     Task<IReadOnlyDictionary<string, long>> CountJobsByStateAsync();
 }

@@ -105,11 +105,25 @@ public sealed record LedgerReport(bool Ok, int Accounts, long Transfers, long Su
     int OpenHolds, long OpenHoldFen, int SettlementsChecked, long SettledFen, IReadOnlyList<string> Problems);
 
 /// <summary>A provider's offer: one tier of one node group, at a price in a standard unit, for a number of nodes, in a window.</summary>
+/// <summary>The consent states of a reserved contract.</summary>
+public static class Consents
+{
+    public const string Proposed = "proposed";
+    public const string Accepted = "accepted";
+    public const string Declined = "declined";
+}
+
 public sealed record OfferRecord(long Id, long ProviderId, string GroupId, string Tier, string Unit, long PriceFen, int Nodes, long ValidFromMs, long ValidToMs,
     long? TenantId, long CreatedMs, long? WithdrawnMs)
 {
     /// <summary>True when the offer sells at <paramref name="nowMs"/>.</summary>
-    public bool LiveAt(long nowMs) => WithdrawnMs is null && ValidFromMs <= nowMs && nowMs < ValidToMs;
+    public bool LiveAt(long nowMs) => WithdrawnMs is null && ValidFromMs <= nowMs && nowMs < ValidToMs && (Tier != Suanli.Core.Market.Tiers.Reserved || Consent == Consents.Accepted);
+
+    /// <summary>A reserved contract's consent: proposed by the provider, accepted or declined by the tenant; null for other tiers.</summary>
+    public string? Consent { get; init; }
+
+    /// <summary>When the tenant (or the operator for it) accepted the contract.</summary>
+    public long? AcceptedMs { get; init; }
 
     /// <summary>A reserved contract's value (take-or-pay: price × the nodes' units × the window), held in escrow from its creation.</summary>
     public long? ContractFen { get; init; }
@@ -201,6 +215,13 @@ public interface ILedgerStore
     Task<IReadOnlyList<OfferRecord>> OffersAsync();
 
     Task<OfferRecord> WithdrawOfferAsync(long id, long? providerId, long nowMs);
+
+    /// <summary>
+    /// The tenant's answer to a proposed reserved contract (<paramref name="tenantId"/> null: the operator on its
+    /// behalf). Accepting escrows the contract's value from the wallet in the same transaction; either answer is final,
+    /// and a contract whose window has begun can no longer be accepted.
+    /// </summary>
+    Task<OfferRecord> AnswerContractAsync(long id, long? tenantId, bool accept, long nowMs);
 
     Task<ProgrammeRecord> CreateProgrammeAsync(ProgrammeRecord programme);
 

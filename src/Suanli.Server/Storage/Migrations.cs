@@ -229,6 +229,23 @@ public static class Migrations
         """
         CREATE INDEX jobs_finished ON jobs(tenant_id, ended) WHERE state IN ('succeeded','failed') AND started IS NOT NULL AND ended IS NOT NULL;
         """,
+        // 6: consent to reserved contracts (a proposal binds nobody until its tenant accepts it); per-attempt output
+        // totals for the log cap; the hash of the request an idempotency key was first used with.
+        """
+        ALTER TABLE offers ADD COLUMN consent TEXT CHECK (consent IN ('proposed','accepted','declined'));
+        ALTER TABLE offers ADD COLUMN accepted INTEGER;
+        UPDATE offers SET consent = 'accepted', accepted = created WHERE contract_state IS NOT NULL;
+        UPDATE offers SET consent = 'declined' WHERE tier = 'reserved' AND contract_state IS NULL;
+        CREATE TABLE log_totals(
+            job_id INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            stored_bytes INTEGER NOT NULL,
+            dropped_bytes INTEGER NOT NULL,
+            dropped_end INTEGER NOT NULL,
+            marker_seq INTEGER,
+            PRIMARY KEY (job_id, attempt));
+        ALTER TABLE idempotency ADD COLUMN request_hash TEXT;
+        """,
     ];
 
     /// <summary>Brings the database up to date.</summary>

@@ -484,12 +484,12 @@ public sealed partial class SqliteStore
     });
 
     // ---- offers ----
-    private const string OfferCols = "id, provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, withdrawn, contract_fen, contract_state, contract_charged_fen, contract_fee_fen";
+    private const string OfferCols = "id, provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, withdrawn, contract_fen, contract_state, contract_charged_fen, contract_fee_fen, consent, accepted";
 
     private static OfferRecord MapOffer(SqliteDataReader r) => new(r.GetInt64(0), r.GetInt64(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt64(5), r.GetInt32(6),
         r.GetInt64(7), r.GetInt64(8), NLong(r, 9), r.GetInt64(10), NLong(r, 11))
     {
-        ContractFen = NLong(r, 12), ContractState = NStr(r, 13), ContractChargedFen = NLong(r, 14), ContractFeeFen = NLong(r, 15),
+        ContractFen = NLong(r, 12), ContractState = NStr(r, 13), ContractChargedFen = NLong(r, 14), ContractFeeFen = NLong(r, 15), Consent = NStr(r, 16), AcceptedMs = NLong(r, 17),
     };
 
     public Task<OfferRecord> CreateOfferAsync(OfferRecord offer) => Write(c =>
@@ -506,14 +506,43 @@ public sealed partial class SqliteStore
             throw new StoreConflictException("over_capacity", $"nodes: group {o.GroupId} has {group.Nodes} nodes and offers overlapping this window already sell {overlapping}; at most {group.Nodes - overlapping} more");
         }
 
-        var contract = o.Tier == Suanli.Core.Market.Tiers.Reserved && o.ContractFen is > 0 ? o.ContractFen : null;
-        var rec = Query(c, $"INSERT INTO offers(provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, contract_fen, contract_state) VALUES($p, $g, $tier, $u, $price, $n, $f, $t, $ten, $c, $cv, $cs) RETURNING {OfferCols}",
+        // A reserved contract is only a proposal here: nothing is escrowed and it sells nothing until the tenant accepts.
+        var reserved = o.Tier == Suanli.Core.Market.Tiers.Reserved;
+        return Query(c, $"INSERT INTO offers(provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, contract_fen, consent) VALUES($p, $g, $tier, $u, $price, $n, $f, $t, $ten, $c, $cv, $cs) RETURNING {OfferCols}",
             MapOffer, ("$p", o.ProviderId), ("$g", o.GroupId), ("$tier", o.Tier), ("$u", o.Unit), ("$price", o.PriceFen), ("$n", o.Nodes), ("$f", o.ValidFromMs), ("$t", o.ValidToMs),
-            ("$ten", o.TenantId), ("$c", o.CreatedMs), ("$cv", contract), ("$cs", contract is null ? null : "held"))[0];
-        if (contract is { } value)
+            ("$ten", o.TenantId), ("$c", o.CreatedMs), ("$cv", reserved ? o.ContractFen : null), ("$cs", reserved ? Consents.Proposed : null))[0];
+    });
+
+    public Task<OfferRecord> AnswerContractAsync(long id, long? tenantId, bool accept, long nowMs) => Write(c =>
+    {
+        var o = Query(c, $"SELECT {OfferCols} FROM offers WHERE id = $id", MapOffer, ("$id", id)).FirstOrDefault();
+        if (o is null || o.Tier != Suanli.Core.Market.Tiers.Reserved || (tenantId is { } t && o.TenantId != t))
         {
-            // Take-or-pay: the contract's whole value is escrowed from the tenant's wallet now, or there is no contract.
-            Linked(c, o.CreatedMs, new TransferRequest($"contract:{rec.Id}", TransferKinds.Pending, Accounts.Tenant(o.TenantId!.Value), Accounts.Escrow, value, "contract-hold")
+            throw new StoreConflictException("not_found", $"contract {id} does not exist or is not offered to you");
+        }
+
+        if (o.Consent != Consents.Proposed || o.WithdrawnMs is not null)
+        {
+            throw new StoreConflictException("already_answered", $"contract {id} is {(o.WithdrawnMs is not null && o.Consent == Consents.Proposed ? "withdrawn" : o.Consent)}; only a standing proposal can be answered");
+        }
+
+        if (!accept)
+        {
+            return Query(c, $"UPDATE offers SET consent = 'declined', withdrawn = $now WHERE id = $id RETURNING {OfferCols}", MapOffer, ("$now", nowMs), ("$id", id))[0];
+        }
+
+        if (nowMs >= o.ValidFromMs)
+        {
+            throw new StoreConflictException("window_started", $"contract {id}: its window began at {DateTimeOffset.FromUnixTimeMilliseconds(o.ValidFromMs):u}; it can no longer be accepted (ask the provider for a new proposal)");
+        }
+
+        var provider = Query(c, $"SELECT {ProviderCols} FROM providers WHERE id = $id", MapProvider, ("$id", o.ProviderId))[0];
+        var rec = Query(c, $"UPDATE offers SET consent = 'accepted', accepted = $now, contract_state = CASE WHEN contract_fen > 0 THEN 'held' END WHERE id = $id RETURNING {OfferCols}",
+            MapOffer, ("$now", nowMs), ("$id", id))[0];
+        if (rec.ContractFen is { } value && value > 0)
+        {
+            // Take-or-pay: the contract's whole value is escrowed from the tenant's wallet now, or the acceptance fails.
+            Linked(c, nowMs, new TransferRequest($"contract:{rec.Id}", TransferKinds.Pending, Accounts.Tenant(o.TenantId!.Value), Accounts.Escrow, value, "contract-hold")
             {
                 Memo = $"reserved contract {rec.Id}: {o.Nodes} nodes of {provider.Name}/{o.GroupId} at {Money.Yuan(o.PriceFen)}/{o.Unit}",
             });

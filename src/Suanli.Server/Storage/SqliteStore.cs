@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Text;
 using System.Text.Json;
 using System.Threading.Channels;
 using Microsoft.Data.Sqlite;
@@ -329,6 +330,11 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
             var existing = Query(c, $"SELECT {JobCols} FROM jobs WHERE tenant_id = $t AND idempotency_key = $k", MapJob, ("$t", job.TenantId), ("$k", job.IdempotencyKey));
             if (existing.Count > 0)
             {
+                if (existing[0].Spec != job.Spec || existing[0].Name != job.Name)
+                {
+                    throw new StoreConflictException("id_reused", $"Idempotency-Key: already used for job {existing[0].Id} with a different body; use a new key for a new job");
+                }
+
                 return (existing[0], true);
             }
         }
@@ -463,11 +469,86 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         return rec;
     }
 
-    public Task AppendLogAsync(long jobId, int attempt, long? offset, string data) => Write(c =>
+    public Task AppendLogAsync(long jobId, int attempt, long? offset, string data, long capBytes = LogLimits.DefaultCapBytes) => Write(c =>
     {
-        using var cmd = Cmd(c, "INSERT OR IGNORE INTO job_logs(job_id, seq, data, attempt, chunk_offset) VALUES($j, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_logs WHERE job_id = $j), $d, $a, $o)",
-            ("$j", jobId), ("$d", data), ("$a", attempt), ("$o", offset));
-        return cmd.ExecuteNonQuery();
+        var totals = Query(c, "SELECT stored_bytes, dropped_bytes, dropped_end, marker_seq FROM log_totals WHERE job_id = $j AND attempt = $a",
+            r => (Stored: r.GetInt64(0), Dropped: r.GetInt64(1), DroppedEnd: r.GetInt64(2), Marker: NLong(r, 3)), ("$j", jobId), ("$a", attempt)).FirstOrDefault();
+        if (offset is { } o && totals.Marker is not null && o + data.Length <= totals.DroppedEnd)
+        {
+            return 0; // A resend of output already counted as dropped.
+        }
+
+        var bytes = (long)Encoding.UTF8.GetByteCount(data);
+        var room = Math.Max(0, capBytes - totals.Stored);
+        var keep = data;
+        if (bytes > room)
+        {
+            // Keep the prefix that fits (whole characters), drop the rest.
+            var chars = 0;
+            long used = 0;
+            while (chars < data.Length)
+            {
+                var step = char.IsHighSurrogate(data[chars]) && chars + 1 < data.Length ? 2 : 1;
+                var size = Encoding.UTF8.GetByteCount(data.AsSpan(chars, step));
+                if (used + size > room)
+                {
+                    break;
+                }
+
+                used += size;
+                chars += step;
+            }
+
+            keep = data[..chars];
+        }
+
+        var stored = 0;
+        if (keep.Length > 0)
+        {
+            using var cmd = Cmd(c, "INSERT OR IGNORE INTO job_logs(job_id, seq, data, attempt, chunk_offset) VALUES($j, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_logs WHERE job_id = $j), $d, $a, $o)",
+                ("$j", jobId), ("$d", keep), ("$a", attempt), ("$o", offset));
+            stored = cmd.ExecuteNonQuery();
+            if (stored == 0)
+            {
+                return 0; // A resend of a chunk already stored.
+            }
+        }
+
+        var keptBytes = keep.Length == data.Length ? bytes : Encoding.UTF8.GetByteCount(keep);
+        var dropped = totals.Dropped + bytes - keptBytes;
+        var marker = totals.Marker;
+        if (dropped > 0)
+        {
+            var text = LogLimits.Marker(capBytes, dropped);
+            if (marker is null)
+            {
+                marker = Query(c, "INSERT INTO job_logs(job_id, seq, data, attempt, chunk_offset) VALUES($j, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_logs WHERE job_id = $j), $d, $a, NULL) RETURNING seq",
+                    r => r.GetInt64(0), ("$j", jobId), ("$d", text), ("$a", attempt))[0];
+            }
+            else
+            {
+                Update(c, "UPDATE job_logs SET data = $d WHERE job_id = $j AND seq = $s", ("$d", text), ("$j", jobId), ("$s", marker));
+            }
+        }
+
+        var droppedEnd = Math.Max(totals.DroppedEnd, dropped > totals.Dropped && offset is { } off ? off + data.Length : totals.DroppedEnd);
+        using (var up = Cmd(c, "INSERT INTO log_totals(job_id, attempt, stored_bytes, dropped_bytes, dropped_end, marker_seq) VALUES($j, $a, $s, $d, $e, $m) "
+            + "ON CONFLICT(job_id, attempt) DO UPDATE SET stored_bytes = excluded.stored_bytes, dropped_bytes = excluded.dropped_bytes, dropped_end = excluded.dropped_end, marker_seq = excluded.marker_seq",
+            ("$j", jobId), ("$a", attempt), ("$s", totals.Stored + keptBytes), ("$d", dropped), ("$e", droppedEnd), ("$m", marker)))
+        {
+            up.ExecuteNonQuery();
+        }
+
+        return stored;
+    });
+
+    public Task<int> PurgeLogsAsync(long endedBeforeMs) => Write(c =>
+    {
+        const string Finished = "SELECT id FROM jobs WHERE state IN ('succeeded','failed','cancelled','lost') AND ended IS NOT NULL AND ended < $t";
+        using var totals = Cmd(c, $"DELETE FROM log_totals WHERE job_id IN ({Finished})", ("$t", endedBeforeMs));
+        totals.ExecuteNonQuery();
+        using var logs = Cmd(c, $"DELETE FROM job_logs WHERE job_id IN ({Finished})", ("$t", endedBeforeMs));
+        return logs.ExecuteNonQuery();
     });
 
     public Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit) => Read<IReadOnlyList<LogChunk>>(c =>
@@ -493,12 +574,14 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
     public Task<IReadOnlyList<UsageRecord>> JobUsageAsync(long jobId) => Read<IReadOnlyList<UsageRecord>>(c =>
         Query(c, $"SELECT {UsageCols} FROM usage WHERE job_id = $j ORDER BY attempt", MapUsage, ("$j", jobId)));
 
-    public Task<string?> IdempotentGetAsync(string scope, string key) =>
-        Read(c => Query(c, "SELECT resource FROM idempotency WHERE scope = $s AND key = $k", r => r.GetString(0), ("$s", scope), ("$k", key)).FirstOrDefault());
+    public Task<(string Resource, string? RequestHash)?> IdempotentGetAsync(string scope, string key) =>
+        Read(c => Query(c, "SELECT resource, request_hash FROM idempotency WHERE scope = $s AND key = $k", r => ((string Resource, string? RequestHash)?)(r.GetString(0), NStr(r, 1)),
+            ("$s", scope), ("$k", key)).FirstOrDefault());
 
-    public Task IdempotentPutAsync(string scope, string key, string resource, long nowMs) => Write(c =>
+    public Task IdempotentPutAsync(string scope, string key, string resource, long nowMs, string? requestHash = null) => Write(c =>
     {
-        using var cmd = Cmd(c, "INSERT OR IGNORE INTO idempotency(scope, key, resource, created) VALUES($s, $k, $r, $t)", ("$s", scope), ("$k", key), ("$r", resource), ("$t", nowMs));
+        using var cmd = Cmd(c, "INSERT OR IGNORE INTO idempotency(scope, key, resource, created, request_hash) VALUES($s, $k, $r, $t, $h)",
+            ("$s", scope), ("$k", key), ("$r", resource), ("$t", nowMs), ("$h", requestHash));
         return cmd.ExecuteNonQuery();
     });
 
