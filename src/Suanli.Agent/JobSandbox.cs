@@ -203,6 +203,18 @@ public sealed class JobSandbox
             File.SetUnixFileMode(workRoot, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
         }
 
+        if (Isolated && !OperatingSystem.IsWindows())
+        {
+            // The job's account must be able to walk down to its folder (bubblewrap binds it as that account).
+            for (var up = Path.GetDirectoryName(Path.GetFullPath(workRoot)); up is not null; up = Path.GetDirectoryName(up))
+            {
+                if ((File.GetUnixFileMode(up) & UnixFileMode.OtherExecute) == 0)
+                {
+                    throw new InvalidOperationException($"work folder {workRoot} is not reachable by job accounts: {up} is not searchable by others (chmod o+x, or choose another --work-dir outside the data folder)");
+                }
+            }
+        }
+
         if (Directory.Exists(dir) || File.Exists(dir))
         {
             LocalBackend.TryDelete(dir);

@@ -302,13 +302,29 @@ public static partial class Sbatch
             return null;
         }
 
-        var mib = m.Groups[2].Value.ToUpperInvariant() switch
+        long mib;
+        try
         {
-            "K" => (n + 1023) / 1024,
-            "G" => n * 1024,
-            "T" => n * 1024 * 1024,
-            _ => n,
-        };
+            mib = m.Groups[2].Value.ToUpperInvariant() switch
+            {
+                "K" => (n + 1023) / 1024,
+                "G" => checked(n * 1024),
+                "T" => checked(n * 1024 * 1024),
+                _ => n,
+            };
+        }
+        catch (OverflowException)
+        {
+            errors.Add(new FieldError($"#SBATCH --{key}", "range", $"'{text}' is larger than any node's memory"));
+            return null;
+        }
+
+        if (mib > 64L * 1024 * 1024)
+        {
+            errors.Add(new FieldError($"#SBATCH --{key}", "range", $"'{text}' is more than 64 TiB"));
+            return null;
+        }
+
         if (mib <= 0)
         {
             // --mem=0 asks for all the node's memory: only meaningful with --exclusive on a known node.
@@ -522,7 +538,11 @@ public static partial class Sbatch
             foreach (var item in export.Split(','))
             {
                 var eq = item.IndexOf('=', StringComparison.Ordinal);
-                if (eq > 0)
+                if (item.Any(char.IsControl))
+                {
+                    errors.Add(new FieldError("#SBATCH --export", "format", "names and values must not contain control characters (NUL, newline, …)"));
+                }
+                else if (eq > 0)
                 {
                     env[item[..eq]] = item[(eq + 1)..];
                 }

@@ -103,7 +103,7 @@ public sealed class IsolationTests
         var probe = string.Join("\n",
             $"cat {dir}/secret.txt 2>/dev/null && echo LEAK-file || echo denied-file",
             $"ls {dir} >/dev/null 2>&1 && echo LEAK-list || echo denied-list",
-            $"ls {Path.GetDirectoryName(dir)} 2>/dev/null | grep -q job && echo LEAK-root || echo denied-root",
+            $"ls -a {Path.GetDirectoryName(dir)} 2>/dev/null | grep -qx {Path.GetFileName(dir)} && echo LEAK-root || echo denied-root",
             "ps -eo args | grep -q '[s]leep 30' && echo LEAK-ps || echo denied-ps",
             "echo end");
         var b = (await bob.Post("/api/v1/jobs", new { name = "snoop", script = probe, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60 }, HttpStatusCode.Created))["id"]!.GetValue<long>();

@@ -40,7 +40,7 @@ public class SchedulerMemoryTests
         var (_, providerKey) = await admin.Provider("one-core");
         using var t = s.Client(key);
         var output = new StringBuilder();
-        var agent = OneCoreAgent(output, s, providerKey, Path.Combine(s.DataDir, "agent"));
+        var agent = OneCoreAgent(output, s, providerKey, s.DataDir + "-agent");
         try
         {
             // Three tasks of two shapes (1 core twice, half a core once): both shapes are typical (95 % rule).
@@ -98,7 +98,7 @@ public class SchedulerMemoryTests
         var (_, providerKey) = await admin.Provider("one-core");
         using var t = s.Client(key);
         var output = new StringBuilder();
-        var agentDir = Path.Combine(s.DataDir, "agent");
+        var agentDir = s.DataDir + "-agent";
         var agent = OneCoreAgent(output, s, providerKey, agentDir);
         try
         {
