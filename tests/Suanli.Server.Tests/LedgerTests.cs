@@ -295,6 +295,37 @@ public sealed class LedgerTests : IDisposable
     }
 
     [Fact]
+    public async Task MonthlyStatements_AddUp_ForAContractThatSpansTheMonthBoundary()
+    {
+        await using var s = Open();
+        var t = await s.CreateTenantAsync("lab", "research", 1, 1);
+        var p = await s.CreateProviderAsync("hpc", "r", 1);
+        await s.RegisterAsync(p.Id, "r", [new GroupOffer("g", 8000, 16384, null, 0, 4, null)], 1);
+        static long Ms(string iso) => DateTimeOffset.Parse(iso, System.Globalization.CultureInfo.InvariantCulture).ToUnixTimeMilliseconds();
+        var (nov, dec, jan) = (Ms("2026-11-01T00:00:00Z"), Ms("2026-12-01T00:00:00Z"), Ms("2027-01-01T00:00:00Z"));
+        await s.TransferAsync([new TransferRequest("top-1", TransferKinds.Posted, Accounts.Cash, Accounts.Tenant(t.Id), 10_000, "topup")], true, Ms("2026-11-20T00:00:00Z"));
+        var offer = await s.CreateOfferAsync(new OfferRecord(0, p.Id, "g", "reserved", "core-hour", 100, 1, Ms("2026-11-25T00:00:00Z"), dec - 500, t.Id, Ms("2026-11-20T00:00:00Z"), null) { ContractFen = 7_000 });
+        await s.AnswerContractAsync(offer.Id, t.Id, true, Ms("2026-11-21T00:00:00Z"));
+        // The window ends half a second before midnight; the housekeeping loop posts the charge 0.8 s into December.
+        Assert.Equal(0, await s.SettleContractsAsync(dec - 600, 500));
+        Assert.Equal(1, await s.SettleContractsAsync(dec + 800, 500));
+        var names = new Dictionary<long, string> { [p.Id] = p.Name };
+        var tenants = new Dictionary<long, TenantRecord> { [t.Id] = t };
+        foreach (var (from, to, month) in new[] { (nov, dec, "2026-11"), (dec, jan, "2026-12") })
+        {
+            var inv = await Statements.TenantAsync(s, t, from, to, month, names);
+            Assert.Equal(inv.ClosingFen, inv.OpeningFen + inv.TopUpsFen - inv.PaidFen - inv.ContractsFen);
+            var pay = await Statements.ProviderAsync(s, (await s.GetProviderAsync(p.Id))!, from, to, month, tenants);
+            Assert.Equal(pay.ClosingFen, pay.OpeningFen + pay.EarnedFen + pay.ContractsNetFen - pay.PaidOutFen);
+        }
+
+        var november = await Statements.TenantAsync(s, t, nov, dec, "2026-11", names);
+        var december = await Statements.TenantAsync(s, t, dec, jan, "2026-12", names);
+        Assert.Equal((0L, 10_000L), (november.ContractsFen, november.ClosingFen));
+        Assert.Equal((7_000L, 3_000L), (december.ContractsFen, december.ClosingFen));
+    }
+
+    [Fact]
     public async Task ReservedContracts_AreTakeOrPay_EscrowedUpFront_ProRataWhenEndedEarly()
     {
         await using var s = Open();

@@ -84,7 +84,9 @@ public static class Statements
 
     /// <summary>Settled contracts whose end (their window's, or the withdrawal) falls in [from, to).</summary>
     private static async Task<List<OfferRecord>> ContractsAsync(ILedgerStore l, Func<OfferRecord, bool> mine, long fromMs, long toMs) =>
-        [.. (await l.OffersAsync()).Where(o => o.ContractState == "settled" && mine(o) && Math.Min(o.WithdrawnMs ?? long.MaxValue, o.ValidToMs) is var end && end >= fromMs && end < toMs)];
+        // By the time the charge was posted, the same instant the ledger (and so the closing balance) has it: a contract
+        // whose window ends in the last moment of a month is listed in the month whose balance it moved.
+        [.. (await l.OffersAsync()).Where(o => o.ContractState == "settled" && mine(o) && o.ContractSettledMs is { } at && at >= fromMs && at < toMs)];
 
     private static ContractLine Line(OfferRecord o, string counterparty) => new(o.Id, counterparty, o.GroupId, DateTimeOffset.FromUnixTimeMilliseconds(o.ValidFromMs),
         DateTimeOffset.FromUnixTimeMilliseconds(o.ValidToMs), o.WithdrawnMs is { } w ? DateTimeOffset.FromUnixTimeMilliseconds(w) : null, o.ContractFen ?? 0,

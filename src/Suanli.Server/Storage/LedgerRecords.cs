@@ -125,6 +125,9 @@ public sealed record OfferRecord(long Id, long ProviderId, string GroupId, strin
     /// <summary>When the tenant (or the operator for it) accepted the contract.</summary>
     public long? AcceptedMs { get; init; }
 
+    /// <summary>When the contract's charge was posted (the statements of that month list it).</summary>
+    public long? ContractSettledMs { get; init; }
+
     /// <summary>A reserved contract's value (take-or-pay: price × the nodes' units × the window), held in escrow from its creation.</summary>
     public long? ContractFen { get; init; }
 

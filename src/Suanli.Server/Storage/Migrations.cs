@@ -234,6 +234,8 @@ public static class Migrations
         """
         ALTER TABLE offers ADD COLUMN consent TEXT CHECK (consent IN ('proposed','accepted','declined'));
         ALTER TABLE offers ADD COLUMN accepted INTEGER;
+        ALTER TABLE offers ADD COLUMN contract_settled INTEGER;
+        UPDATE offers SET contract_settled = MIN(COALESCE(withdrawn, valid_to), valid_to) WHERE contract_state = 'settled';
         UPDATE offers SET consent = 'accepted', accepted = created WHERE contract_state IS NOT NULL;
         UPDATE offers SET consent = 'declined' WHERE tier = 'reserved' AND contract_state IS NULL;
         CREATE TABLE log_totals(

@@ -484,12 +484,12 @@ public sealed partial class SqliteStore
     });
 
     // ---- offers ----
-    private const string OfferCols = "id, provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, withdrawn, contract_fen, contract_state, contract_charged_fen, contract_fee_fen, consent, accepted";
+    private const string OfferCols = "id, provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, withdrawn, contract_fen, contract_state, contract_charged_fen, contract_fee_fen, consent, accepted, contract_settled";
 
     private static OfferRecord MapOffer(SqliteDataReader r) => new(r.GetInt64(0), r.GetInt64(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt64(5), r.GetInt32(6),
         r.GetInt64(7), r.GetInt64(8), NLong(r, 9), r.GetInt64(10), NLong(r, 11))
     {
-        ContractFen = NLong(r, 12), ContractState = NStr(r, 13), ContractChargedFen = NLong(r, 14), ContractFeeFen = NLong(r, 15), Consent = NStr(r, 16), AcceptedMs = NLong(r, 17),
+        ContractFen = NLong(r, 12), ContractState = NStr(r, 13), ContractChargedFen = NLong(r, 14), ContractFeeFen = NLong(r, 15), Consent = NStr(r, 16), AcceptedMs = NLong(r, 17), ContractSettledMs = NLong(r, 18),
     };
 
     public Task<OfferRecord> CreateOfferAsync(OfferRecord offer) => Write(c =>
@@ -569,7 +569,8 @@ public sealed partial class SqliteStore
                 new TransferRequest($"contract-pay:{o.Id}", TransferKinds.Post, "", "", charged, "contract-charge") { PendingId = $"contract:{o.Id}" },
                 new TransferRequest($"contract-payout:{o.Id}", TransferKinds.Posted, Accounts.Escrow, Accounts.Provider(o.ProviderId), charged - fee, "contract-provider-share"),
                 new TransferRequest($"contract-fee:{o.Id}", TransferKinds.Posted, Accounts.Escrow, Accounts.Fee, fee, "platform-fee"));
-            Update(c, "UPDATE offers SET contract_state = 'settled', contract_charged_fen = $ch, contract_fee_fen = $f WHERE id = $id", ("$ch", charged), ("$f", fee), ("$id", o.Id));
+            Update(c, "UPDATE offers SET contract_state = 'settled', contract_charged_fen = $ch, contract_fee_fen = $f, contract_settled = $now WHERE id = $id",
+                ("$ch", charged), ("$f", fee), ("$now", nowMs), ("$id", o.Id));
         }
 
         return due.Count;
