@@ -314,20 +314,16 @@ public static partial class Endpoints
             async prior => long.TryParse(prior, CultureInfo.InvariantCulture, out var priorId) && await find(priorId) is { } existing ? Results.Ok(existing) : null,
             async () =>
             {
-                JsonObject body;
-                try
+                var (body, bad) = Problems.ParseObject(text!);
+                if (bad is not null)
                 {
-                    body = StrictInput.ParseJson(text!) as JsonObject ?? throw new ValidationException([new FieldError("$", "type", "body must be a JSON object")]);
-                }
-                catch (ValidationException e)
-                {
-                    return (Problems.Validation(e), null);
+                    return (bad, null);
                 }
 
                 var errors = new List<FieldError>();
                 try
                 {
-                    var made = await create(body, errors);
+                    var made = await create(body!, errors);
                     return made is not { } m
                         ? (Problems.Validation(new ValidationException(errors)), null)
                         : (Results.Created($"/api/v1/{kind}s/{m.Id}", m.Created), m.Id.ToString(CultureInfo.InvariantCulture));

@@ -77,14 +77,15 @@ public static class Problems
     public static async Task<(JsonObject? Body, IResult? Error)> ReadObjectAsync(HttpRequest request, int max = 1 << 16)
     {
         var (text, error) = await ReadBodyAsync(request, max);
-        if (error is not null)
-        {
-            return (null, error);
-        }
+        return error is not null ? (null, error) : ParseObject(text!);
+    }
 
+    /// <summary>Parses a body already read as a strict JSON object.</summary>
+    public static (JsonObject? Body, IResult? Error) ParseObject(string text)
+    {
         try
         {
-            return StrictInput.ParseJson(text!) is JsonObject o ? (o, null) : (null, Validation("$", "type", "body must be a JSON object"));
+            return StrictInput.ParseJson(text) is JsonObject o ? (o, null) : (null, Validation("$", "type", "body must be a JSON object"));
         }
         catch (ValidationException e)
         {
