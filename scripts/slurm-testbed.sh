@@ -85,6 +85,12 @@ CONF
     for pidfile in "$dir"/c*/slurmrestd.pid "$dir"/c*/slurmd-*.pid "$dir"/c*/slurmctld.pid; do
       [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
     done
+    # slurmstepd outlives slurmd by design (a step whose controller was killed waits for it to come back): stop the
+    # test bed's steps, found by their working folder under DIR, and every process below them.
+    kill_tree() { local c; for c in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$c"; done; kill -9 "$1" 2>/dev/null || true; }
+    for p in $(pgrep -x slurmstepd 2>/dev/null); do
+      case "$(readlink "/proc/$p/cwd" 2>/dev/null)" in "$dir"/*) kill_tree "$p" ;; esac
+    done
     sleep 0.5
     ;;
   *)

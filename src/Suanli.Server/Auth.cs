@@ -23,10 +23,10 @@ public sealed class KeyService(IControlStore store, TimeProvider time)
     private static readonly TimeSpan CacheFor = TimeSpan.FromSeconds(5);
 
     /// <summary>Creates a key; returns its record and the secret (never stored).</summary>
-    public async Task<(KeyRecord Record, string Secret)> CreateAsync(string role, long? tenantId, long? providerId)
+    public async Task<(KeyRecord Record, string Secret)> CreateAsync(string role, long? tenantId, long? providerId, IdempotencyClaim? once = null)
     {
         var secret = "sk-" + Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)).TrimEnd('=').Replace('+', '-').Replace('/', '_');
-        var rec = await store.CreateKeyAsync(Hash(secret), secret[..11], role, tenantId, providerId, time.GetUtcNow().ToUnixTimeMilliseconds());
+        var rec = await store.CreateKeyAsync(Hash(secret), secret[..11], role, tenantId, providerId, time.GetUtcNow().ToUnixTimeMilliseconds(), once);
         return (rec, secret);
     }
 

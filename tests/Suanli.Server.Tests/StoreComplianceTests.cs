@@ -33,6 +33,25 @@ public abstract class StoreCompliance
     }
 
     [Fact]
+    public async Task IdempotencyKey_IsRecordedInTheTransactionThatCreates_AndAClashCreatesNothing()
+    {
+        await using var s = Create();
+        var t = await s.CreateTenantAsync("a", "x", 1, 1, new IdempotencyClaim("tenant:1", "k", "h1"));
+        Assert.Equal((t.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), "h1"), (await s.IdempotentGetAsync("tenant:1", "k"))!.Value);
+        var p = await s.CreateProviderAsync("p", "r", 1, new IdempotencyClaim("provider:1", "k", "h2"));
+        var key = await s.CreateKeyAsync([1, 2, 3], "sk-abc", "tenant", t.Id, null, 1, new IdempotencyClaim("key:1", "k", "h3"));
+        Assert.Equal(p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), (await s.IdempotentGetAsync("provider:1", "k"))!.Value.Resource);
+        Assert.Equal(key.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), (await s.IdempotentGetAsync("key:1", "k"))!.Value.Resource);
+
+        // The same key again (another process, or a replay that raced past the in-process lock): refused whole.
+        await Assert.ThrowsAnyAsync<Exception>(() => s.CreateTenantAsync("b", "x", 1, 2, new IdempotencyClaim("tenant:1", "k", "h1")));
+        await Assert.ThrowsAnyAsync<Exception>(() => s.CreateKeyAsync([4, 5, 6], "sk-def", "tenant", t.Id, null, 2, new IdempotencyClaim("key:1", "k", "h3")));
+        Assert.Equal(["a"], (await s.ListTenantsAsync()).Select(x => x.Name));
+        Assert.Single(await s.ListKeysAsync());
+        Assert.NotNull(await s.CreateTenantAsync("c", "x", 1, 3)); // the writer lives on
+    }
+
+    [Fact]
     public async Task Transitions_AreGuardedByStateAndEpoch_AndLeaveAnEvent()
     {
         await using var s = Create();

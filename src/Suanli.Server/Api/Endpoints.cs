@@ -295,7 +295,7 @@ public static partial class Endpoints
     /// <paramref name="create"/> validates the body and makes the resource, and the key is remembered.
     /// </summary>
     private static async Task<IResult> CreateOnce<T>(HttpContext h, IControlStore s, TimeProvider time, string kind,
-        Func<long, Task<T?>> find, Func<JsonObject, List<FieldError>, Task<(T Created, long Id)?>> create)
+        Func<long, Task<T?>> find, Func<JsonObject, List<FieldError>, IdempotencyClaim?, Task<(T Created, long Id)?>> create)
         where T : class
     {
         var key = IdemKey(h, out var bad);
@@ -310,27 +310,25 @@ public static partial class Endpoints
             return err;
         }
 
-        return await Idempotent(s, time, $"{kind}:{Who(h).KeyId}", key, text!,
+        return await Idempotent(s, $"{kind}:{Who(h).KeyId}", key, text!,
             async prior => long.TryParse(prior, CultureInfo.InvariantCulture, out var priorId) && await find(priorId) is { } existing ? Results.Ok(existing) : null,
-            async () =>
+            async once =>
             {
                 var (body, bad) = Problems.ParseObject(text!);
                 if (bad is not null)
                 {
-                    return (bad, null);
+                    return bad;
                 }
 
                 var errors = new List<FieldError>();
                 try
                 {
-                    var made = await create(body!, errors);
-                    return made is not { } m
-                        ? (Problems.Validation(new ValidationException(errors)), null)
-                        : (Results.Created($"/api/v1/{kind}s/{m.Id}", m.Created), m.Id.ToString(CultureInfo.InvariantCulture));
+                    var made = await create(body!, errors, once);
+                    return made is not { } m ? Problems.Validation(new ValidationException(errors)) : Results.Created($"/api/v1/{kind}s/{m.Id}", m.Created);
                 }
                 catch (StoreConflictException e)
                 {
-                    return (Problems.Of(409, e.Code, e.Message), null);
+                    return Problems.Of(409, e.Code, e.Message);
                 }
             });
     }
@@ -341,15 +339,15 @@ public static partial class Endpoints
     /// Runs a creating request at most once per (scope, Idempotency-Key): requests with one key are serialised (so 20
     /// parallel replays make one resource), a replay with the same body gets the resource made the first time
     /// (<paramref name="replay"/>), one with a different body is refused with 409 <c>id_reused</c>. Without a key the
-    /// request simply runs. <paramref name="create"/> answers with the result and the id of what it made (null when it
-    /// made nothing, e.g. a validation problem: the key is then not remembered).
+    /// request simply runs. <paramref name="create"/> gets the claim to record in the transaction that makes the
+    /// resource (null without a key), so a crash can never leave a resource whose key was not recorded.
     /// </summary>
-    private static async Task<IResult> Idempotent(IControlStore s, TimeProvider time, string scope, string? key, string body,
-        Func<string, Task<IResult?>> replay, Func<Task<(IResult Result, string? Resource)>> create)
+    private static async Task<IResult> Idempotent(IControlStore s, string scope, string? key, string body,
+        Func<string, Task<IResult?>> replay, Func<IdempotencyClaim?, Task<IResult>> create)
     {
         if (key is null)
         {
-            return (await create()).Result;
+            return await create(null);
         }
 
         var hash = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(body)));
@@ -364,19 +362,10 @@ public static partial class Endpoints
                     return Problems.Of(409, "id_reused", "Idempotency-Key: already used with a different request body; use a new key for a new request");
                 }
 
-                if (await replay(prior.Resource) is { } again)
-                {
-                    return again;
-                }
+                return await replay(prior.Resource) ?? Problems.Of(409, "id_reused", "Idempotency-Key: the resource it made no longer exists; use a new key");
             }
 
-            var (result, resource) = await create();
-            if (resource is not null)
-            {
-                await s.IdempotentPutAsync(scope, key, resource, time.GetUtcNow().ToUnixTimeMilliseconds(), hash);
-            }
-
-            return result;
+            return await create(new IdempotencyClaim(scope, key, hash));
         }
         finally
         {
@@ -410,7 +399,7 @@ public static partial class Endpoints
     }
 
     private static Task<IResult> CreateTenant(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time) =>
-        CreateOnce(h, s, time, "tenant", s.GetTenantAsync, async (body, errors) =>
+        CreateOnce(h, s, time, "tenant", s.GetTenantAsync, async (body, errors, once) =>
         {
             var name = Label(body, "name", JobDocument.MaxNameLength, null, errors);
             var sector = Label(body, "sector", 64, "general", errors);
@@ -426,13 +415,13 @@ public static partial class Endpoints
                 return null;
             }
 
-            var t = await s.CreateTenantAsync(name!, sector!, weight, time.GetUtcNow().ToUnixTimeMilliseconds());
+            var t = await s.CreateTenantAsync(name!, sector!, weight, time.GetUtcNow().ToUnixTimeMilliseconds(), once);
             cp.TenantCreated(t);
             return (t, t.Id);
         });
 
     private static Task<IResult> CreateProvider(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time) =>
-        CreateOnce(h, s, time, "provider", s.GetProviderAsync, async (body, errors) =>
+        CreateOnce(h, s, time, "provider", s.GetProviderAsync, async (body, errors, once) =>
         {
             var name = Label(body, "name", 64, null, errors);
             var region = Label(body, "region", 64, "default", errors);
@@ -442,7 +431,7 @@ public static partial class Endpoints
                 return null;
             }
 
-            var p = await s.CreateProviderAsync(name!, region!, time.GetUtcNow().ToUnixTimeMilliseconds());
+            var p = await s.CreateProviderAsync(name!, region!, time.GetUtcNow().ToUnixTimeMilliseconds(), once);
             cp.ProviderCreated(p);
             return (p, p.Id);
         });
@@ -467,14 +456,14 @@ public static partial class Endpoints
             return err;
         }
 
-        return await Idempotent(s, TimeProvider.System, $"key:{role}:{id}:{Who(h).KeyId}", idem, text!,
+        return await Idempotent(s, $"key:{role}:{id}:{Who(h).KeyId}", idem, text!,
             // The secret is shown once; a replay names the key it made without the secret.
             prior => Task.FromResult<IResult?>(Results.Ok(new KeyCreated(long.Parse(prior, CultureInfo.InvariantCulture), role, role == Roles.Tenant ? id : null,
                 role == Roles.Provider ? id : null, null, true))),
-            async () =>
+            async once =>
             {
-                var (rec, secret) = await keys.CreateAsync(role, role == Roles.Tenant ? id : null, role == Roles.Provider ? id : null);
-                return (Results.Created($"/api/v1/keys/{rec.Id}", new KeyCreated(rec.Id, role, rec.TenantId, rec.ProviderId, secret, false)), rec.Id.ToString(CultureInfo.InvariantCulture));
+                var (rec, secret) = await keys.CreateAsync(role, role == Roles.Tenant ? id : null, role == Roles.Provider ? id : null, once);
+                return Results.Created($"/api/v1/keys/{rec.Id}", new KeyCreated(rec.Id, role, rec.TenantId, rec.ProviderId, secret, false));
             });
     }
 

@@ -1,6 +1,12 @@
 namespace Suanli.Server.Storage;
 
 /// <summary>A job to insert: everything the submit path validated.</summary>
+/// <summary>
+/// An Idempotency-Key to record in the same transaction as the resource it creates (so a crash can never leave the
+/// resource without the key, which would let a retry make a second one).
+/// </summary>
+public sealed record IdempotencyClaim(string Scope, string Key, string RequestHash);
+
 /// <summary>Output limits.</summary>
 public static class LogLimits
 {
@@ -66,13 +72,13 @@ public sealed record JobQuery(long? TenantId, string? State, long? After, int Li
 /// </summary>
 public interface IControlStore : IAsyncDisposable
 {
-    Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs);
+    Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs, IdempotencyClaim? once = null);
 
     Task<IReadOnlyList<TenantRecord>> ListTenantsAsync();
 
     Task<TenantRecord?> GetTenantAsync(long id);
 
-    Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs);
+    Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs, IdempotencyClaim? once = null);
 
     Task<KeyRecord?> FindKeyAsync(byte[] hash);
 
@@ -80,7 +86,7 @@ public interface IControlStore : IAsyncDisposable
 
     Task<bool> RevokeKeyAsync(long id, long nowMs);
 
-    Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs);
+    Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs, IdempotencyClaim? once = null);
 
     Task<ProviderRecord?> GetProviderAsync(long id);
 
@@ -142,7 +148,6 @@ public interface IControlStore : IAsyncDisposable
     /// <summary>The resource a creating request with this idempotency key made before, or null.</summary>
     Task<(string Resource, string? RequestHash)?> IdempotentGetAsync(string scope, string key);
 
-    Task IdempotentPutAsync(string scope, string key, string resource, long nowMs, string? requestHash = null);
 
     Task<IReadOnlyDictionary<string, long>> CountJobsByStateAsync();
 }

@@ -226,16 +226,31 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
 
     private const string TenantCols = "id, name, sector, weight, created";
 
-    public Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs) => Write(c =>
+    public Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs, IdempotencyClaim? once = null) => Write(c =>
     {
         if (Query(c, "SELECT 1 FROM tenants WHERE name = $n", r => 1, ("$n", name)).Count > 0)
         {
             throw new StoreConflictException("name_taken", $"name: a tenant named '{name}' already exists");
         }
 
-        return Query(c, $"INSERT INTO tenants(name, sector, weight, created) VALUES($n, $s, $w, $t) RETURNING {TenantCols}", MapTenant,
+        var t = Query(c, $"INSERT INTO tenants(name, sector, weight, created) VALUES($n, $s, $w, $t) RETURNING {TenantCols}", MapTenant,
             ("$n", name), ("$s", sector), ("$w", weight), ("$t", nowMs))[0];
+        Claim(c, once, t.Id, nowMs);
+        return t;
     });
+
+    /// <summary>Records an Idempotency-Key for the resource just made, in its transaction.</summary>
+    private static void Claim(SqliteConnection c, IdempotencyClaim? once, long resourceId, long nowMs)
+    {
+        if (once is null)
+        {
+            return;
+        }
+
+        using var cmd = Cmd(c, "INSERT INTO idempotency(scope, key, resource, created, request_hash) VALUES($s, $k, $r, $t, $h)",
+            ("$s", once.Scope), ("$k", once.Key), ("$r", resourceId.ToString(System.Globalization.CultureInfo.InvariantCulture)), ("$t", nowMs), ("$h", once.RequestHash));
+        cmd.ExecuteNonQuery();
+    }
 
     public Task<IReadOnlyList<TenantRecord>> ListTenantsAsync() =>
         Read<IReadOnlyList<TenantRecord>>(c => Query(c, $"SELECT {TenantCols} FROM tenants ORDER BY id", MapTenant));
@@ -248,9 +263,13 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
 
     private static KeyRecord MapKey(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), NLong(r, 3), NLong(r, 4), r.GetInt64(5), NLong(r, 6));
 
-    public Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs) => Write(c =>
-        Query(c, $"INSERT INTO api_keys(hash, prefix, role, tenant_id, provider_id, created) VALUES($h, $p, $r, $t, $v, $c) RETURNING {KeyCols}", MapKey,
-            ("$h", hash), ("$p", prefix), ("$r", role), ("$t", tenantId), ("$v", providerId), ("$c", nowMs))[0]);
+    public Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs, IdempotencyClaim? once = null) => Write(c =>
+    {
+        var k = Query(c, $"INSERT INTO api_keys(hash, prefix, role, tenant_id, provider_id, created) VALUES($h, $p, $r, $t, $v, $c) RETURNING {KeyCols}", MapKey,
+            ("$h", hash), ("$p", prefix), ("$r", role), ("$t", tenantId), ("$v", providerId), ("$c", nowMs))[0];
+        Claim(c, once, k.Id, nowMs);
+        return k;
+    });
 
     public Task<KeyRecord?> FindKeyAsync(byte[] hash) =>
         Read(c => Query(c, $"SELECT {KeyCols} FROM api_keys WHERE hash = $h AND revoked IS NULL", MapKey, ("$h", hash)).FirstOrDefault());
@@ -270,15 +289,17 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
     private static ProviderRecord MapProvider(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt64(4), NLong(r, 5),
         JsonSerializer.Deserialize<List<GroupOffer>>(r.GetString(6), Json) ?? [], r.GetInt64(7));
 
-    public Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs) => Write(c =>
+    public Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs, IdempotencyClaim? once = null) => Write(c =>
     {
         if (Query(c, "SELECT 1 FROM providers WHERE name = $n", r => 1, ("$n", name)).Count > 0)
         {
             throw new StoreConflictException("name_taken", $"name: a provider named '{name}' already exists");
         }
 
-        return Query(c, $"INSERT INTO providers(name, region, state, epoch, groups, created) VALUES($n, $r, 'new', 0, '[]', $t) RETURNING {ProviderCols}",
+        var p = Query(c, $"INSERT INTO providers(name, region, state, epoch, groups, created) VALUES($n, $r, 'new', 0, '[]', $t) RETURNING {ProviderCols}",
             MapProvider, ("$n", name), ("$r", region), ("$t", nowMs))[0];
+        Claim(c, once, p.Id, nowMs);
+        return p;
     });
 
     public Task<ProviderRecord?> GetProviderAsync(long id) =>
@@ -577,13 +598,6 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
     public Task<(string Resource, string? RequestHash)?> IdempotentGetAsync(string scope, string key) =>
         Read(c => Query(c, "SELECT resource, request_hash FROM idempotency WHERE scope = $s AND key = $k", r => ((string Resource, string? RequestHash)?)(r.GetString(0), NStr(r, 1)),
             ("$s", scope), ("$k", key)).FirstOrDefault());
-
-    public Task IdempotentPutAsync(string scope, string key, string resource, long nowMs, string? requestHash = null) => Write(c =>
-    {
-        using var cmd = Cmd(c, "INSERT OR IGNORE INTO idempotency(scope, key, resource, created, request_hash) VALUES($s, $k, $r, $t, $h)",
-            ("$s", scope), ("$k", key), ("$r", resource), ("$t", nowMs), ("$h", requestHash));
-        return cmd.ExecuteNonQuery();
-    });
 
     public Task<IReadOnlyDictionary<string, long>> CountJobsByStateAsync() => Read<IReadOnlyDictionary<string, long>>(c =>
         Query(c, "SELECT state, COUNT(*) FROM jobs GROUP BY state", r => (r.GetString(0), r.GetInt64(1))).ToDictionary(x => x.Item1, x => x.Item2));
