@@ -305,6 +305,11 @@ public sealed class ProviderAgent : IAsyncDisposable
             {
                 // Retry below.
             }
+            catch (TaskCanceledException)
+            {
+                // The request timed out (a busy or restarting server): the report is idempotent, so resend it.
+                _log($"job {id}: report '{state}' timed out; retrying");
+            }
 
             await Task.Delay(TimeSpan.FromMilliseconds(250 * (attempt + 1)));
         }

@@ -195,7 +195,17 @@ internal static partial class PlatformCommands
 
     private static async Task<int> RunUp(string urls, string dataDir, LocalBackend? local, ControlPlaneOptions cp, string localRegion)
     {
-        var app = await ServerHost.BuildAsync(new ServerOptions(urls, dataDir, cp));
+        Microsoft.AspNetCore.Builder.WebApplication app;
+        try
+        {
+            app = await ServerHost.BuildAsync(new ServerOptions(urls, dataDir, cp));
+        }
+        catch (DataFolderInUseException e)
+        {
+            Console.Error.WriteLine($"{Messages.Error}: {Messages.T(e.Message, $"数据目录 {dataDir} 正被另一个控制面使用；请先停止它，或用 --data 指定其他目录")}");
+            return ExitCodes.BadInput;
+        }
+
         await app.StartAsync();
         var address = urls.Split(';')[0].Replace("0.0.0.0", "127.0.0.1", StringComparison.Ordinal).Replace("[::]", "[::1]", StringComparison.Ordinal);
         Console.WriteLine(Messages.T($"Suanli control plane on {address}", $"算力控制面已启动：{address}"));

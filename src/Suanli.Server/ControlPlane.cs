@@ -787,16 +787,26 @@ public sealed partial class ControlPlane : BackgroundService
 
                 await CycleAsync();
             }
-            catch (OperationCanceledException)
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
             {
                 break;
             }
-            catch (Exception e) when (e is StoreConflictException or InvalidOperationException or ArgumentException)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
-                _log.LogError(e, "scheduling cycle failed");
+                // An infrastructure fault (a busy or failing database, a bug in one cycle) must not stop the host:
+                // log it, back off (doubling up to 30 s while it keeps failing) and try the next cycle.
+                _cycleFailures++;
+                _log.LogError(e, "scheduling cycle failed ({Failures} in a row); retrying", _cycleFailures);
+                await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(30_000, 100 * Math.Pow(2, Math.Min(_cycleFailures, 9)))), _time, stoppingToken)
+                    .ContinueWith(_ => { }, TaskScheduler.Default);
+                continue;
             }
+
+            _cycleFailures = 0;
         }
     }
+
+    private int _cycleFailures;
 
     private async Task DetectLostAsync()
     {

@@ -36,6 +36,9 @@ public static partial class ServerHost
             File.SetUnixFileMode(options.DataDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         }
 
+        // One writer: a second control plane on this data folder would serve the same database and fence the first
+        // one's agents in a loop. The lock is held for the life of the process (the OS drops it when it dies).
+        var dataLock = DataFolderLock.Acquire(options.DataDir);
         var store = SqliteStore.Open(Path.Combine(options.DataDir, "suanli.db"));
         // Content root away from the working folder (where the data folder usually is), and no configuration file
         // watching: a file watcher over a busy SQLite folder only burns CPU.
@@ -52,6 +55,7 @@ public static partial class ServerHost
         });
         builder.Logging.SetMinimumLevel(options.LogLevel);
         var metrics = new ServerMetrics();
+        builder.Services.AddSingleton(dataLock);
         builder.Services.AddSingleton<IControlStore>(store);
         builder.Services.AddSingleton<ILedgerStore>(store);
         builder.Services.AddSingleton(TimeProvider.System);
@@ -158,3 +162,35 @@ public static partial class ServerHost
         File.Move(tmp, path, overwrite: true);
     }
 }
+
+/// <summary>An exclusive lock on a data folder (<c>suanli.lock</c>, flock), so one control plane at a time serves it.</summary>
+public sealed class DataFolderLock : IDisposable
+{
+    private readonly FileStream _file;
+
+    private DataFolderLock(FileStream file) => _file = file;
+
+    /// <summary>Takes the lock, or throws <see cref="DataFolderInUseException"/> naming the process that holds it.</summary>
+    public static DataFolderLock Acquire(string dataDir)
+    {
+        var path = Path.Combine(dataDir, "suanli.lock");
+        FileStream file;
+        try
+        {
+            file = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        }
+        catch (IOException)
+        {
+            var holder = File.Exists(path + ".pid") ? File.ReadAllText(path + ".pid").Trim() : "another process";
+            throw new DataFolderInUseException($"data folder {dataDir} is in use by another control plane (pid {holder}); stop it first, or start this one with another --data");
+        }
+
+        File.WriteAllText(path + ".pid", Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        return new DataFolderLock(file);
+    }
+
+    public void Dispose() => _file.Dispose();
+}
+
+/// <summary>The data folder is served by another control plane.</summary>
+public sealed class DataFolderInUseException(string message) : IOException(message);

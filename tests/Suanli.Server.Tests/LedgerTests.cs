@@ -295,6 +295,28 @@ public sealed class LedgerTests : IDisposable
     }
 
     [Fact]
+    public async Task AnOperationThatThrowsAnything_FailsAlone_AndTheWriterLivesOn()
+    {
+        await using var s = Open();
+        var t = await s.CreateTenantAsync("before", "research", 1, 1);
+        // Not one of the store's own exception types: before, this ended the writer task and every later write hung.
+        var failed = s.Write<int>(c =>
+        {
+            using (var cmd = c.CreateCommand())
+            {
+                cmd.CommandText = "UPDATE tenants SET sector = 'half-done'";
+                cmd.ExecuteNonQuery();
+            }
+
+            throw new NotSupportedException("a bug in one operation");
+        });
+        await Assert.ThrowsAsync<NotSupportedException>(() => failed.WaitAsync(TimeSpan.FromSeconds(10)));
+        var after = await s.CreateTenantAsync("after", "research", 1, 2).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(["research", "research"], (await s.ListTenantsAsync()).Select(x => x.Sector));
+        Assert.NotEqual(t.Id, after.Id);
+    }
+
+    [Fact]
     public async Task MonthlyStatements_AddUp_ForAContractThatSpansTheMonthBoundary()
     {
         await using var s = Open();

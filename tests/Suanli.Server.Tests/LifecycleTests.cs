@@ -7,6 +7,25 @@ namespace Suanli.Server.Tests;
 public class LifecycleTests
 {
     [Fact]
+    public async Task ASecondControlPlane_OnTheSameDataFolder_RefusesToStart_AndTheFirstCarriesOn()
+    {
+        using var s = new ServerProcess(localProvider: false);
+        var output = new StringBuilder();
+        using var second = ServerProcess.StartSuanli(output, null, "up", "--urls", $"http://127.0.0.1:{ServerProcess.FreePort()}", "--data", s.DataDir, "--no-local-provider");
+        Assert.True(second.WaitForExit(TimeSpan.FromSeconds(60)), "the second control plane kept running on the same data folder");
+        second.WaitForExit(); // drains the redirected output
+        Assert.Equal(2, second.ExitCode);
+        lock (output)
+        {
+            Assert.Contains("is in use by another control plane", output.ToString(), StringComparison.Ordinal);
+        }
+
+        using var admin = s.Admin();
+        Assert.Equal(HttpStatusCode.OK, (await admin.GetAsync("/readyz")).StatusCode);
+        await admin.Tenant("still-serving");
+    }
+
+    [Fact]
     public async Task MinimalJob_RunsOnLocalProvider_WithLogsEventsAndUsage()
     {
         using var s = new ServerProcess();

@@ -75,8 +75,10 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
                         op.Result = op.Run(_writer);
                         Exec(_writer, "RELEASE op");
                     }
-                    catch (Exception e) when (e is StoreConflictException or SqliteException or InvalidOperationException or ArgumentException)
+                    catch (Exception e) when (e is not OutOfMemoryException)
                     {
+                        // Whatever one operation throws is that operation's failure: its writes are undone, the
+                        // caller gets the exception, and the writer goes on with the others.
                         Exec(_writer, "ROLLBACK TO op; RELEASE op");
                         op.Error = e;
                     }
@@ -97,8 +99,10 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
                     }
                 }
             }
-            catch (SqliteException e)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
+                // The batch itself failed (BEGIN or COMMIT: a full disk, a locked file): every caller gets the error,
+                // and the loop lives on for the next batch.
                 try
                 {
                     Exec(_writer, "ROLLBACK");
@@ -116,7 +120,7 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         }
     }
 
-    private async Task<T> Write<T>(Func<SqliteConnection, T> run)
+    internal async Task<T> Write<T>(Func<SqliteConnection, T> run)
     {
         var op = new WriteOp(c => run(c));
         ObjectDisposedException.ThrowIf(!_queue.Writer.TryWrite(op), this);
