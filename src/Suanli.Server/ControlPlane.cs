@@ -90,6 +90,12 @@ internal sealed class LiveJob(JobRecord record, JobDocument doc, JobSpec spec)
     /// <summary>Pool group id ("provider/group") of the allocation.</summary>
     public string? PoolGroup { get; set; }
 
+    /// <summary>
+    /// Parts of the allocation that a rebuilt pool put in other pool groups (offers re-partitioned the physical group
+    /// under a running job): they hold their nodes in the cluster state until the job ends.
+    /// </summary>
+    public List<(Allocation Part, string Group)> Parts { get; } = [];
+
     /// <summary>When the lease failed for want of funds: the wallet generation then, and why (retried once money moves).</summary>
     public (long Global, long Tenant, string Why)? Unfunded { get; set; }
 
@@ -125,6 +131,9 @@ public sealed partial class ControlPlane : BackgroundService
     private long _walletGeneration;
     private readonly System.Collections.Concurrent.ConcurrentDictionary<long, long> _tenantMoney = new();
     private Dictionary<int, (string LocalGroup, OfferRecord? Offer)> _poolGroups = [];
+
+    // Where each pool group sits in its physical node group: "provider/group", and its first node there.
+    private Dictionary<string, (string Physical, int Base, int Count)> _groupSpan = new(StringComparer.Ordinal);
     private readonly TimeProvider _time;
     private readonly ServerMetrics _metrics;
     private readonly ILogger<ControlPlane> _log;
@@ -198,7 +207,7 @@ public sealed partial class ControlPlane : BackgroundService
             var live = ToLive(j);
             if (j.Allocation is not null)
             {
-                (live.PoolGroup, _) = DecodeAllocation(j.Allocation);
+                (live.PoolGroup, _, _) = DecodeAllocation(j.Allocation);
             }
 
             _jobs[j.Id] = live;
@@ -683,6 +692,15 @@ public sealed partial class ControlPlane : BackgroundService
             _state.Release(j.Allocation);
         }
 
+        foreach (var (part, group) in j.Parts)
+        {
+            if (_state is not null && _pool is not null && _pool.Groups.Count > part.Group && _pool.Groups[part.Group].Id == group)
+            {
+                _state.Release(part);
+            }
+        }
+
+        j.Parts.Clear();
         j.Allocation = null;
     }
 
@@ -851,38 +869,48 @@ public sealed partial class ControlPlane : BackgroundService
         var ready = _providers.Values.Where(p => p.Record.State == ProviderStates.Ready && p.Record.Groups.Count > 0).OrderBy(p => p.Record.Id).ToList();
         var providers = ready.Select(p => new Provider(p.Record.Name, p.Record.Region, p.Record.Name)).ToList();
 
-        // A node group with live offers is sold in parts, one pool group per offer (its tier, its nodes, its price); one
-        // without offers is unpriced capacity open to every job.
+        // A node group with live offers is sold in parts, one pool group per offer (its tier, its nodes, its price), each
+        // a disjoint span of the physical group's nodes, so the offers together never sell a node twice; one without
+        // offers is unpriced capacity open to every job.
         var now = NowMs;
         var groups = new List<NodeGroup>();
         var poolGroups = new Dictionary<int, (string, OfferRecord?)>();
+        var spans = new Dictionary<string, (string, int, int)>(StringComparer.Ordinal);
         foreach (var p in ready)
         {
             foreach (var g in p.Record.Groups)
             {
                 var shape = new NodeShape(g.MilliCpu, g.MemoryMiB, g.Accelerator, g.Accelerators, g.GpuSharing);
+                var physical = $"{p.Record.Name}/{g.Id}";
                 var live = _offers.Values.Where(o => o.ProviderId == p.Record.Id && o.GroupId == g.Id && o.LiveAt(now)).OrderBy(o => o.Id).ToList();
                 if (live.Count == 0)
                 {
                     poolGroups[groups.Count] = (g.Id, null);
-                    groups.Add(new NodeGroup($"{p.Record.Name}/{g.Id}", p.Record.Name, shape, g.Nodes, g.PricePerNodeHour));
+                    spans[physical] = (physical, 0, g.Nodes);
+                    groups.Add(new NodeGroup(physical, p.Record.Name, shape, g.Nodes, g.PricePerNodeHour));
                     continue;
                 }
 
+                var next = 0;
                 foreach (var o in live)
                 {
-                    if (PriceUnits.PerNode(o.Unit, shape, Catalogue) is not { } perNode)
+                    var count = Math.Min(o.Nodes, g.Nodes - next);
+                    if (PriceUnits.PerNode(o.Unit, shape, Catalogue) is not { } perNode || count <= 0)
                     {
                         continue;
                     }
 
+                    var id = $"{physical}#offer{o.Id}";
                     poolGroups[groups.Count] = (g.Id, o);
-                    groups.Add(new NodeGroup($"{p.Record.Name}/{g.Id}#offer{o.Id}", p.Record.Name, shape, Math.Min(o.Nodes, g.Nodes), SpotPrice(o) * perNode / 100m,
+                    spans[id] = (physical, next, count);
+                    groups.Add(new NodeGroup(id, p.Record.Name, shape, count, SpotPrice(o) * perNode / 100m,
                         new MarketTerms(o.Tier, o.TenantId?.ToString(System.Globalization.CultureInfo.InvariantCulture), o.Id)));
+                    next += count;
                 }
             }
         }
 
+        _groupSpan = spans;
         _poolGroups = poolGroups;
         _offersChangeMs = _offers.Values.Where(o => o.WithdrawnMs is null).SelectMany(o => new[] { o.ValidFromMs, o.ValidToMs }).Where(t => t > now).DefaultIfEmpty(long.MaxValue).Min();
         _pool = new Pool(providers, groups, Options.Latency);
@@ -892,44 +920,72 @@ public sealed partial class ControlPlane : BackgroundService
         _priorInUse = (typical?.Count ?? 0, _shapeWindow.Count);
         _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill, typical: typical)) : null;
         _state = new ClusterState(_pool);
-        var index = groups.Select((g, i) => (g.Id, i)).ToDictionary(x => x.Id, x => x.i, StringComparer.Ordinal);
         foreach (var j in _jobs.Values)
         {
+            j.Parts.Clear();
+            j.Allocation = null;
             if (j.Record.Allocation is null || j.Record.State is not (JobStates.Leased or JobStates.Running or JobStates.Cancelled))
             {
-                j.Allocation = null;
                 continue;
             }
 
-            var (group, slices) = DecodeAllocation(j.Record.Allocation);
-            if (index.TryGetValue(group, out var gi) && slices.All(s => s.Node < groups[gi].NodeCount))
+            // The lease names the nodes by their place in the physical group; find them in today's partition (a job
+            // leased before an offer existed, or on an offer since withdrawn, still holds its nodes).
+            var (group, first, slices) = DecodeAllocation(j.Record.Allocation);
+            var physical = group.Split('#')[0];
+            var parts = slices.GroupBy(sl => Locate(groups, physical, first + sl.Node))
+                .Where(part => part.Key >= 0)
+                .Select(part => (Group: part.Key, Slices: part.Select(sl => sl with { Node = first + sl.Node - _groupSpan[groups[part.Key].Id].Base }).ToArray()))
+                .ToList();
+            foreach (var (gi, part) in parts)
             {
-                j.Allocation = new Allocation(gi, slices);
-                j.PoolGroup = group;
-                _state.Allocate(j.Allocation);
-            }
-            else
-            {
-                j.Allocation = null;
+                var a = new Allocation(gi, part);
+                _state.Allocate(a);
+                if (j.Allocation is null)
+                {
+                    j.Allocation = a;
+                    j.PoolGroup = groups[gi].Id;
+                }
+                else
+                {
+                    j.Parts.Add((a, groups[gi].Id));
+                }
             }
         }
 
         _poolDirty = false;
     }
 
-    private static string EncodeAllocation(string group, Allocation a) =>
-        JsonSerializer.Serialize(new { group, slices = a.Slices.Select(s => new[] { s.Node, s.MilliCpu, s.MemoryMiB, (long)s.DeviceMask, s.GpuMilli, s.Kind }) }, Json);
+    /// <summary>The pool group that holds node <paramref name="node"/> of a physical group, or -1 when none sells it now.</summary>
+    private int Locate(List<NodeGroup> groups, string physical, int node)
+    {
+        for (var i = 0; i < groups.Count; i++)
+        {
+            if (_groupSpan.TryGetValue(groups[i].Id, out var span) && span.Physical == physical && node >= span.Base && node < span.Base + span.Count)
+            {
+                return i;
+            }
+        }
 
-    private static (string Group, Slice[] Slices) DecodeAllocation(string json)
+        return -1;
+    }
+
+    /// <summary>The lease's allocation: its pool group, that group's first node in the physical group, the slices.</summary>
+    private string EncodeAllocation(string group, Allocation a) =>
+        JsonSerializer.Serialize(new { group, @base = _groupSpan.TryGetValue(group, out var span) ? span.Base : 0,
+            slices = a.Slices.Select(s => new[] { s.Node, s.MilliCpu, s.MemoryMiB, (long)s.DeviceMask, s.GpuMilli, s.Kind }) }, Json);
+
+    private static (string Group, int Base, Slice[] Slices) DecodeAllocation(string json)
     {
         using var d = JsonDocument.Parse(json);
         var group = d.RootElement.GetProperty("group").GetString()!;
+        var first = d.RootElement.TryGetProperty("base", out var b) ? b.GetInt32() : 0;
         var slices = d.RootElement.GetProperty("slices").EnumerateArray().Select(s =>
         {
             var v = s.EnumerateArray().Select(x => x.GetInt64()).ToArray();
             return new Slice((int)v[0], v[1], v[2], (ulong)v[3], (int)v[4], (int)v[5]);
         }).ToArray();
-        return (group, slices);
+        return (group, first, slices);
     }
 
     /// <summary>One scheduling cycle: the core decides, the store makes each lease durable, agents are woken.</summary>
@@ -937,7 +993,7 @@ public sealed partial class ControlPlane : BackgroundService
     {
         var t0 = Stopwatch.GetTimestamp();
         var held = await HeldByDependenciesAsync();
-        List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch, string LocalGroup, HoldPlan? Hold)> leases = [];
+        List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch, string LocalGroup, HoldPlan? Hold, string Encoded)> leases = [];
         long generationAtCycle = 0;
         Dictionary<long, long> tenantMoneyAtCycle = [];
         lock (_gate)
@@ -985,7 +1041,8 @@ public sealed partial class ControlPlane : BackgroundService
                 live.Unfunded = null;
                 _scheduler.Forget(placed.Job);
                 var (localGroup, offer) = _poolGroups[placed.Allocation.Group];
-                leases.Add((live, placed.Allocation, group, provider.Record.Id, provider.Record.Epoch, localGroup, offer is null ? null : HoldFor(live, group, offer)));
+                leases.Add((live, placed.Allocation, group, provider.Record.Id, provider.Record.Epoch, localGroup, offer is null ? null : HoldFor(live, group, offer),
+                    EncodeAllocation(group.Id, placed.Allocation)));
             }
 
             generationAtCycle = generation;
@@ -1003,7 +1060,7 @@ public sealed partial class ControlPlane : BackgroundService
                 var priced = l.Hold is { } h ? $"; {h.Tier} at {Money.Yuan(h.PriceFen)}/{h.Unit}, {Money.Yuan(h.HoldFen)} held in escrow" : "";
                 var rec = await _store.ApplyAsync(new Transition(l.Job.Record.Id, [JobStates.Queued], JobStates.Leased, $"leased to {l.Group.Id} (epoch {l.Epoch}){priced}")
                 {
-                    Lease = (l.ProviderId, l.LocalGroup, l.Epoch, EncodeAllocation(l.Group.Id, l.Alloc)), AtMs = now, Hold = l.Hold,
+                    Lease = (l.ProviderId, l.LocalGroup, l.Epoch, l.Encoded), AtMs = now, Hold = l.Hold,
                 });
                 lock (_gate)
                 {

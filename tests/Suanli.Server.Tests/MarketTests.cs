@@ -37,6 +37,36 @@ public class MarketTests
         string.Join(" ", (await c.Get($"/api/v1/jobs/{job}/explain"))["lines"]!.AsArray().Select(l => l!.GetValue<string>()));
 
     [Fact]
+    public async Task AnOfferPublishedUnderARunningJob_DoesNotSellItsNodeTwice()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var local = await LocalProvider(admin);
+        var cores = await LocalCores(admin);
+        var (tId, tKey) = await admin.Tenant("first-come");
+        await admin.Post($"/api/v1/wallets/{tId}/topups", new { amount = 100 }, HttpStatusCode.Created);
+        using var t = s.Client(tKey);
+        var whole = new { cpu = cores, memoryMiB = 64 };
+        var a = L((await t.Post("/api/v1/jobs", new { name = "holder", command = new[] { "sleep", "60" }, resources = whole, timeLimitSeconds = 120 }, HttpStatusCode.Created))["id"]);
+        await t.WaitJob(a, j => j.State() == "running");
+
+        // The provider now sells its only node; the job on it keeps it until it ends.
+        await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "on-demand", unit = "core-hour", price = 1, nodes = 1 }, HttpStatusCode.Created);
+        var b = L((await t.Post("/api/v1/jobs", new { name = "buyer", command = new[] { "true" }, resources = whole, timeLimitSeconds = 60 }, HttpStatusCode.Created))["id"]);
+        for (var i = 0; i < 20; i++)
+        {
+            await Task.Delay(150);
+            Assert.Equal("queued", (await t.Get($"/api/v1/jobs/{b}")).State());
+        }
+
+        Assert.Equal("running", (await t.Get($"/api/v1/jobs/{a}")).State());
+        await t.PostAsync($"/api/v1/jobs/{a}/cancel", null);
+        var done = await t.WaitJob(b, j => j.State() is "succeeded" or "failed");
+        Assert.Equal("succeeded", done.State());
+        Assert.Equal(100, L((await Settlement(admin, b))["priceFen"])); // it ran on the offer, after the holder
+    }
+
+    [Fact]
     public async Task PricedJobs_HoldEscrow_SettleMeteredCost_AndApplyVouchersExceptBetweenRelatedParties()
     {
         using var s = new ServerProcess();
