@@ -215,9 +215,17 @@ public sealed partial class ControlPlane : BackgroundService
         }
 
         // The scheduler's memory survives the restart: run-time history for the predictor, decayed usage for fair-share.
+        // The job started last, active or finished: the scheduler's continuation memory.
+        _recoveredLastStarted = _jobs.Values.Where(j => j.Record.StartedMs is not null).MaxBy(j => (j.Record.StartedMs, j.Record.Id))?.Spec;
+        long lastStartedMs = _jobs.Values.Select(j => j.Record.StartedMs ?? 0).DefaultIfEmpty(0).Max();
         foreach (var j in await _store.RecentFinishedJobsAsync(RunTimePredictor.HistoryDepth))
         {
             var spec = ToLive(j).Spec;
+            if (j.StartedMs > lastStartedMs)
+            {
+                (_recoveredLastStarted, lastStartedMs) = (spec, j.StartedMs!.Value);
+            }
+
             _predictor.Completed(spec, Math.Max(0, (j.EndedMs!.Value - j.StartedMs!.Value) / 1000));
             NoteShapeLocked(spec);
         }
@@ -826,6 +834,9 @@ public sealed partial class ControlPlane : BackgroundService
 
     private int _cycleFailures;
 
+    // The scheduler memory recovered at start-up, handed to the first scheduler built.
+    private JobSpec? _recoveredLastStarted;
+
     private async Task DetectLostAsync()
     {
         var now = NowMs;
@@ -918,7 +929,11 @@ public sealed partial class ControlPlane : BackgroundService
         var typical = PlacementUsesPrior ? TypicalTask.Of(_shapeCounts) : null;
         _shapesSinceBuild = 0;
         _priorInUse = (typical?.Count ?? 0, _shapeWindow.Count);
-        _scheduler = groups.Count > 0 ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill, typical: typical)) : null;
+        // The memory of the scheduler being replaced (or, after a restart, of the last run) carries over.
+        var memory = _scheduler?.LastStarted ?? _recoveredLastStarted;
+        _scheduler = groups.Count > 0
+            ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill, typical: typical)) { LastStarted = memory }
+            : null;
         _state = new ClusterState(_pool);
         foreach (var j in _jobs.Values)
         {

@@ -182,4 +182,90 @@ public class PropertyTests
             + "|" + string.Join(";", r.Reservations.Select(x => $"{x.JobId}@{x.Start}-{x.End}:{string.Join(',', x.Allocation.Slices.Select(y => y.Node))}"))
             + "|" + string.Join(";", r.Waiting.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key}={kv.Value}"));
     }
+
+    /// <summary>
+    /// The scheduler's memory is an explicit input: a scheduler rebuilt every cycle (as the control plane rebuilds it
+    /// when offers or providers change) decides exactly as one kept across cycles when it takes over
+    /// <see cref="Scheduler.LastStarted"/>; without it the suanli order's continuation rule is lost and decisions differ.
+    /// </summary>
+    [Fact]
+    public void RebuiltScheduler_WithTheMemory_DecidesAsAContinuingOne()
+    {
+        var differedWithout = 0;
+        for (var seed = 0; seed < 150; seed++)
+        {
+            var (withMemory, withoutMemory) = Replay(seed);
+            Assert.True(withMemory, $"seed {seed}: a rebuilt scheduler given the memory decided differently");
+            differedWithout += withoutMemory ? 0 : 1;
+        }
+
+        Assert.True(differedWithout > 0, "the workloads never exercised the memory: the check would pass without it");
+
+        static (bool WithMemory, bool WithoutMemory) Replay(int seed)
+        {
+            var rng = new System.Random(seed);
+            var pool = RandomPool(rng);
+            var policy = PolicyRegistry.Build("suanli", pool, backfill: BackfillMode.Easy);
+            // Few job templates, so identical siblings (arrays, sweeps) are common.
+            var templates = Enumerable.Range(0, 3).Select(_ => (Tenant: "t" + rng.Next(2), Task: new TaskResources(500L * rng.Next(1, 5), 256L * rng.Next(0, 5), 0, 0),
+                Tasks: rng.Next(1, 4), Requested: rng.Next(10, 300))).ToList();
+            var all = Enumerable.Range(0, 40).Select(i => templates[rng.Next(templates.Count)])
+                .Select((x, i) => new JobSpec(i, x.Tenant, x.Task, x.Tasks, rng.Next(0, 100), x.Requested, 0)).ToList();
+            var continuing = new Scheduler(pool, policy);
+            var (stateA, stateB, stateC) = (new ClusterState(pool), new ClusterState(pool), new ClusterState(pool));
+            var running = new List<RunningJob>();
+            var pending = new List<JobSpec>();
+            var (same, sameWithout, next) = (true, true, 0);
+            for (var t = 0; t < 12; t++)
+            {
+                for (var k = rng.Next(1, 6); k > 0 && next < all.Count; k--)
+                {
+                    pending.Add(all[next++]);
+                }
+
+                if (running.Count > 0 && rng.Next(3) > 0)
+                {
+                    var done = running[rng.Next(running.Count)];
+                    running.Remove(done);
+                    stateA.Release(done.Allocation);
+                    stateB.Release(done.Allocation);
+                    stateC.Release(done.Allocation);
+                }
+
+                var input = new CycleInput(10 * t, pending.ToList(), running.ToList());
+                var rebuilt = new Scheduler(pool, policy) { LastStarted = continuing.LastStarted };
+                var forgetful = new Scheduler(pool, policy);
+                var a = continuing.RunCycle(input, stateA);
+                var da = Key(a);
+                same &= da == Key(rebuilt.RunCycle(input, stateB));
+                var c = forgetful.RunCycle(input, stateC);
+                sameWithout &= da == Key(c);
+                if (!sameWithout)
+                {
+                    // Keep the forgetful one on the continuing one's track so later cycles stay comparable.
+                    stateC = new ClusterState(pool);
+                    foreach (var r in running)
+                    {
+                        stateC.Allocate(r.Allocation);
+                    }
+
+                    foreach (var st in a.Started)
+                    {
+                        stateC.Allocate(st.Allocation);
+                    }
+                }
+
+                foreach (var st in a.Started)
+                {
+                    pending.Remove(st.Job);
+                    continuing.Forget(st.Job);
+                    running.Add(new RunningJob(st.Job, 10 * t, st.Allocation));
+                }
+            }
+
+            return (same, sameWithout);
+        }
+
+        static string Key(CycleResult r) => string.Join(";", r.Started.Select(p => $"{p.Job.Id}@{p.Allocation.Group}:{string.Join(',', p.Allocation.Slices.Select(x => x.Node))}"));
+    }
 }

@@ -126,6 +126,17 @@ public sealed class Scheduler
     /// <summary>The pool.</summary>
     public Pool Pool { get; }
 
+    /// <summary>
+    /// The scheduler's memory across cycles: the job it started last (the suanli order lets that job's identical
+    /// siblings follow it). A scheduler rebuilt for a changed pool, or after a restart, takes it over so its decisions
+    /// stay the ones a single scheduler (and the simulator) would make.
+    /// </summary>
+    public JobSpec? LastStarted
+    {
+        get => _lastStarted;
+        init => _lastStarted = value;
+    }
+
     /// <summary>The policy.</summary>
     public Policy Policy { get; }
 
