@@ -252,7 +252,7 @@ public sealed class ProviderAgent : IAsyncDisposable
         var epoch = Epoch;
         var job = new JobLaunch(l.Id, l.Attempt, l.Command, l.Script, l.Env, l.Cpu, l.MemoryMiB, l.Tasks, l.TimeLimitSeconds) { Sbatch = l.Format == "sbatch", TenantId = l.TenantId };
         var logs = new LogShipper(this, l.Id, epoch);
-        _ = Task.Run(async () =>
+        _reports[l.Id] = Task.Run(async () =>
         {
             JobHandle rp;
             try
@@ -281,8 +281,10 @@ public sealed class ProviderAgent : IAsyncDisposable
                 return; // Fenced: the new epoch does not know this job.
             }
 
-            var state = code == 0 && rp.StoppedBecause is null ? "succeeded" : "failed";
+            // Stopped because this agent is shutting down: the job did not fail; the control plane requeues it.
+            var state = _stopping && rp.StoppedBecause == StoppingReason ? "interrupted" : code == 0 && rp.StoppedBecause is null ? "succeeded" : "failed";
             await ReportAsync(l.Id, epoch, state, code, rp.StoppedBecause ?? $"exit {code}", rp.Accounting);
+            _reports.TryRemove(l.Id, out _);
         });
     }
 
@@ -351,11 +353,25 @@ public sealed class ProviderAgent : IAsyncDisposable
         _running.Clear();
     }
 
+    private const string StoppingReason = "agent self-fenced: agent stopping";
+    private readonly ConcurrentDictionary<long, Task> _reports = new();
+    private volatile bool _stopping;
+
+    /// <summary>
+    /// Stops: every running job is stopped and reported as interrupted (the control plane requeues it without
+    /// charging or using an attempt), waiting up to 15 s for those reports before the connection closes.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
-        SelfFence("agent stopping");
+        _stopping = true;
+        foreach (var rp in _running.Values)
+        {
+            _backend.Stop(rp, StoppingReason);
+        }
+
+        _running.Clear();
+        await Task.WhenAll(_reports.Values).WaitAsync(TimeSpan.FromSeconds(15)).ContinueWith(_ => { }, TaskScheduler.Default);
         _http.Dispose();
-        await Task.CompletedTask;
     }
 
     /// <summary>

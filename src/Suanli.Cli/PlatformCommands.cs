@@ -258,6 +258,9 @@ internal static partial class PlatformCommands
             // Shutting down.
         }
 
+        // Graceful stop: no new leases, then the local agent stops its jobs and reports them interrupted (requeued,
+        // not charged), then the host stops.
+        app.Services.GetRequiredService<ControlPlane>().StopLeasing();
         await agentTask;
         if (agent is not null)
         {
@@ -320,7 +323,12 @@ internal static partial class PlatformCommands
                 e.Cancel = true;
                 stop.Cancel();
             };
-            AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.Cancel();
+            // SIGTERM: stop gracefully (the jobs are stopped and reported as interrupted before the process exits).
+            using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c =>
+            {
+                c.Cancel = true;
+                stop.Cancel();
+            });
             var agent = new ProviderAgent(options, backend, m => Console.WriteLine(m));
             try
             {

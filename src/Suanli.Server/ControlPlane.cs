@@ -539,12 +539,32 @@ public sealed partial class ControlPlane : BackgroundService
             return rec;
         }
 
-        if (state is not (JobStates.Succeeded or JobStates.Failed))
+        if (state is not (JobStates.Succeeded or JobStates.Failed or Interrupted))
         {
-            throw new ArgumentException($"state: agents report running, succeeded or failed, not '{state}'");
+            throw new ArgumentException($"state: agents report running, succeeded, failed or interrupted, not '{state}'");
         }
 
         var current = live?.Record ?? await _store.GetJobAsync(jobId) ?? throw new StoreConflictException("not_found", $"job {jobId} does not exist");
+        if (state == Interrupted && current.State is JobStates.Leased or JobStates.Running)
+        {
+            // The provider stopped the attempt itself (its agent is shutting down): the job did not fail and the
+            // tenant is not charged; it goes back to the queue without using one of its attempts.
+            var back = await _store.ApplyAsync(new Transition(jobId, [JobStates.Leased, JobStates.Running], JobStates.Queued,
+                $"interrupted by the provider: {message ?? "agent stopping"}; requeued")
+            {
+                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Requeue = true, GrantAttempt = true, Usage = UsageOf(current, live, now),
+                Settle = new SettlePlan(current.Attempt, Void: true, 0, "interrupted by the provider: not charged"), FeeBps = Options.FeeBps,
+                StartedMs = current.StartedMs is null ? now : null,
+            });
+            MoneyMoved(current.TenantId);
+            Finish(live, back, current.State);
+            return back;
+        }
+
+        if (state == Interrupted)
+        {
+            state = JobStates.Failed; // a cancelled job's process: ended, as below
+        }
         var usage = UsageOf(current, live, now) is { } metered
             ? metered with { BackendElapsedSeconds = backendElapsedSeconds, BackendTres = backendTres }
             : null;
@@ -586,6 +606,9 @@ public sealed partial class ControlPlane : BackgroundService
         Finish(live, done, current.State);
         return done;
     }
+
+    /// <summary>An agent's report that it stopped an attempt itself (shutting down), not the job failing.</summary>
+    public const string Interrupted = "interrupted";
 
     /// <summary>The charge for an attempt that ended normally: its metered time (0 when nothing was metered).</summary>
     private static SettlePlan Charge(JobRecord current, UsageRecord? usage, string note) =>
@@ -754,13 +777,15 @@ public sealed partial class ControlPlane : BackgroundService
             return;
         }
 
-        var retry = current.Attempt < current.MaxAttempts;
+        // A job leased but never started did not use its attempt: it goes back whatever its retry policy says.
+        var neverStarted = current.State == JobStates.Leased;
+        var retry = neverStarted || current.Attempt < current.MaxAttempts;
         try
         {
             var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Leased, JobStates.Running], retry ? JobStates.Queued : JobStates.Lost,
-                retry ? $"lost: {why}; retry {current.Attempt + 1}/{current.MaxAttempts}" : $"lost: {why}; no attempt left")
+                neverStarted ? $"lost before it started: {why}; requeued" : retry ? $"lost: {why}; retry {current.Attempt + 1}/{current.MaxAttempts}" : $"lost: {why}; no attempt left")
             {
-                AtMs = now, Requeue = retry, EndedMs = retry ? null : now, Reason = retry ? null : "provider lost", Usage = UsageOf(current, live, now),
+                AtMs = now, Requeue = retry, GrantAttempt = neverStarted, EndedMs = retry ? null : now, Reason = retry ? null : "provider lost", Usage = UsageOf(current, live, now),
                 Settle = new SettlePlan(current.Attempt, Void: true, 0, $"provider at fault: {why}"), FeeBps = Options.FeeBps,
             });
             MoneyMoved(current.TenantId);
@@ -1003,9 +1028,22 @@ public sealed partial class ControlPlane : BackgroundService
         return (group, first, slices);
     }
 
+    private volatile bool _leasing = true;
+
+    /// <summary>
+    /// Stops handing out new leases (the platform is shutting down: a job leased now would only be orphaned by the
+    /// stopping agent). Everything else — reports, logs, cancels — goes on until the host stops.
+    /// </summary>
+    public void StopLeasing() => _leasing = false;
+
     /// <summary>One scheduling cycle: the core decides, the store makes each lease durable, agents are woken.</summary>
     public async Task CycleAsync()
     {
+        if (!_leasing)
+        {
+            return;
+        }
+
         var t0 = Stopwatch.GetTimestamp();
         var held = await HeldByDependenciesAsync();
         List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch, string LocalGroup, HoldPlan? Hold, string Encoded)> leases = [];

@@ -7,6 +7,39 @@ namespace Suanli.Server.Tests;
 public class LifecycleTests
 {
     [Fact]
+    public async Task GracefulStop_OfThePlatform_RequeuesItsRunningJob_WithoutFailingOrChargingIt()
+    {
+        using var s = new ServerProcess();
+        using var admin = s.Admin();
+        var (tenantId, key) = await admin.Tenant("patient");
+        using (var t = s.Client(key))
+        {
+            var id = (await t.Post("/api/v1/jobs", Api.Job("through-a-restart", ["/bin/sh", "-c", "sleep 3; echo done"]), HttpStatusCode.Created))["id"]!.GetValue<long>();
+            await t.WaitJob(id, j => j.State() == "running");
+            using (var term = Process.Start("kill", ["-TERM", s.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+            {
+                await term.WaitForExitAsync();
+            }
+
+            var sw = Stopwatch.StartNew();
+            while (Process.GetProcesses().Any(p => p.Id == s.Pid) && sw.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(100);
+            }
+
+            s.Start();
+            using var again = s.Client(key);
+            var done = await again.WaitJob(id, j => j.State() is "succeeded" or "failed" or "lost", 60);
+            var history = (await again.Get($"/api/v1/jobs/{id}/events"))["items"]!.AsArray().Select(e => $"{e!["state"]}: {e["message"]}").ToList();
+            Assert.True(done.State() == "succeeded", string.Join("\n", history));
+            Assert.Contains(history, h => h.StartsWith("queued: interrupted by the provider", StringComparison.Ordinal));
+            Assert.DoesNotContain(history, h => h.StartsWith("failed", StringComparison.Ordinal));
+        }
+
+        _ = tenantId;
+    }
+
+    [Fact]
     public async Task ASecondControlPlane_OnTheSameDataFolder_RefusesToStart_AndTheFirstCarriesOn()
     {
         using var s = new ServerProcess(localProvider: false);
