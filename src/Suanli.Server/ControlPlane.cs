@@ -575,16 +575,21 @@ public sealed partial class ControlPlane : BackgroundService
             message = $"{message ?? $"exit {exitCode}"}; provider accounting: elapsed {be} s (Suanli metered {ours} s, difference {ours - be} s), TRES {backendTres}";
         }
 
-        if (current.State == JobStates.Cancelled)
+        async Task<JobRecord> CancelledProcessEnded(JobRecord cancelled)
         {
             // The process of a cancelled job ended: meter it and free its resources.
             var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Cancelled], JobStates.Cancelled, $"process stopped (exit {exitCode})")
             {
-                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Settle = Charge(current, usage, "cancelled by the tenant"), FeeBps = Options.FeeBps,
+                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Settle = Charge(cancelled, usage, "cancelled by the tenant"), FeeBps = Options.FeeBps,
             });
-            MoneyMoved(current.TenantId);
+            MoneyMoved(cancelled.TenantId);
             await ReleaseCancelledAsync(jobId);
             return rec;
+        }
+
+        if (current.State == JobStates.Cancelled)
+        {
+            return await CancelledProcessEnded(current);
         }
 
         var preempted = live?.Preempting;
@@ -601,7 +606,23 @@ public sealed partial class ControlPlane : BackgroundService
             EndedMs = retry ? null : now, ExitCode = retry ? null : exitCode, StartedMs = current.StartedMs is null ? now : null,
             Reason = state == JobStates.Failed && !retry ? message ?? $"exit {exitCode}" : null,
         };
-        var done = await _store.ApplyAsync(t);
+        JobRecord done;
+        try
+        {
+            done = await _store.ApplyAsync(t);
+        }
+        catch (StoreConflictException)
+        {
+            // A cancel may have won the race against this final report (our view of the job was from before it): the
+            // attempt still ran and is metered and charged as a cancelled one, not dropped.
+            if (await _store.GetJobAsync(jobId) is { State: JobStates.Cancelled } cancelled && cancelled.ProviderId == providerId && cancelled.Epoch == epoch)
+            {
+                return await CancelledProcessEnded(cancelled);
+            }
+
+            throw;
+        }
+
         MoneyMoved(current.TenantId);
         Finish(live, done, current.State);
         return done;
