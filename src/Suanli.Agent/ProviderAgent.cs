@@ -317,10 +317,18 @@ public sealed class ProviderAgent : IAsyncDisposable
         }
     }
 
-    /// <summary>Ships one chunk; resends on transient failures (the offset makes a resend harmless).</summary>
+    /// <summary>How long one chunk is retried while the control plane is unreachable (a restart, a failover).</summary>
+    internal static readonly TimeSpan ShipPatience = TimeSpan.FromMinutes(10);
+
+    /// <summary>
+    /// Ships one chunk, resending while the control plane is unreachable or failing (the offset makes a resend
+    /// harmless, so output is delivered once); a refusal (4xx: fenced, unknown job) is final. Meanwhile the job's
+    /// output waits in the shipper's bounded buffer, and the job blocks once that is full.
+    /// </summary>
     internal async Task ShipLogAsync(long id, long epoch, long offset, string data)
     {
-        for (var attempt = 0; attempt < 5; attempt++)
+        var started = DateTimeOffset.UtcNow;
+        for (var attempt = 0; DateTimeOffset.UtcNow - started < ShipPatience; attempt++)
         {
             try
             {
@@ -332,15 +340,21 @@ public sealed class ProviderAgent : IAsyncDisposable
             }
             catch (HttpRequestException)
             {
-                // Retried below; output is best effort while the server stays unreachable.
+                // Unreachable: retried below.
             }
             catch (TaskCanceledException)
             {
                 // Timed out: the server may have stored it; the offset makes the resend safe.
             }
+            catch (ObjectDisposedException)
+            {
+                return; // the agent has stopped
+            }
 
-            await Task.Delay(TimeSpan.FromMilliseconds(200 * (attempt + 1)));
+            await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(5000, 200 * (attempt + 1))));
         }
+
+        _log($"job {id}: output at offset {offset} could not be delivered within {ShipPatience.TotalMinutes:F0} min; dropped");
     }
 
     private void SelfFence(string why)

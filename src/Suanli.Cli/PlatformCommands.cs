@@ -538,37 +538,58 @@ internal static partial class PlatformCommands
     {
         var id = new Argument<long>("ID") { Description = "Job id / 作业编号" };
         var follow = new Option<bool>("--follow", "-f") { Description = "Keep printing until the job ends / 持续输出" };
-        var cmd = WithClientOptions(new Command("logs", "Print a job's output / 查看作业输出") { id, follow });
+        var attempt = new Option<int?>("--attempt") { Description = "Only this attempt's output / 仅显示该次尝试的输出" };
+        var cmd = WithClientOptions(new Command("logs", "Print a job's output, attempt by attempt / 查看作业输出") { id, follow, attempt });
         cmd.SetAction(r => Client(r, async api =>
         {
             long after = 0;
+            int? shown = null;
             var jid = r.GetValue(id);
+            var only = r.GetValue(attempt) is { } a ? $"&attempt={a}" : "";
+
+            // Prints every chunk after the cursor, page by page; a line on stderr marks where a later attempt begins.
+            async Task<int> Drain()
+            {
+                var printed = 0;
+                while (true)
+                {
+                    var items = (await api.GetAsync($"/api/v1/jobs/{jid}/logs?after={after}{only}"))["items"]!.AsArray();
+                    foreach (var c in items)
+                    {
+                        var at = c!["attempt"]?.GetValue<int>() ?? 1;
+                        if (at != shown && (shown is not null || at > 1))
+                        {
+                            Console.Out.Flush();
+                            Console.Error.WriteLine(Messages.T($"--- attempt {at} ---", $"--- 第 {at} 次尝试 ---"));
+                        }
+
+                        shown = at;
+                        Console.Out.Write(c["data"]!.GetValue<string>());
+                        after = c["seq"]!.GetValue<long>();
+                    }
+
+                    printed += items.Count;
+                    if (items.Count == 0)
+                    {
+                        return printed;
+                    }
+                }
+            }
+
             while (true)
             {
-                var page = await api.GetAsync($"/api/v1/jobs/{jid}/logs?after={after}");
-                foreach (var c in page["items"]!.AsArray())
-                {
-                    Console.Out.Write(c!["data"]!.GetValue<string>());
-                    after = c["seq"]!.GetValue<long>();
-                }
-
+                var printed = await Drain();
                 if (!r.GetValue(follow))
                 {
                     break;
                 }
 
-                if (page["items"]!.AsArray().Count == 0)
+                if (printed == 0)
                 {
                     var state = (await api.GetAsync($"/api/v1/jobs/{jid}"))["state"]!.GetValue<string>();
                     if (JobStates.IsTerminal(state))
                     {
-                        // One last read: output shipped just before the final report.
-                        var tail = await api.GetAsync($"/api/v1/jobs/{jid}/logs?after={after}");
-                        foreach (var c in tail["items"]!.AsArray())
-                        {
-                            Console.Out.Write(c!["data"]!.GetValue<string>());
-                        }
-
+                        await Drain(); // output shipped just before the final report
                         break;
                     }
 

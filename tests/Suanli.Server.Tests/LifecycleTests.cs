@@ -7,6 +7,43 @@ namespace Suanli.Server.Tests;
 public class LifecycleTests
 {
     [Fact]
+    public async Task OutputWrittenWhileTheControlPlaneIsDown_IsDeliveredOnce_AndEachAttemptsLogIsSeparate()
+    {
+        using var s = new ServerProcess(localProvider: false);
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("chatty");
+        var (_, providerKey) = await admin.Provider("steady");
+        var output = new StringBuilder();
+        using var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512", "--work-dir", s.DataDir + "-agent");
+        try
+        {
+            using var t = s.Client(key);
+            var id = (await t.Post("/api/v1/jobs", Api.Job("counter", ["/bin/sh", "-c", "i=1; while [ $i -le 40 ]; do echo line $i; i=$((i+1)); sleep 0.15; done"]), HttpStatusCode.Created))["id"]!.GetValue<long>();
+            await t.WaitJob(id, j => j.State() == "running", 60);
+            await Task.Delay(1000);
+            s.Kill(); // kill -9: the agent cannot reach it for a while; the job keeps printing
+            await Task.Delay(2500);
+            s.Start();
+            using var t2 = s.Client(key);
+            await t2.WaitJob(id, j => j.State() == "succeeded", 60);
+            var log = string.Concat((await t2.Get($"/api/v1/jobs/{id}/logs"))["items"]!.AsArray().Select(c => c!["data"]!.GetValue<string>()));
+            Assert.Equal(string.Concat(Enumerable.Range(1, 40).Select(n => $"line {n}\n")), log);
+
+            // A retried job: each chunk names its attempt, and one attempt's output can be read alone.
+            var retried = (await t2.Post("/api/v1/jobs", new { name = "flaky", command = new[] { "/bin/sh", "-c", "echo attempt $SUANLI_ATTEMPT; exit 3" },
+                resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, retry = new { maxAttempts = 2, onFailure = true } }, HttpStatusCode.Created))["id"]!.GetValue<long>();
+            await t2.WaitJob(retried, j => j.State() == "failed", 60);
+            var chunks = (await t2.Get($"/api/v1/jobs/{retried}/logs"))["items"]!.AsArray();
+            Assert.Equal([1, 2], chunks.Select(c => c!["attempt"]!.GetValue<int>()).Distinct());
+            Assert.Equal("attempt 2\n", string.Concat((await t2.Get($"/api/v1/jobs/{retried}/logs?attempt=2"))["items"]!.AsArray().Select(c => c!["data"]!.GetValue<string>())));
+        }
+        finally
+        {
+            agent.Kill(true);
+        }
+    }
+
+    [Fact]
     public async Task GracefulStop_OfThePlatform_RequeuesItsRunningJob_WithoutFailingOrChargingIt()
     {
         using var s = new ServerProcess();

@@ -157,14 +157,19 @@ public static partial class Endpoints
                 return Problems.Of(409, e.Code, e.Message);
             }
         }).AddEndpointFilter(opOrTenant).Produces<JobView>().WithTags("jobs").WithSummary("Cancel a job (its process tree is stopped)");
-        api.MapGet("/jobs/{id:long}/logs", async (long id, long? after, int? limit, HttpContext h, IControlStore s) =>
+        api.MapGet("/jobs/{id:long}/logs", async (long id, long? after, int? limit, int? attempt, HttpContext h, IControlStore s) =>
         {
             if (await Visible(h, s, id) is null)
             {
                 return Problems.NotFound($"job {id}");
             }
 
-            var chunks = await s.ReadLogsAsync(id, after ?? 0, Math.Clamp(limit ?? 1000, 1, 10_000));
+            if (attempt is < 1)
+            {
+                return Problems.Validation("attempt", "range", "must be 1 or more");
+            }
+
+            var chunks = await s.ReadLogsAsync(id, after ?? 0, Math.Clamp(limit ?? 1000, 1, 10_000), attempt);
             return Results.Ok(new ListPage<LogChunk>(chunks, chunks.Count > 0 ? chunks[^1].Seq.ToString(CultureInfo.InvariantCulture) : null));
         }).AddEndpointFilter(opOrTenant).WithTags("jobs").WithSummary("Read a job's output after a sequence number");
         api.MapGet("/jobs/{id:long}/events", async (long id, HttpContext h, IControlStore s) =>

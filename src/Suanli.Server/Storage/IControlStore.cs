@@ -136,7 +136,8 @@ public interface IControlStore : IAsyncDisposable
     /// <summary>Deletes the output of jobs that ended before <paramref name="endedBeforeMs"/>; returns the chunks removed.</summary>
     Task<int> PurgeLogsAsync(long endedBeforeMs);
 
-    Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit);
+    /// <summary>A job's output after sequence number <paramref name="after"/>; each chunk names its attempt (only one attempt's with <paramref name="attempt"/>).</summary>
+    Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit, int? attempt = null);
 
     Task<IReadOnlyList<JobEvent>> EventsAsync(long jobId);
 

@@ -70,7 +70,7 @@ public sealed record JobRecord(
 public sealed record JobEvent(long JobId, int Seq, long AtMs, string State, string Message);
 
 /// <summary>A chunk of a job's output.</summary>
-public sealed record LogChunk(long Seq, string Data);
+public sealed record LogChunk(long Seq, string Data, int Attempt = 1);
 
 /// <summary>Metered use of one attempt of a job.</summary>
 public sealed record UsageRecord(

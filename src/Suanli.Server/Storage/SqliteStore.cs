@@ -576,9 +576,9 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         return logs.ExecuteNonQuery();
     });
 
-    public Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit) => Read<IReadOnlyList<LogChunk>>(c =>
-        Query(c, "SELECT seq, data FROM job_logs WHERE job_id = $j AND seq > $a ORDER BY seq LIMIT $l", r => new LogChunk(r.GetInt64(0), r.GetString(1)),
-            ("$j", jobId), ("$a", after), ("$l", limit)));
+    public Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit, int? attempt = null) => Read<IReadOnlyList<LogChunk>>(c =>
+        Query(c, "SELECT seq, data, COALESCE(attempt, 1) FROM job_logs WHERE job_id = $j AND seq > $a AND ($t IS NULL OR COALESCE(attempt, 1) = $t) ORDER BY seq LIMIT $l",
+            r => new LogChunk(r.GetInt64(0), r.GetString(1), r.GetInt32(2)), ("$j", jobId), ("$a", after), ("$t", attempt), ("$l", limit)));
 
     public Task<IReadOnlyList<JobEvent>> EventsAsync(long jobId) => Read<IReadOnlyList<JobEvent>>(c =>
         Query(c, "SELECT job_id, seq, at, state, message FROM job_events WHERE job_id = $j ORDER BY seq",
