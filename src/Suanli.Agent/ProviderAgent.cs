@@ -15,6 +15,9 @@ public sealed record AgentOptions(Uri Server, string Key, string? Region, IReadO
 {
     /// <summary>Expected provider name (checked against the key's provider when given).</summary>
     public string? Name { get; init; }
+
+    /// <summary>Replace a live agent of the same provider instead of being refused (its jobs are then lost to it).</summary>
+    public bool TakeOver { get; init; }
 }
 
 /// <summary>The agent's fencing state was lost (stale epoch, or no heartbeat within the lease): it must re-register.</summary>
@@ -123,7 +126,7 @@ public sealed class ProviderAgent : IAsyncDisposable
     private async Task RegisterAsync(CancellationToken ct)
     {
         var groups = _options.Groups.Count > 0 ? _options.Groups : await _backend.DiscoverAsync(ct) ?? [];
-        using var resp = await _http.PostAsJsonAsync("/api/v1/agent/register", new { region = _options.Region, groups, isolation = _backend.Isolation }, Web, ct);
+        using var resp = await _http.PostAsJsonAsync("/api/v1/agent/register", new { region = _options.Region, groups, isolation = _backend.Isolation, takeOver = _options.TakeOver || _epoch > 0 }, Web, ct);
         if (!resp.IsSuccessStatusCode)
         {
             var body = await resp.Content.ReadAsStringAsync(ct);
@@ -161,7 +164,7 @@ public sealed class ProviderAgent : IAsyncDisposable
                     using var resp = await _http.PostAsJsonAsync("/api/v1/agent/heartbeat", new { epoch = Epoch, running = Running }, Web, ct);
                     if (resp.StatusCode == HttpStatusCode.Conflict)
                     {
-                        _log("heartbeat refused: stale epoch");
+                        _log("heartbeat refused: stale epoch (another agent registered for this provider, or the control plane marked it lost); stopping this instance's jobs");
                         return;
                     }
 

@@ -244,7 +244,10 @@ internal static partial class PlatformCommands
                     "[本地提供方] 警告：单用户模式，所有租户的作业都以当前用户运行；不要接纳陌生租户"));
             }
 
-            agent = new ProviderAgent(new AgentOptions(new Uri(address), secret, localRegion, [new Suanli.Agent.GroupOffer("local", cpu, mem, null, 0, 1, null)], dataDir),
+            agent = new ProviderAgent(new AgentOptions(new Uri(address), secret, localRegion, [new Suanli.Agent.GroupOffer("local", cpu, mem, null, 0, 1, null)], dataDir)
+                {
+                    TakeOver = true, // the data-folder lock makes this process the only control plane, so its own agent is the one
+                },
                 local, m => Console.WriteLine($"[local provider] {m}"));
             agentTask = agent.RunAsync(stop.Token);
         }
@@ -285,7 +288,8 @@ internal static partial class PlatformCommands
         var cpu = new Option<double?>("--cpu") { Description = "Cores offered (default: all) / 提供核数" };
         var mem = new Option<long?>("--memory-mib") { Description = "Memory offered in MiB (default: all) / 提供内存" };
         var price = new Option<decimal?>("--price") { Description = "Price per node-hour (CNY) / 每节点小时价格" };
-        var cmd = new Command("agent", "Run a provider agent / 运行提供方代理") { server, key, backendOpt, slurmrestd, outputDir, name, region, cpu, mem, price, WorkDirOpt, SingleUserOpt, UidBaseOpt };
+        var takeOver = new Option<bool>("--take-over") { Description = "Replace a live agent of the same provider (its jobs are lost) / 接管该提供方正在运行的代理" };
+        var cmd = new Command("agent", "Run a provider agent / 运行提供方代理") { server, key, backendOpt, slurmrestd, outputDir, name, region, cpu, mem, price, WorkDirOpt, SingleUserOpt, UidBaseOpt, takeOver };
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
             IJobBackend backend;
@@ -316,7 +320,7 @@ internal static partial class PlatformCommands
                     throw new ArgumentException("--backend: choose local or slurm");
             }
 
-            var options = new AgentOptions(new Uri(r.GetValue(server)!), r.GetValue(key)!, r.GetValue(region), offer, workDir) { Name = r.GetValue(name) };
+            var options = new AgentOptions(new Uri(r.GetValue(server)!), r.GetValue(key)!, r.GetValue(region), offer, workDir) { Name = r.GetValue(name), TakeOver = r.GetValue(takeOver) };
             using var stop = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) =>
             {

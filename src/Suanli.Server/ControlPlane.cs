@@ -112,6 +112,9 @@ internal sealed class LiveProvider(ProviderRecord record)
 
     public TaskCompletionSource Wake { get; set; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>When this process last heard from the provider's agent (registration or heartbeat); null since a restart.</summary>
+    public long? LastSeenMs { get; set; }
+
     /// <summary>How the agent said it isolates jobs at its last registration (null: its batch system does, or unknown).</summary>
     public string? Isolation { get; set; }
 }
@@ -361,8 +364,30 @@ public sealed partial class ControlPlane : BackgroundService
     // ------------------------------------------------------------------ agents
 
     /// <summary>Registers an agent's offer under a new fencing epoch; jobs held under older epochs are handled as lost.</summary>
-    public async Task<ProviderRecord> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups, string? isolation = null)
+    public async Task<ProviderRecord> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups, string? isolation = null, bool takeOver = true)
     {
+        lock (_gate)
+        {
+            // One agent per provider: a second one (the same key started twice) is refused while the first is alive,
+            // unless it was told to take over; a takeover is logged here and the old agent learns it from its next
+            // heartbeat (stale epoch).
+            if (_providers.TryGetValue(providerId, out var current) && current.Record.State == ProviderStates.Ready && current.LastSeenMs is { } seen
+                && NowMs - seen < Options.LostAfter.TotalMilliseconds)
+            {
+                if (!takeOver)
+                {
+                    throw new StoreConflictException("agent_live",
+                        $"provider {current.Record.Name} already has a live agent (epoch {current.Record.Epoch}, heard from {(NowMs - seen) / 1000.0:F1} s ago); "
+                        + "stop it, or start this one with --take-over to replace it");
+                }
+
+                if (_log.IsEnabled(LogLevel.Warning))
+                {
+                    _log.LogWarning("A new agent took over provider {Provider} from its live agent of epoch {Epoch}", current.Record.Name, current.Record.Epoch);
+                }
+            }
+        }
+
         var (p, orphans) = await _store.RegisterAsync(providerId, region, groups, NowMs);
         lock (_gate)
         {
@@ -371,11 +396,12 @@ public sealed partial class ControlPlane : BackgroundService
             {
                 live.Record = p;
                 live.LastHeartbeatMs = NowMs;
+                live.LastSeenMs = NowMs;
                 live.Isolation = isolation;
             }
             else
             {
-                _providers[p.Id] = new LiveProvider(p) { LastHeartbeatMs = NowMs, Isolation = isolation };
+                _providers[p.Id] = new LiveProvider(p) { LastHeartbeatMs = NowMs, LastSeenMs = NowMs, Isolation = isolation };
             }
 
             _poolDirty = true;
@@ -405,6 +431,7 @@ public sealed partial class ControlPlane : BackgroundService
             if (_providers.TryGetValue(providerId, out var p))
             {
                 p.LastHeartbeatMs = NowMs;
+                p.LastSeenMs = NowMs;
             }
 
             foreach (var id in runningJobs)

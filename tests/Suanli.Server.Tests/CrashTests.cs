@@ -208,6 +208,60 @@ public class CrashTests
     }
 
     [Fact]
+    public async Task ASecondAgent_WithTheSameKey_IsRefused_UnlessItTakesOver()
+    {
+        using var s = new ServerProcess(localProvider: false);
+        using var admin = s.Admin();
+        var (_, pkey) = await admin.Provider("single");
+        var first = new StringBuilder();
+        using var a = ServerProcess.StartSuanli(first, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "1", "--memory-mib", "512", "--work-dir", s.DataDir + "-a");
+        try
+        {
+            var sw = Stopwatch.StartNew();
+            while ((await admin.Get("/api/v1/providers"))["items"]![0]!["epoch"]!.GetValue<long>() == 0 && sw.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(100);
+            }
+
+            var second = new StringBuilder();
+            using (var b = ServerProcess.StartSuanli(second, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "1", "--memory-mib", "512", "--work-dir", s.DataDir + "-b"))
+            {
+                Assert.True(b.WaitForExit(TimeSpan.FromSeconds(60)), "the second agent kept running");
+                b.WaitForExit();
+                Assert.Equal(2, b.ExitCode);
+            }
+
+            lock (second)
+            {
+                Assert.Contains("already has a live agent", second.ToString(), StringComparison.Ordinal);
+            }
+
+            Assert.Equal(1, (await admin.Get("/api/v1/providers"))["items"]![0]!["epoch"]!.GetValue<long>());
+            var third = new StringBuilder();
+            using var c = ServerProcess.StartSuanli(third, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "1", "--memory-mib", "512", "--work-dir", s.DataDir + "-c", "--take-over");
+            try
+            {
+                sw.Restart();
+                while ((await admin.Get("/api/v1/providers"))["items"]![0]!["epoch"]!.GetValue<long>() < 2 && sw.Elapsed < TimeSpan.FromSeconds(30))
+                {
+                    await Task.Delay(100);
+                }
+
+                Assert.Equal(2, (await admin.Get("/api/v1/providers"))["items"]![0]!["epoch"]!.GetValue<long>());
+                Assert.Contains("took over provider single", s.Output, StringComparison.Ordinal);
+            }
+            finally
+            {
+                c.Kill(true);
+            }
+        }
+        finally
+        {
+            a.Kill(true);
+        }
+    }
+
+    [Fact]
     public async Task StaleEpoch_IsRefused_AfterReRegistration()
     {
         using var s = new ServerProcess(localProvider: false);
@@ -216,7 +270,9 @@ public class CrashTests
         using var p = s.Client(pkey);
         var offer = new { region = "r", groups = new[] { new { id = "g", milliCpu = 2000, memoryMiB = 2048, nodes = 1, accelerators = 0 } } };
         var e1 = (await p.Post("/api/v1/agent/register", offer))["epoch"]!.GetValue<long>();
-        var e2 = (await p.Post("/api/v1/agent/register", offer))["epoch"]!.GetValue<long>();
+        // A second registration while the first agent is live is refused unless it takes over.
+        Assert.Equal("agent_live", (await (await p.PostAsJsonAsync("/api/v1/agent/register", offer)).Json(HttpStatusCode.Conflict))["code"]!.GetValue<string>());
+        var e2 = (await p.Post("/api/v1/agent/register", new { region = "r", groups = offer.groups, takeOver = true }))["epoch"]!.GetValue<long>();
         Assert.Equal(e1 + 1, e2);
         var stale = await (await p.PostAsJsonAsync("/api/v1/agent/heartbeat", new { epoch = e1, running = Array.Empty<long>() })).Json(HttpStatusCode.Conflict);
         Assert.Equal("stale_epoch", stale["code"]!.GetValue<string>());
@@ -263,7 +319,7 @@ public class CrashTests
             await Task.Delay(300);
             Assert.True(Count($"# {marker}") > 0, "the job should outlive its killed agent");
 
-            again = ServerProcess.StartSuanli(out1, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "1", "--memory-mib", "512", "--work-dir", work);
+            again = ServerProcess.StartSuanli(out1, null, "agent", "--server", s.Url, "--key", pkey, "--cpu", "1", "--memory-mib", "512", "--work-dir", work, "--take-over");
             var sw = Stopwatch.StartNew();
             while (Count($"# {marker}") > 0 && sw.Elapsed < TimeSpan.FromSeconds(20))
             {

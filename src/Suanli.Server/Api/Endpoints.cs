@@ -35,7 +35,7 @@ public sealed record ListPage<T>(IReadOnlyList<T> Items, string? Next);
 
 public sealed record ProviderView(long Id, string Name, string Region, string State, long Epoch, DateTimeOffset? LastHeartbeat, IReadOnlyList<GroupOffer> Groups, int ActiveJobs, string? Isolation = null);
 
-public sealed record AgentRegister(string? Region, IReadOnlyList<GroupOffer> Groups, string? Isolation = null);
+public sealed record AgentRegister(string? Region, IReadOnlyList<GroupOffer> Groups, string? Isolation = null, bool TakeOver = false);
 
 public sealed record AgentRegistered(long ProviderId, string Name, long Epoch, double HeartbeatSeconds, double LeaseTimeoutSeconds);
 
@@ -710,7 +710,16 @@ public static partial class Endpoints
 
         var who = Who(h);
         var current = await s.GetProviderAsync(who.ProviderId!.Value);
-        var p = await cp.RegisterAsync(who.ProviderId!.Value, reg!.Region ?? current?.Region ?? "default", reg.Groups, reg.Isolation);
+        ProviderRecord p;
+        try
+        {
+            p = await cp.RegisterAsync(who.ProviderId!.Value, reg!.Region ?? current?.Region ?? "default", reg.Groups, reg.Isolation, reg.TakeOver);
+        }
+        catch (StoreConflictException e)
+        {
+            return Problems.Of(409, e.Code, e.Message);
+        }
+
         var lease = cp.Options.LostAfter.TotalSeconds;
         return Results.Ok(new AgentRegistered(p.Id, p.Name, p.Epoch, Math.Max(0.2, lease / 6), lease));
     }
