@@ -219,6 +219,9 @@ internal static partial class PlatformCommands
         };
         // SIGTERM is handled by the host (graceful stop); follow it.
         app.Lifetime.ApplicationStopping.Register(stop.Cancel);
+        // The local agent stops only after leasing has stopped: otherwise a job it reports interrupted could be leased
+        // again, to an agent that is going away.
+        using var agentStop = new CancellationTokenSource();
         Task agentTask = Task.CompletedTask;
         ProviderAgent? agent = null;
         if (local is not null)
@@ -249,7 +252,7 @@ internal static partial class PlatformCommands
                     TakeOver = true, // the data-folder lock makes this process the only control plane, so its own agent is the one
                 },
                 local, m => Console.WriteLine($"[local provider] {m}"));
-            agentTask = agent.RunAsync(stop.Token);
+            agentTask = agent.RunAsync(agentStop.Token);
         }
 
         try
@@ -264,6 +267,7 @@ internal static partial class PlatformCommands
         // Graceful stop: no new leases, then the local agent stops its jobs and reports them interrupted (requeued,
         // not charged), then the host stops.
         app.Services.GetRequiredService<ControlPlane>().StopLeasing();
+        await agentStop.CancelAsync();
         await agentTask;
         if (agent is not null)
         {

@@ -1099,6 +1099,11 @@ public sealed partial class ControlPlane : BackgroundService
         Dictionary<long, long> tenantMoneyAtCycle = [];
         lock (_gate)
         {
+            if (!_leasing)
+            {
+                return; // stopped while this cycle waited for the gate
+            }
+
             DrainInboxLocked();
             if (_poolDirty || NowMs >= _offersChangeMs)
             {
@@ -1188,14 +1193,21 @@ public sealed partial class ControlPlane : BackgroundService
                     l.Job.Unfunded = (generationAtCycle, tenantMoneyAtCycle.GetValueOrDefault(l.Job.Record.TenantId), $"waiting for funds: {e.Message}");
                 }
             }
-            catch (StoreConflictException)
+            catch (StoreConflictException e)
             {
-                // Cancelled meanwhile: give the resources back.
+                // Cancelled meanwhile, or the provider's agent re-registered (new epoch) since this cycle read the pool:
+                // give the resources back; the job, if still queued, is placed again on the current pool.
                 lock (_gate)
                 {
                     ReleaseLocked(l.Job);
-                    if (l.Job.Record.State == JobStates.Queued)
+                    if (e.Code == "stale_epoch")
                     {
+                        _poolDirty = true;
+                        Wake();
+                    }
+                    else if (l.Job.Record.State == JobStates.Queued)
+                    {
+                        // Our view said queued but the store refused: it was cancelled meanwhile.
                         _jobs.Remove(l.Job.Record.Id);
                     }
                 }

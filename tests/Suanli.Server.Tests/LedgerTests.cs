@@ -454,6 +454,11 @@ public sealed class SettlementPropertyTests : IDisposable
             var bank = store.CreateTenantAsync("bank", "finance", 1, now).GetAwaiter().GetResult();
             var p1 = store.CreateProviderAsync("p1", "r", now).GetAwaiter().GetResult();
             var p2 = store.CreateProviderAsync("p2", "r", now).GetAwaiter().GetResult();
+            foreach (var p in new[] { p1, p2 })
+            {
+                store.RegisterAsync(p.Id, "r", [new GroupOffer("g", 8000, 16384, null, 0, 4, null)], now).GetAwaiter().GetResult(); // epoch 1
+            }
+
             if (rng.Next(2) == 0)
             {
                 store.AddRelationAsync(research.Id, p2.Id, "sister company", now).GetAwaiter().GetResult();

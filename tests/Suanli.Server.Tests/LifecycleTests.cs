@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Text;
+using System.Text.Json.Nodes;
 
 namespace Suanli.Server.Tests;
 
@@ -66,7 +67,17 @@ public class LifecycleTests
 
             s.Start();
             using var again = s.Client(key);
-            var done = await again.WaitJob(id, j => j.State() is "succeeded" or "failed" or "lost", 60);
+            JsonNode done;
+            try
+            {
+                done = await again.WaitJob(id, j => j.State() is "succeeded" or "failed" or "lost", 60);
+            }
+            catch (Exception e)
+            {
+                var events = (await again.Get($"/api/v1/jobs/{id}/events"))["items"]!.AsArray().Select(e => $"{e!["state"]}: {e["message"]}");
+                throw new InvalidOperationException(e.Message + "\nevents:\n" + string.Join("\n", events) + "\noutput:\n" + s.Output, e);
+            }
+
             var history = (await again.Get($"/api/v1/jobs/{id}/events"))["items"]!.AsArray().Select(e => $"{e!["state"]}: {e["message"]}").ToList();
             Assert.True(done.State() == "succeeded", string.Join("\n", history));
             Assert.Contains(history, h => h.StartsWith("queued: interrupted by the provider", StringComparison.Ordinal));

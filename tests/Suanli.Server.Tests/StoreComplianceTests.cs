@@ -84,13 +84,39 @@ public abstract class StoreCompliance
     }
 
     [Fact]
-    public async Task Usage_IsRecordedWithTheFinalTransition()
+    public async Task ALease_IsFencedByTheProvidersCurrentEpoch_AndReadiness()
     {
         await using var s = Create();
         var t = await s.CreateTenantAsync("a", "x", 1, 1);
         var p = await s.CreateProviderAsync("p", "r", 1);
         var (j, _) = await s.SubmitAsync(Job(t.Id));
-        await s.ApplyAsync(new Transition(j.Id, [JobStates.Queued], JobStates.Leased, "l") { Lease = (p.Id, "g", 0, "{}") });
+        Transition Lease(long epoch) => new(j.Id, [JobStates.Queued], JobStates.Leased, "lease") { Lease = (p.Id, "g", epoch, "{}"), AtMs = 3 };
+
+        // Never registered: nobody would take the lease.
+        Assert.Equal("stale_epoch", (await Assert.ThrowsAsync<StoreConflictException>(() => s.ApplyAsync(Lease(0)))).Code);
+        var (reg, _) = await s.RegisterAsync(p.Id, "r", [new GroupOffer("g", 1000, 1024, null, 0, 1, null)], 2);
+        var (reg2, _) = await s.RegisterAsync(p.Id, "r", reg.Groups, 2);
+
+        // A cycle that read the pool before the agent re-registered: refused, and the job is still queued.
+        Assert.Equal("stale_epoch", (await Assert.ThrowsAsync<StoreConflictException>(() => s.ApplyAsync(Lease(reg.Epoch)))).Code);
+        Assert.Equal(JobStates.Queued, (await s.GetJobAsync(j.Id))!.State);
+        Assert.Equal(["queued"], (await s.EventsAsync(j.Id)).Select(e => e.State));
+
+        await s.MarkProviderLostAsync(p.Id, reg2.Epoch, 4);
+        Assert.Equal("stale_epoch", (await Assert.ThrowsAsync<StoreConflictException>(() => s.ApplyAsync(Lease(reg2.Epoch)))).Code);
+        var (reg3, _) = await s.RegisterAsync(p.Id, "r", reg.Groups, 5);
+        Assert.Equal(reg3.Epoch, (await s.ApplyAsync(Lease(reg3.Epoch))).Epoch);
+    }
+
+    [Fact]
+    public async Task Usage_IsRecordedWithTheFinalTransition()
+    {
+        await using var s = Create();
+        var t = await s.CreateTenantAsync("a", "x", 1, 1);
+        var p = await s.CreateProviderAsync("p", "r", 1);
+        var (reg, _) = await s.RegisterAsync(p.Id, "r", [new GroupOffer("g", 1000, 1024, null, 0, 1, null)], 1);
+        var (j, _) = await s.SubmitAsync(Job(t.Id));
+        await s.ApplyAsync(new Transition(j.Id, [JobStates.Queued], JobStates.Leased, "l") { Lease = (p.Id, "g", reg.Epoch, "{}") });
         await s.ApplyAsync(new Transition(j.Id, [JobStates.Leased], JobStates.Succeeded, "ok")
         {
             Usage = new UsageRecord(j.Id, 1, t.Id, p.Id, "g", "A100", 2, 2000, 4000, 1024, 0, 3_600_000), EndedMs = 3_600_000,
@@ -107,11 +133,12 @@ public abstract class StoreCompliance
         var a = await s.CreateTenantAsync("a", "x", 1, 1);
         var b = await s.CreateTenantAsync("b", "x", 1, 1);
         var p = await s.CreateProviderAsync("p", "r", 1);
+        var (reg, _) = await s.RegisterAsync(p.Id, "r", [new GroupOffer("g", 1000, 1024, null, 0, 1, null)], 1);
 
         async Task<long> Run(long tenant, string final, long started, long ended)
         {
             var (j, _) = await s.SubmitAsync(Job(tenant));
-            await s.ApplyAsync(new Transition(j.Id, [JobStates.Queued], JobStates.Leased, "l") { Lease = (p.Id, "g", 0, "{}") });
+            await s.ApplyAsync(new Transition(j.Id, [JobStates.Queued], JobStates.Leased, "l") { Lease = (p.Id, "g", reg.Epoch, "{}") });
             await s.ApplyAsync(new Transition(j.Id, [JobStates.Leased], JobStates.Running, "r") { StartedMs = started, AtMs = started });
             await s.ApplyAsync(new Transition(j.Id, [JobStates.Running], final, "end") { EndedMs = ended, AtMs = ended });
             return j.Id;

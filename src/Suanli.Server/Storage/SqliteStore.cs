@@ -461,7 +461,21 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
             args.Add(("$rp", p));
         }
 
+        if (t.Lease is not null)
+        {
+            // Fenced: a lease is only written for the provider's current epoch while it is ready. A cycle that read the
+            // pool before the agent re-registered would otherwise lease to an epoch no agent will ever ask for.
+            guard += " AND EXISTS (SELECT 1 FROM providers WHERE id = $lp AND epoch = $le AND state = 'ready')";
+        }
+
         var rec = Query(c, $"UPDATE jobs SET {string.Join(", ", sets)} WHERE {guard} RETURNING {JobCols}", MapJob, [.. args]).FirstOrDefault();
+        if (rec is null && t.Lease is { } fenced
+            && Query(c, "SELECT epoch, state FROM providers WHERE id = $p", r => (Epoch: r.GetInt64(0), State: r.GetString(1)), ("$p", fenced.Provider)).FirstOrDefault() is var (pe, ps)
+            && (pe != fenced.Epoch || ps != "ready"))
+        {
+            throw new StoreConflictException("stale_epoch", $"epoch: provider {fenced.Provider} is at epoch {pe} ({ps}), not {fenced.Epoch}; not leased");
+        }
+
         if (rec is null)
         {
             var now = Query(c, $"SELECT {JobCols} FROM jobs WHERE id = $id", MapJob, ("$id", t.JobId)).FirstOrDefault();
