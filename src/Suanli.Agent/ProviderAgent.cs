@@ -274,8 +274,10 @@ public sealed class ProviderAgent : IAsyncDisposable
             _running[l.Id] = rp;
             _launching.TryRemove(l.Id, out _);
             await rp.Started;
-            await ReportAsync(l.Id, epoch, "running", null, $"started: {rp.Where}");
+            var startedMs = Clock();
+            await ReportAsync(l.Id, epoch, "running", null, $"started: {rp.Where}", observedMs: startedMs);
             var code = await rp.Exited;
+            var endedMs = Clock();
             await logs.FlushAsync(final: true);
             logs.Dispose();
             _running.TryRemove(l.Id, out _);
@@ -286,21 +288,27 @@ public sealed class ProviderAgent : IAsyncDisposable
 
             // Stopped because this agent is shutting down: the job did not fail; the control plane requeues it.
             var state = _stopping && rp.StoppedBecause == StoppingReason ? "interrupted" : code == 0 && rp.StoppedBecause is null ? "succeeded" : "failed";
-            await ReportAsync(l.Id, epoch, state, code, rp.StoppedBecause ?? $"exit {code}", rp.Accounting);
+            await ReportAsync(l.Id, epoch, state, code, rp.StoppedBecause ?? $"exit {code}", rp.Accounting, endedMs, startedMs);
             _reports.TryRemove(l.Id, out _);
         });
     }
 
-    /// <summary>Reports a state change, retrying transient failures; a refusal (409/404) is final.</summary>
-    private async Task ReportAsync(long id, long epoch, string state, int? exitCode, string message, (long ElapsedSeconds, string Tres)? accounting = null)
+    /// <summary>
+    /// Reports a state change, retrying transient failures; a refusal (409/404) is final. <paramref name="observedMs"/>
+    /// is when this agent saw the change (the start for running, the end otherwise), so that a report delayed by an
+    /// unreachable control plane is metered by when it happened, not when it got through.
+    /// </summary>
+    private async Task ReportAsync(long id, long epoch, string state, int? exitCode, string message, (long ElapsedSeconds, string Tres)? accounting = null,
+        long? observedMs = null, long? observedStartMs = null)
     {
         var backendElapsedSeconds = accounting?.ElapsedSeconds;
         var backendTres = accounting?.Tres;
-        for (var attempt = 0; attempt < 20; attempt++)
+        var since = DateTimeOffset.UtcNow;
+        for (var attempt = 0; DateTimeOffset.UtcNow - since < ShipPatience; attempt++)
         {
             try
             {
-                using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/report", new { epoch, state, exitCode, message, backendElapsedSeconds, backendTres }, Web);
+                using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/report", new { epoch, state, exitCode, message, backendElapsedSeconds, backendTres, observedMs, observedStartMs }, Web);
                 if (resp.IsSuccessStatusCode || (int)resp.StatusCode is 404 or 409 or 400)
                 {
                     return;
@@ -316,9 +324,13 @@ public sealed class ProviderAgent : IAsyncDisposable
                 _log($"job {id}: report '{state}' timed out; retrying");
             }
 
-            await Task.Delay(TimeSpan.FromMilliseconds(250 * (attempt + 1)));
+            await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(5000, 250 * (attempt + 1))));
         }
+
+        _log($"job {id}: report '{state}' not delivered within {ShipPatience.TotalMinutes:F0} min; the control plane will treat the job as lost");
     }
+
+    private static long Clock() => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
 
     /// <summary>How long one chunk is retried while the control plane is unreachable (a restart, a failover).</summary>
     internal static readonly TimeSpan ShipPatience = TimeSpan.FromMinutes(10);

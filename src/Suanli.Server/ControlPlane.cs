@@ -99,6 +99,9 @@ internal sealed class LiveJob(JobRecord record, JobDocument doc, JobSpec spec)
     /// <summary>When the lease failed for want of funds: the wallet generation then, and why (retried once money moves).</summary>
     public (long Global, long Tenant, string Why)? Unfunded { get; set; }
 
+    /// <summary>When this process wrote the job's current lease (ms); null if leased before it started.</summary>
+    public long? LeasedMs { get; set; }
+
     /// <summary>A spot job told to stop: when the notice ends (ms) and why; null otherwise.</summary>
     public (long DeadlineMs, string Why)? Preempting { get; set; }
 }
@@ -546,7 +549,7 @@ public sealed partial class ControlPlane : BackgroundService
 
     /// <summary>An agent's report of a state change of one of its jobs (fenced by the epoch).</summary>
     public async Task<JobRecord> ReportAsync(long providerId, long epoch, long jobId, string state, int? exitCode, string? message,
-        long? backendElapsedSeconds = null, string? backendTres = null)
+        long? backendElapsedSeconds = null, string? backendTres = null, long? observedMs = null, long? observedStartMs = null)
     {
         LiveJob? live;
         lock (_gate)
@@ -558,9 +561,11 @@ public sealed partial class ControlPlane : BackgroundService
         var now = NowMs;
         if (state == JobStates.Running)
         {
+            // Metered from when the agent saw the process start, never before the lease nor after receipt.
+            var started = await ObservedStartAsync(jobId, live, observedMs, now);
             var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Leased], JobStates.Running, message ?? "started")
             {
-                RequireEpoch = epoch, RequireProvider = providerId, StartedMs = now, AtMs = now,
+                RequireEpoch = epoch, RequireProvider = providerId, StartedMs = started, AtMs = now,
             });
             Update(live, rec, JobStates.Leased);
             return rec;
@@ -572,6 +577,17 @@ public sealed partial class ControlPlane : BackgroundService
         }
 
         var current = live?.Record ?? await _store.GetJobAsync(jobId) ?? throw new StoreConflictException("not_found", $"job {jobId} does not exist");
+        var startFilledIn = current.StartedMs is null && current.State == JobStates.Leased;
+        if (startFilledIn)
+        {
+            // The running report never got through (the control plane was down for the whole run): the agent's
+            // observed start, bounded by the lease, stands in for it.
+            current = current with { StartedMs = await ObservedStartAsync(jobId, live, observedStartMs, now) };
+        }
+
+        // The attempt ends when the agent saw it end, bounded by its start and by receipt here: a report that waited
+        // out a control-plane outage does not bill the outage.
+        var endedMs = Math.Clamp(observedMs ?? now, current.StartedMs ?? now, now);
         if (state == Interrupted && current.State is JobStates.Leased or JobStates.Running)
         {
             // The provider stopped the attempt itself (its agent is shutting down): the job did not fail and the
@@ -579,9 +595,8 @@ public sealed partial class ControlPlane : BackgroundService
             var back = await _store.ApplyAsync(new Transition(jobId, [JobStates.Leased, JobStates.Running], JobStates.Queued,
                 $"interrupted by the provider: {message ?? "agent stopping"}; requeued")
             {
-                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Requeue = true, GrantAttempt = true, Usage = UsageOf(current, live, now),
+                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Requeue = true, GrantAttempt = true, Usage = UsageOf(current, live, endedMs),
                 Settle = new SettlePlan(current.Attempt, Void: true, 0, "interrupted by the provider: not charged"), FeeBps = Options.FeeBps,
-                StartedMs = current.StartedMs is null ? now : null,
             });
             MoneyMoved(current.TenantId);
             Finish(live, back, current.State);
@@ -592,7 +607,7 @@ public sealed partial class ControlPlane : BackgroundService
         {
             state = JobStates.Failed; // a cancelled job's process: ended, as below
         }
-        var usage = UsageOf(current, live, now) is { } metered
+        var usage = UsageOf(current, live, endedMs) is { } metered
             ? metered with { BackendElapsedSeconds = backendElapsedSeconds, BackendTres = backendTres }
             : null;
         if (usage?.BackendElapsedSeconds is { } be)
@@ -630,7 +645,7 @@ public sealed partial class ControlPlane : BackgroundService
                 ? new SettlePlan(current.Attempt, Void: true, 0, "preempted without notice: not charged")
                 : Charge(current, usage, preempted is null ? $"ended {state}" : "preempted after notice"),
             FeeBps = Options.FeeBps,
-            EndedMs = retry ? null : now, ExitCode = retry ? null : exitCode, StartedMs = current.StartedMs is null ? now : null,
+            EndedMs = retry ? null : endedMs, ExitCode = retry ? null : exitCode, StartedMs = !retry && startFilledIn ? current.StartedMs : null,
             Reason = state == JobStates.Failed && !retry ? message ?? $"exit {exitCode}" : null,
         };
         JobRecord done;
@@ -662,6 +677,27 @@ public sealed partial class ControlPlane : BackgroundService
     private static SettlePlan Charge(JobRecord current, UsageRecord? usage, string note) =>
         usage is null ? new SettlePlan(current.Attempt, Void: true, 0, note + "; nothing metered")
             : new SettlePlan(current.Attempt, Void: false, Math.Max(0, usage.EndedMs - usage.StartedMs), note);
+
+    /// <summary>
+    /// When an attempt started, as the agent observed it, bounded below by its lease (a provider cannot bill time before
+    /// it was given the job) and above by <paramref name="now"/>; without an observation, now.
+    /// </summary>
+    private async Task<long> ObservedStartAsync(long jobId, LiveJob? live, long? observed, long now)
+    {
+        if (observed is not { } o || o >= now)
+        {
+            return now;
+        }
+
+        var leasedMs = live?.LeasedMs;
+        if (leasedMs is null)
+        {
+            // Leased before this process started: the lease's event carries its time.
+            leasedMs = (await _store.EventsAsync(jobId)).LastOrDefault(e => e.State == JobStates.Leased)?.AtMs;
+        }
+
+        return Math.Clamp(o, leasedMs ?? now, now);
+    }
 
     private UsageRecord? UsageOf(JobRecord j, LiveJob? live, long now)
     {
@@ -1171,6 +1207,7 @@ public sealed partial class ControlPlane : BackgroundService
                 lock (_gate)
                 {
                     l.Job.Record = rec;
+                    l.Job.LeasedMs = now;
                     if (_providers.TryGetValue(l.ProviderId, out var p))
                     {
                         p.Wake.TrySetResult();

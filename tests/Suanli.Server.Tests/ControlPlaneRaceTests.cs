@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
 using Suanli.Server.Storage;
 
 namespace Suanli.Server.Tests;
@@ -48,5 +49,55 @@ public sealed class ControlPlaneRaceTests : IDisposable
         var usage = Assert.Single(await store.JobUsageAsync(job.Id));
         Assert.True(usage.EndedMs - usage.StartedMs >= 30, $"metered {usage.EndedMs - usage.StartedMs} ms");
         Assert.Contains(await store.EventsAsync(job.Id), e => e.Message.StartsWith("process stopped", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task AnAttempt_IsMeteredFromTheAgentsObservedTimes_BoundedByTheLeaseAndByReceipt()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        await using var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
+        var cp = new ControlPlane(store, store, clock, new ServerMetrics(), new ControlPlaneOptions(), NullLogger<ControlPlane>.Instance);
+        await cp.RecoverAsync();
+        long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
+        var t = await store.CreateTenantAsync("a", "research", 1, Now());
+        cp.TenantCreated(t);
+        var p = await store.CreateProviderAsync("p", "r", Now());
+        cp.ProviderCreated(p);
+        var reg = await cp.RegisterAsync(p.Id, "r", [new GroupOffer("g", 4000, 8192, null, 0, 2, null)]);
+        var doc = JobDocument.Parse("""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600}""", cp.Catalogue);
+
+        // A provider that claims its job started long before it was leased is metered from the lease.
+        var (early, _) = await cp.SubmitAsync(t.Id, doc, null);
+        await cp.CycleAsync();
+        var leasedAt = Now();
+        clock.Advance(TimeSpan.FromSeconds(2));
+        var running = await cp.ReportAsync(p.Id, reg.Epoch, early.Id, JobStates.Running, null, "started", observedMs: 0);
+        Assert.Equal(leasedAt, running.StartedMs);
+
+        // A claimed end in the future is metered to receipt.
+        clock.Advance(TimeSpan.FromSeconds(10));
+        var done = await cp.ReportAsync(p.Id, reg.Epoch, early.Id, JobStates.Succeeded, 0, "exit 0", observedMs: Now() + 3_600_000);
+        Assert.Equal(Now(), done.EndedMs);
+
+        // A job that ran 5 s while the control plane could not hear it for a minute: 5 s, not 60.
+        var (late, _) = await cp.SubmitAsync(t.Id, doc, null);
+        await cp.CycleAsync();
+        clock.Advance(TimeSpan.FromSeconds(1));
+        var startedAt = Now();
+        await cp.ReportAsync(p.Id, reg.Epoch, late.Id, JobStates.Running, null, "started", observedMs: startedAt);
+        clock.Advance(TimeSpan.FromSeconds(60));
+        var ended = await cp.ReportAsync(p.Id, reg.Epoch, late.Id, JobStates.Succeeded, 0, "exit 0", observedMs: startedAt + 5_000);
+        Assert.Equal(startedAt + 5_000, ended.EndedMs);
+        var usage = Assert.Single(await store.JobUsageAsync(late.Id));
+        Assert.Equal(5_000, usage.EndedMs - usage.StartedMs);
+
+        // Its running report never got through at all: the final report's observed start stands in, bounded by the lease.
+        var (unseen, _) = await cp.SubmitAsync(t.Id, doc, null);
+        await cp.CycleAsync();
+        var unseenLease = Now();
+        clock.Advance(TimeSpan.FromSeconds(30));
+        var whole = await cp.ReportAsync(p.Id, reg.Epoch, unseen.Id, JobStates.Succeeded, 0, "exit 0", observedMs: unseenLease + 9_000, observedStartMs: unseenLease + 2_000);
+        Assert.Equal(unseenLease + 2_000, whole.StartedMs);
+        Assert.Equal(7_000, Assert.Single(await store.JobUsageAsync(unseen.Id)).EndedMs - whole.StartedMs!.Value);
     }
 }

@@ -45,6 +45,39 @@ public class LifecycleTests
     }
 
     [Fact]
+    public async Task AJobThatEndsWhileTheControlPlaneIsDown_IsMeteredByWhenItRan_NotByWhenTheReportGotThrough()
+    {
+        using var s = new ServerProcess(localProvider: false);
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("punctual");
+        var (_, providerKey) = await admin.Provider("patient-agent");
+        var output = new StringBuilder();
+        using var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512", "--work-dir", s.DataDir + "-agent");
+        try
+        {
+            using var t = s.Client(key);
+            var id = (await t.Post("/api/v1/jobs", Api.Job("short", ["/bin/sh", "-c", "sleep 1"]), HttpStatusCode.Created))["id"]!.GetValue<long>();
+            await t.WaitJob(id, j => j.State() == "running", 60);
+            s.Kill(); // the job ends about a second later, while nobody can hear it
+            var down = Stopwatch.StartNew();
+            await Task.Delay(6000);
+            s.Start();
+            using var t2 = s.Client(key);
+            await t2.WaitJob(id, j => j.State() == "succeeded", 60);
+            var usage = Assert.Single((await t2.Get($"/api/v1/jobs/{id}/usage"))["items"]!.AsArray())!;
+            var metered = usage["endedMs"]!.GetValue<long>() - usage["startedMs"]!.GetValue<long>();
+            Assert.True(down.ElapsedMilliseconds >= 6000);
+
+            // A one-second job: before, it was metered to the report's receipt, past the six-second outage.
+            Assert.InRange(metered, 900, 4000);
+        }
+        finally
+        {
+            agent.Kill(true);
+        }
+    }
+
+    [Fact]
     public async Task GracefulStop_OfThePlatform_RequeuesItsRunningJob_WithoutFailingOrChargingIt()
     {
         using var s = new ServerProcess();

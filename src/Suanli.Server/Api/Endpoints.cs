@@ -45,7 +45,13 @@ public sealed record AgentHeartbeatReply(IReadOnlyList<long> Stop, IReadOnlyList
 
 public sealed record AgentLease(long Epoch, double? WaitSeconds);
 
-public sealed record AgentReport(long Epoch, string State, int? ExitCode, string? Message, long? BackendElapsedSeconds = null, string? BackendTres = null);
+/// <summary>
+/// An agent's report. <c>ObservedMs</c> is when the agent saw the change happen (Unix ms, its clock): the process start
+/// for <c>running</c>, its end otherwise; the control plane meters from it, bounded by its own lease and receipt times,
+/// so a report delayed by a control-plane outage does not bill the outage.
+/// </summary>
+public sealed record AgentReport(long Epoch, string State, int? ExitCode, string? Message, long? BackendElapsedSeconds = null, string? BackendTres = null,
+    long? ObservedMs = null, long? ObservedStartMs = null);
 
 public sealed record AgentLog(long Epoch, string Data, long? Offset);
 
@@ -239,13 +245,18 @@ public static partial class Endpoints
                 return err;
             }
 
+            if (r!.ObservedMs is < 0 or > 253_402_300_799_999 || r.ObservedStartMs is < 0 or > 253_402_300_799_999)
+            {
+                return Problems.Validation(r.ObservedMs is < 0 or > 253_402_300_799_999 ? "observedMs" : "observedStartMs", "range", "observed times are Unix milliseconds between 1970 and 9999");
+            }
+
             if (r!.State is null || r.Message is { Length: > 4096 } || r.BackendTres is { Length: > 1024 })
             {
                 return Problems.Validation(r.State is null ? "state" : r.Message is { Length: > 4096 } ? "message" : "backendTres", r.State is null ? "required" : "length",
                     "state is required; message at most 4096 characters; backendTres at most 1024");
             }
 
-            return await Fenced(async () => Results.Ok(JobView.Of(await cp.ReportAsync(Who(h).ProviderId!.Value, r!.Epoch, id, r.State, r.ExitCode, r.Message, r.BackendElapsedSeconds, r.BackendTres))));
+            return await Fenced(async () => Results.Ok(JobView.Of(await cp.ReportAsync(Who(h).ProviderId!.Value, r!.Epoch, id, r.State, r.ExitCode, r.Message, r.BackendElapsedSeconds, r.BackendTres, r.ObservedMs, r.ObservedStartMs))));
         }).AddEndpointFilter(provider).Accepts<AgentReport>("application/json");
         agent.MapPost("/jobs/{id:long}/logs", async (long id, HttpContext h, ControlPlane cp) =>
         {
