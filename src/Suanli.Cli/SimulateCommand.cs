@@ -38,13 +38,14 @@ internal static class SimulateCommand
         var seed = new Option<int?>("--seed") { Description = "Seed (fgd: one seed instead of 42..51)" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object" };
         var jobsOut = new Option<string?>("--jobs-out") { Description = "Write per-job CSV here" };
+        var dependencies = new Option<bool>("--dependencies") { Description = "SWF: honour field 17 (preceding job) as an afterany dependency / 按 SWF 第 17 字段（前序作业）设置依赖" };
         var cmd = new Command("simulate", "Replay a trace through the scheduler / 用调度器回放作业轨迹")
         {
-            trace, format, cluster, policy, placement, backfill, protocol, seed, json, jobsOut,
+            trace, format, cluster, policy, placement, backfill, protocol, seed, json, jobsOut, dependencies,
         };
         cmd.SetAction(r => Guard(() => Run(
             r.GetValue(trace)!, r.GetValue(format), r.GetValue(cluster), r.GetValue(policy), r.GetValue(placement)!,
-            r.GetValue(backfill), r.GetValue(protocol), r.GetValue(seed), r.GetValue(json), r.GetValue(jobsOut))));
+            r.GetValue(backfill), r.GetValue(protocol), r.GetValue(seed), r.GetValue(json), r.GetValue(jobsOut), r.GetValue(dependencies))));
         return cmd;
     }
 
@@ -68,7 +69,7 @@ internal static class SimulateCommand
     }
 
     private static int Run(string tracePath, string? formatText, string? clusterPath, string? policyName, string placement,
-        string? backfillText, string? protocol, int? seed, bool json, string? jobsOut)
+        string? backfillText, string? protocol, int? seed, bool json, string? jobsOut, bool dependencies)
     {
         if (!File.Exists(tracePath))
         {
@@ -85,7 +86,8 @@ internal static class SimulateCommand
         var sw = Stopwatch.StartNew();
         return protocol switch
         {
-            null => RunReplay(tracePath, format, clusterPath, policyName ?? "fcfs", placement, backfillText, json, jobsOut, sw),
+            null => RunReplay(tracePath, format, clusterPath, policyName ?? "fcfs", placement, backfillText, json, jobsOut, dependencies, sw),
+            _ when dependencies => throw new ArgumentException("--dependencies: only without --protocol (the protocols define their own replay)"),
             "rlscheduler" when format == TraceFormat.Swf => RunRl(tracePath, policyName ?? "fcfs", backfillText, json, sw),
             "rlscheduler" => throw new ArgumentException("--protocol rlscheduler: needs an SWF trace"),
             "fgd" when format == TraceFormat.Pai => RunFgd(tracePath, policyName ?? "fgd", seed, json, sw),
@@ -104,10 +106,15 @@ internal static class SimulateCommand
     };
 
     private static int RunReplay(string tracePath, TraceFormat format, string? clusterPath, string policyName, string placement,
-        string? backfillText, bool json, string? jobsOut, Stopwatch sw)
+        string? backfillText, bool json, string? jobsOut, bool dependencies, Stopwatch sw)
     {
         var mode = ParseBackfill(backfillText);
-        var trace = TraceFiles.Load(tracePath, format);
+        if (dependencies && format != TraceFormat.Swf)
+        {
+            throw new ArgumentException("--dependencies: only for SWF traces (field 17)");
+        }
+
+        var trace = TraceFiles.Load(tracePath, format, dependencies);
         var pool = clusterPath is not null ? ClusterFile.Load(clusterPath)
             : trace.DefaultPool ?? throw new ArgumentException("--cluster: this trace implies no cluster; pass a cluster file");
         var typical = placement is "fgd" or "suanli" && format == TraceFormat.Pai

@@ -38,8 +38,6 @@ public sealed partial class ControlPlane
         ["SUANLI_PREEMPT_NOTICE_SECONDS"] = ((int)Options.SpotNotice.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture),
     };
 
-    private bool SpotAdmitted(LiveJob j) => !IsSpot(j) || _spotWinners.Contains(j.Record.Id);
-
     private string SpotWhy(LiveJob j)
     {
         var instrument = InstrumentOf(j, AskLotsLocked());

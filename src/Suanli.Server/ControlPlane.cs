@@ -286,7 +286,9 @@ public sealed partial class ControlPlane : BackgroundService
     {
         var doc = JobDocument.FromStored(j.Spec);
         var spec = new JobSpec(j.Id, j.TenantId.ToString(System.Globalization.CultureInfo.InvariantCulture), doc.ToTask(), doc.Tasks, j.SubmittedMs / 1000,
-            doc.TimeLimitSeconds, j.PriorityClass, Constraints: doc.Constraints, Budget: doc.Budget, Tier: doc.Tier);
+            doc.TimeLimitSeconds, j.PriorityClass, Constraints: doc.Constraints, Budget: doc.Budget, Tier: doc.Tier,
+            Dependencies: doc.Dependencies.Count == 0 ? null : [.. doc.DependencyList.Select(d => new JobDependency(JobDependency.ParseKind(d.Kind) ?? DependencyKind.AfterAny, d.Job))],
+            Array: doc.ArrayLimit is { } limit ? new ArrayMembership(doc.ArrayKey(j.Id)!.Value, limit) : null);
         return new LiveJob(j, doc, spec);
     }
 
@@ -1024,7 +1026,7 @@ public sealed partial class ControlPlane : BackgroundService
                     poolGroups[groups.Count] = (g.Id, o);
                     spans[id] = (physical, next, count);
                     groups.Add(new NodeGroup(id, p.Record.Name, shape, count, SpotPrice(o) * perNode / 100m,
-                        new MarketTerms(o.Tier, o.TenantId?.ToString(System.Globalization.CultureInfo.InvariantCulture), o.Id)));
+                        new MarketTerms(o.Tier, o.TenantId?.ToString(System.Globalization.CultureInfo.InvariantCulture), o.Id, BuyerSellerPrices(o).Buyer, perNode)));
                     next += count;
                 }
             }
@@ -1032,6 +1034,7 @@ public sealed partial class ControlPlane : BackgroundService
 
         _groupSpan = spans;
         _poolGroups = poolGroups;
+        _pricedPool = groups.Any(g => g.Terms is { PriceFen: > 0 });
         _offersChangeMs = _offers.Values.Where(o => o.WithdrawnMs is null).SelectMany(o => new[] { o.ValidFromMs, o.ValidToMs }).Where(t => t > now).DefaultIfEmpty(long.MaxValue).Min();
         _pool = new Pool(providers, groups, Options.Latency);
         ReplayUsageLocked();
@@ -1129,8 +1132,11 @@ public sealed partial class ControlPlane : BackgroundService
         }
 
         var t0 = Stopwatch.GetTimestamp();
-        var held = await HeldByDependenciesAsync();
+        await LearnFatesAsync();
+        var spendable = _pricedPool ? await _ledger.SpendableAsync(NowMs) : null;
         List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch, string LocalGroup, HoldPlan? Hold, string Encoded)> leases = [];
+        List<(JobSpec Job, string Reason)> doomed;
+        var scheduled = false;
         long generationAtCycle = 0;
         Dictionary<long, long> tenantMoneyAtCycle = [];
         lock (_gate)
@@ -1146,14 +1152,17 @@ public sealed partial class ControlPlane : BackgroundService
                 RebuildPoolLocked();
             }
 
+            // Admission (dependencies, array throttles, spot) is the core's: the simulator runs the same rules.
             var generation = Interlocked.Read(ref _walletGeneration);
-            var queued = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null && !held.Contains(j.Record.Id)
-                && !StillUnfunded(j, generation) && SpotAdmitted(j)).ToList();
-            queued = ThrottleArraysLocked(queued);
+            var candidates = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null && !StillUnfunded(j, generation)).Select(j => j.Spec);
+            var admission = Admission.Admit(candidates, AdmissionInputLocked());
+            _holds = admission.Held;
+            doomed = admission.Doomed;
+            var queued = admission.Admitted.ConvertAll(j => _jobs[j.Id]);
             _metrics.QueueDepth(queued.Count);
-            if (queued.Count == 0 || _scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
+            if (_scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
             {
-                return;
+                queued.Clear();
             }
 
             // Jobs no node group of the current pool can ever run stay queued (explain names the filters) but are not
@@ -1161,37 +1170,60 @@ public sealed partial class ControlPlane : BackgroundService
             var pending = new List<JobSpec>(queued.Count);
             foreach (var j in queued)
             {
-                if (_scheduler.FeasibleGroups(j.Spec).Count > 0)
+                if (_scheduler!.FeasibleGroups(j.Spec).Count > 0)
                 {
                     pending.Add(j.Spec);
                 }
             }
 
-            var running = _jobs.Values.Where(j => j.Allocation is not null)
-                .Select(j => new RunningJob(j.Spec, (j.Record.StartedMs ?? NowMs) / 1000, j.Allocation!)).ToList();
-            var tenants = _tenants.Values.ToDictionary(t => t.Id.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                t => new Tenant(t.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), [t.Sector], t.Weight));
-            var result = _scheduler.RunCycle(new CycleInput(NowMs / 1000, pending, running, tenants, _fairShare, Predictor: _predictor), _state);
-            _waits = result.Waiting;
-            foreach (var placed in result.Started)
+            _waits = [];
+            if (pending.Count > 0)
             {
-                var live = _jobs[placed.Job.Id];
-                var group = _pool.Groups[placed.Allocation.Group];
-                var provider = _providers.Values.First(p => p.Record.Name == group.ProviderId);
-                live.Allocation = placed.Allocation;
-                live.PoolGroup = group.Id;
-                live.Unfunded = null;
-                _scheduler.Forget(placed.Job);
-                var (localGroup, offer) = _poolGroups[placed.Allocation.Group];
-                leases.Add((live, placed.Allocation, group, provider.Record.Id, provider.Record.Epoch, localGroup, offer is null ? null : HoldFor(live, group, offer),
-                    EncodeAllocation(group.Id, placed.Allocation)));
-            }
+                scheduled = true;
+                var running = _jobs.Values.Where(j => j.Allocation is not null)
+                    .Select(j => new RunningJob(j.Spec, (j.Record.StartedMs ?? NowMs) / 1000, j.Allocation!)).ToList();
+                var tenants = _tenants.Values.ToDictionary(t => t.Id.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                    t => new Tenant(t.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), [t.Sector], t.Weight));
+                var funds = spendable is null ? null : FundsLocked(pending, spendable);
+                var result = _scheduler!.RunCycle(new CycleInput(NowMs / 1000, pending, running, tenants, _fairShare, Predictor: _predictor, Funds: funds), _state!);
+                _waits = result.Waiting;
+                foreach (var placed in result.Started)
+                {
+                    var live = _jobs[placed.Job.Id];
+                    var group = _pool!.Groups[placed.Allocation.Group];
+                    var provider = _providers.Values.First(p => p.Record.Name == group.ProviderId);
+                    live.Allocation = placed.Allocation;
+                    live.PoolGroup = group.Id;
+                    live.Unfunded = null;
+                    _scheduler.Forget(placed.Job);
+                    var (localGroup, offer) = _poolGroups[placed.Allocation.Group];
+                    leases.Add((live, placed.Allocation, group, provider.Record.Id, provider.Record.Epoch, localGroup, offer is null ? null : HoldFor(live, group, offer),
+                        EncodeAllocation(group.Id, placed.Allocation)));
+                }
 
-            generationAtCycle = generation;
-            foreach (var l in leases)
-            {
-                tenantMoneyAtCycle[l.Job.Record.TenantId] = _tenantMoney.GetValueOrDefault(l.Job.Record.TenantId);
+                generationAtCycle = generation;
+                foreach (var l in leases)
+                {
+                    tenantMoneyAtCycle[l.Job.Record.TenantId] = _tenantMoney.GetValueOrDefault(l.Job.Record.TenantId);
+                }
             }
+        }
+
+        foreach (var (job, reason) in doomed)
+        {
+            try
+            {
+                await CancelAsync(job.Id, reason);
+            }
+            catch (StoreConflictException)
+            {
+                // Cancelled or started meanwhile.
+            }
+        }
+
+        if (!scheduled)
+        {
+            return;
         }
 
         var now = NowMs;
@@ -1255,126 +1287,93 @@ public sealed partial class ControlPlane : BackgroundService
         _metrics.Cycle(_lastCycle.TotalSeconds, leases.Count);
     }
 
-    /// <summary>
-    /// Array throttling (Slurm's --array=…%N): of an array's queued elements only as many are offered to the scheduler
-    /// as the limit leaves after its leased and running elements, lowest ids first.
-    /// </summary>
-    private List<LiveJob> ThrottleArraysLocked(List<LiveJob> queued)
+    // What admission knows of the jobs queued jobs depend on that have left the live set: a final state never changes,
+    // so each is read from the store once; entries no queued job needs any more are dropped.
+    private readonly Dictionary<long, JobFate> _fates = [];
+    private Dictionary<long, Hold> _holds = [];
+    private bool _pricedPool;
+
+    private static JobFate FateOf(string state) => state switch
     {
-        if (!queued.Any(j => j.Doc.ArrayLimit is not null))
-        {
-            return queued;
-        }
+        JobStates.Succeeded => JobFate.Succeeded,
+        JobStates.Failed or JobStates.Cancelled or JobStates.Lost => JobFate.Unsuccessful,
+        _ => JobFate.Pending,
+    };
 
-        var active = _jobs.Values.Where(j => j.Doc.ArrayLimit is not null && j.Record.State is JobStates.Leased or JobStates.Running)
-            .GroupBy(j => j.Doc.ArrayKey(j.Record.Id)!.Value).ToDictionary(g => g.Key, g => g.Count());
-        var offered = new Dictionary<long, int>();
-        var result = new List<LiveJob>(queued.Count);
-        foreach (var j in queued.OrderBy(j => j.Record.Id))
-        {
-            if (j.Doc.ArrayKey(j.Record.Id) is not { } key)
-            {
-                result.Add(j);
-                continue;
-            }
-
-            var used = active.GetValueOrDefault(key) + offered.GetValueOrDefault(key);
-            if (used < j.Doc.ArrayLimit!.Value)
-            {
-                offered[key] = offered.GetValueOrDefault(key) + 1;
-                result.Add(j);
-            }
-        }
-
-        return result;
-    }
-
-    private Dictionary<long, string> _dependencyWait = [];
-
-    /// <summary>
-    /// Queued jobs whose dependencies do not hold yet (kept out of this cycle). A job whose dependency can no longer
-    /// hold (afterok on a job that failed, afternotok on one that succeeded, or a dependency that vanished) is
-    /// cancelled with the reason, as Slurm does with DependencyNeverSatisfied.
-    /// </summary>
-    private async Task<HashSet<long>> HeldByDependenciesAsync()
+    /// <summary>Reads, once each, the final states of dependencies that are no longer live (outside the gate).</summary>
+    private async Task LearnFatesAsync()
     {
-        List<(long Id, List<(string Kind, long Job)> Deps)> waiting;
-        var active = new Dictionary<long, string>();
+        List<long> unknown;
         lock (_gate)
         {
             DrainInboxLocked();
-            waiting = [.. _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Doc.Dependencies.Count > 0)
-                .Select(j => (j.Record.Id, j.Doc.DependencyList.ToList()))];
-            foreach (var (_, deps) in waiting)
+            var needed = new HashSet<long>();
+            foreach (var j in _jobs.Values)
             {
-                foreach (var (_, dep) in deps)
+                if (j.Record.State == JobStates.Queued)
                 {
-                    if (_jobs.TryGetValue(dep, out var d) && d.Record.State is JobStates.Queued or JobStates.Leased or JobStates.Running)
+                    foreach (var d in j.Spec.After)
                     {
-                        active[dep] = d.Record.State;
+                        needed.Add(d.JobId);
                     }
                 }
             }
+
+            foreach (var id in _fates.Keys.Where(id => !needed.Contains(id)).ToList())
+            {
+                _fates.Remove(id);
+            }
+
+            unknown = [.. needed.Where(id => !_jobs.ContainsKey(id) && !_fates.ContainsKey(id))];
         }
 
-        var held = new HashSet<long>();
-        var why = new Dictionary<long, string>();
-        var finals = new Dictionary<long, string?>();
-        foreach (var (id, deps) in waiting)
+        foreach (var id in unknown)
         {
-            var pending = new List<string>();
-            string? impossible = null;
-            foreach (var (kind, dep) in deps)
+            var rec = await _store.GetJobAsync(id);
+            lock (_gate)
             {
-                if (active.TryGetValue(dep, out var state))
-                {
-                    pending.Add($"{kind}:{dep} (job {dep} is {state})");
-                    continue;
-                }
-
-                if (!finals.TryGetValue(dep, out var final))
-                {
-                    final = finals[dep] = (await _store.GetJobAsync(dep))?.State;
-                }
-
-                var holds = kind switch
-                {
-                    "afterok" => final == JobStates.Succeeded,
-                    "afternotok" => final is JobStates.Failed or JobStates.Cancelled or JobStates.Lost,
-                    _ => final is not null && JobStates.IsTerminal(final),
-                };
-                if (!holds)
-                {
-                    impossible ??= final is null ? $"dependency {kind}:{dep}: job {dep} does not exist" : $"dependency {kind}:{dep} can never be satisfied: job {dep} ended {final}";
-                }
-            }
-
-            if (impossible is not null)
-            {
-                try
-                {
-                    await CancelAsync(id, impossible);
-                }
-                catch (StoreConflictException)
-                {
-                    // Cancelled or started meanwhile.
-                }
-
-                held.Add(id);
-            }
-            else if (pending.Count > 0)
-            {
-                held.Add(id);
-                why[id] = string.Join(", ", pending);
+                _fates[id] = rec is null ? JobFate.Missing : FateOf(rec.State);
             }
         }
+    }
 
-        lock (_gate)
+    private AdmissionInput AdmissionInputLocked()
+    {
+        var active = new Dictionary<long, int>();
+        foreach (var j in _jobs.Values)
         {
-            _dependencyWait = why;
+            if (j.Spec.Array is { } a && j.Record.State is JobStates.Leased or JobStates.Running)
+            {
+                active[a.ArrayId] = active.GetValueOrDefault(a.ArrayId) + 1;
+            }
         }
 
-        return held;
+        // A dependency neither live nor learnt yet (it left the live set since LearnFatesAsync) waits one more cycle.
+        return new AdmissionInput(
+            id => _jobs.TryGetValue(id, out var d) ? FateOf(d.Record.State) : _fates.TryGetValue(id, out var f) ? f : JobFate.Pending,
+            active,
+            _spotWinners);
+    }
+
+    /// <summary>What each tenant with queued work can put in escrow this cycle (fen); tenants without a floor are not checked.</summary>
+    private static Dictionary<string, long> FundsLocked(List<JobSpec> pending, IReadOnlyDictionary<long, long> spendable)
+    {
+        var funds = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (var j in pending)
+        {
+            if (funds.ContainsKey(j.Tenant))
+            {
+                continue;
+            }
+
+            var have = spendable.GetValueOrDefault(long.Parse(j.Tenant, System.Globalization.CultureInfo.InvariantCulture));
+            if (have != long.MaxValue)
+            {
+                funds[j.Tenant] = have;
+            }
+        }
+
+        return funds;
     }
 
     /// <summary>Why a job waits (or where it could run), in words.</summary>
@@ -1398,19 +1397,19 @@ public sealed partial class ControlPlane : BackgroundService
                 return ["no provider with capacity has registered yet"];
             }
 
-            if (_dependencyWait.TryGetValue(job.Id, out var deps))
+            if (_holds.TryGetValue(job.Id, out var hold))
             {
-                return [$"waiting for dependencies: {deps}"];
+                return [hold.Kind switch
+                {
+                    WaitKind.Dependencies => $"waiting for dependencies: {hold.Detail}",
+                    WaitKind.SpotNotAdmitted => SpotWhy(live),
+                    _ => $"waiting: {hold.Detail}",
+                }];
             }
 
             if (live.Unfunded is { } funds)
             {
                 return [funds.Why];
-            }
-
-            if (!SpotAdmitted(live))
-            {
-                return [SpotWhy(live)];
             }
 
             WaitReason? reason = _waits.TryGetValue(job.Id, out var w) ? w : null;
@@ -1443,20 +1442,22 @@ public sealed partial class ControlPlane : BackgroundService
     }
 
     /// <summary>The escrow a lease on an offer's capacity holds: the job's units on that node shape × price × its time limit.</summary>
+    /// <remarks>The amount is the core's <see cref="Escrow.HoldFen"/> on the pool group's terms: the rule the scheduler's funds check used.</remarks>
     private HoldPlan HoldFor(LiveJob job, NodeGroup group, OfferRecord offer)
     {
-        var perNode = PriceUnits.PerNode(offer.Unit, group.Shape, Catalogue) ?? 0;
-        var units = Charging.UnitsMilli(job.Spec.Task, job.Spec.Tasks, group.Shape, perNode);
-        // Spot pays the clearing prices; a reserved contract was paid up front (take-or-pay), so its use is metered at 0.
-        var (buyer, seller) = offer.Tier switch
-        {
-            Tiers.Interruptible => SpotPrices(offer),
-            Tiers.Reserved when offer.ContractFen is not null => (0, 0),
-            _ => (offer.PriceFen, offer.PriceFen),
-        };
+        var terms = group.Terms ?? throw new InvalidOperationException($"pool group {group.Id} sells offer {offer.Id} without terms");
+        var (_, seller) = BuyerSellerPrices(offer);
         var domestic = group.Shape.AcceleratorModel is { } m && Catalogue.Find(m)?.Domestic == true;
-        return new HoldPlan(offer.Id, offer.Tier, offer.Unit, buyer, seller, units, Charging.Cost(buyer, units, job.Doc.TimeLimitSeconds * 1000), domestic);
+        return new HoldPlan(offer.Id, offer.Tier, offer.Unit, terms.PriceFen ?? 0, seller, Escrow.UnitsMilli(job.Spec, group, terms), Escrow.HoldFen(job.Spec, group), domestic);
     }
+
+    /// <summary>What a job pays and the provider earns per unit-hour of an offer: spot pays the clearing prices; a reserved contract was paid up front (take-or-pay), so its use is metered at 0.</summary>
+    private (long Buyer, long Seller) BuyerSellerPrices(OfferRecord offer) => offer.Tier switch
+    {
+        Tiers.Interruptible => SpotPrices(offer),
+        Tiers.Reserved when offer.ContractFen is not null => (0, 0),
+        _ => (offer.PriceFen, offer.PriceFen),
+    };
 
     private long _nextHousekeepingMs;
 

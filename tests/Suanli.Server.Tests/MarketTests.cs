@@ -208,19 +208,18 @@ public class MarketTests
         }
         while (!why.Contains("waiting for funds", StringComparison.Ordinal) && sw.Elapsed < TimeSpan.FromSeconds(20));
         Assert.Contains("waiting for funds", why, StringComparison.Ordinal);
-        Assert.Contains($"tenant:{cId}", why, StringComparison.Ordinal);
+        Assert.Contains($"tenant {cId} can put up 0.00", why, StringComparison.Ordinal);
         Assert.Equal("queued", (await c.Get($"/api/v1/jobs/{job}")).State());
 
-        // Money moving for another tenant does not wake this job: its lease is not tried again (the counter stays put).
+        // The scheduler knew the wallet could not cover the hold: the store was never asked for it (no refused lease).
         using var anon = new HttpClient { BaseAddress = new Uri(s.Url) };
         static long Unfunded(string metrics) => long.Parse(metrics.Split('\n').Single(l => l.StartsWith("suanli_leases_unfunded_total ", StringComparison.Ordinal)).Split(' ')[1],
             System.Globalization.CultureInfo.InvariantCulture);
-        var refusals = Unfunded(await anon.GetStringAsync("/metrics"));
-        Assert.True(refusals >= 1);
         var (otherId, _) = await admin.Tenant("rich");
         await admin.Post($"/api/v1/wallets/{otherId}/topups", new { amount = 5 }, HttpStatusCode.Created);
-        await Task.Delay(1500);
-        Assert.Equal(refusals, Unfunded(await anon.GetStringAsync("/metrics")));
+        await Task.Delay(1000);
+        Assert.Equal("queued", (await c.Get($"/api/v1/jobs/{job}")).State());
+        Assert.Equal(0, Unfunded(await anon.GetStringAsync("/metrics")));
 
         // A budget below the estimate keeps a job off the priced capacity, and explain names the filter.
         var capped = L((await c.Post("/api/v1/jobs", new { name = "cheap", command = new[] { "true" }, resources = new { cpu = 0.5, memoryMiB = 64 }, timeLimitSeconds = 60, budget = 0.01 }, HttpStatusCode.Created))["id"]);

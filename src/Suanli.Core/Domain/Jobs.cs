@@ -27,6 +27,46 @@ public sealed record TaskResources(
     public const int KindCount = 10;
 }
 
+/// <summary>When a dependency holds (Slurm's --dependency kinds).</summary>
+public enum DependencyKind
+{
+    /// <summary>The other job ended successfully.</summary>
+    AfterOk,
+
+    /// <summary>The other job ended unsuccessfully (failed, cancelled or lost).</summary>
+    AfterNotOk,
+
+    /// <summary>The other job ended, however.</summary>
+    AfterAny,
+}
+
+/// <summary>A job may start only once <see cref="JobId"/> has ended as <see cref="Kind"/> says.</summary>
+public readonly record struct JobDependency(DependencyKind Kind, long JobId)
+{
+    /// <summary>Slurm's spelling: afterok, afternotok, afterany.</summary>
+    public string KindName => Kind switch
+    {
+        DependencyKind.AfterOk => "afterok",
+        DependencyKind.AfterNotOk => "afternotok",
+        _ => "afterany",
+    };
+
+    /// <summary>Parses Slurm's spelling; null when unknown.</summary>
+    public static DependencyKind? ParseKind(string kind) => kind switch
+    {
+        "afterok" => DependencyKind.AfterOk,
+        "afternotok" => DependencyKind.AfterNotOk,
+        "afterany" => DependencyKind.AfterAny,
+        _ => null,
+    };
+}
+
+/// <summary>
+/// A job that is one element of an array: at most <see cref="Limit"/> elements of array <see cref="ArrayId"/> hold
+/// resources at once (Slurm's --array=…%N).
+/// </summary>
+public sealed record ArrayMembership(long ArrayId, int Limit);
+
 /// <summary>Where and how a job may run, beyond its resources.</summary>
 public sealed record JobConstraints(
     IReadOnlyList<string>? Regions = null,
@@ -54,8 +94,13 @@ public sealed record JobSpec(
     long? Deadline = null,
     JobConstraints? Constraints = null,
     decimal? Budget = null,
-    string? Tier = null)
+    string? Tier = null,
+    IReadOnlyList<JobDependency>? Dependencies = null,
+    ArrayMembership? Array = null)
 {
+    /// <summary>Dependencies, never null.</summary>
+    public IReadOnlyList<JobDependency> After => Dependencies ?? [];
+
     /// <summary>Constraints, never null.</summary>
     public JobConstraints Where => Constraints ?? JobConstraints.None;
 

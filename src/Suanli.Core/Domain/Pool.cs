@@ -28,9 +28,12 @@ public sealed record NodeGroup(
 
 /// <summary>
 /// The sales terms of a node group that is (part of) a live offer: its tier and, for a reserved contract, the only
-/// tenant that may use it. A group without terms is unpriced capacity open to every job.
+/// tenant that may use it. A group without terms is unpriced capacity open to every job. <see cref="PriceFen"/> is what
+/// a job pays per unit-hour (fen) and <see cref="UnitsPerNode"/> how many units one whole node provides per hour: a job
+/// placed here holds its price for its time limit in escrow (<see cref="Market.Escrow.HoldFen"/>); null = nothing held
+/// (a reserved contract paid up front).
 /// </summary>
-public sealed record MarketTerms(string Tier, string? ReservedFor = null, long? OfferId = null);
+public sealed record MarketTerms(string Tier, string? ReservedFor = null, long? OfferId = null, long? PriceFen = null, decimal UnitsPerNode = 0);
 
 /// <summary>
 /// A resource pool: providers, their node groups and the network latency between regions (milliseconds, symmetric).

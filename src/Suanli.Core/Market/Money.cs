@@ -101,6 +101,28 @@ public static class Charging
         Money.Round((decimal)priceFen * unitsMilli * milliseconds / 3_600_000_000m);
 }
 
+/// <summary>What a job holds in escrow when it is placed on priced capacity: the one rule the scheduler's funds check,
+/// the control plane's hold and the simulator's budgets share.</summary>
+public static class Escrow
+{
+    /// <summary>
+    /// Fen held for <paramref name="job"/> on <paramref name="group"/>: the terms' price per unit-hour × the units the
+    /// job takes (its share of a node × tasks × units per node) × its time limit; 0 on a group without a price.
+    /// </summary>
+    public static long HoldFen(JobSpec job, NodeGroup group) =>
+        group.Terms is { PriceFen: { } price } terms && price > 0
+            ? Charging.Cost(price, UnitsMilli(job, group, terms), checked(job.RequestedSeconds * 1000))
+            : 0;
+
+    /// <summary>Units per hour (×1000) the job takes on the group under its terms.</summary>
+    public static long UnitsMilli(JobSpec job, NodeGroup group, MarketTerms terms) =>
+        Charging.UnitsMilli(job.Task, job.Tasks, group.Shape, terms.UnitsPerNode);
+
+    /// <summary>What an attempt that ran <paramref name="milliseconds"/> costs on the group (fen), before the hold caps it.</summary>
+    public static long CostFen(JobSpec job, NodeGroup group, long milliseconds) =>
+        group.Terms is { PriceFen: { } price } terms && price > 0 ? Charging.Cost(price, UnitsMilli(job, group, terms), milliseconds) : 0;
+}
+
 /// <summary>How a settled amount is split between the tenant, its voucher, the provider and the platform.</summary>
 public readonly record struct SettlementSplit(long Charged, long Tenant, long Voucher, long Provider, long Fee);
 

@@ -39,6 +39,21 @@ public enum WaitKind
 
     /// <summary>No node group can ever run it (every filter reason is in the explanation).</summary>
     Infeasible,
+
+    /// <summary>
+    /// Its tenant's funds cannot cover the escrow hold on any group that could run it: <see cref="WaitReason.At"/> is
+    /// the smallest hold needed (fen), <see cref="WaitReason.BlockingJob"/> what the tenant has left this cycle (fen).
+    /// </summary>
+    InsufficientFunds,
+
+    /// <summary>Admission: a job it depends on has not ended yet.</summary>
+    Dependencies,
+
+    /// <summary>Admission: its array already runs as many elements as its throttle allows.</summary>
+    ArrayLimit,
+
+    /// <summary>Admission: it buys the interruptible tier and the last spot auction round did not admit it.</summary>
+    SpotNotAdmitted,
 }
 
 /// <summary>A compact wait reason; <see cref="Scheduler.Explain"/> turns it into words.</summary>
@@ -83,7 +98,10 @@ public sealed class CycleResult
 /// <summary>
 /// Everything a cycle reads. <see cref="Pending"/> need not be ordered; the policy orders it. With
 /// <see cref="RecordWaits"/> false the cycle decides the same but leaves <see cref="CycleResult.Waiting"/> empty and only
-/// counts the waiting jobs (the simulator, which never explains, saves a dictionary per cycle).
+/// counts the waiting jobs (the simulator, which never explains, saves a dictionary per cycle). <see cref="Funds"/> is
+/// what each tenant can still put in escrow (fen; a tenant not listed is not checked): a job is placed only on a group
+/// whose hold (<see cref="Market.Escrow.HoldFen"/>) its tenant can cover after the holds of the jobs started before it
+/// in the cycle; one that can afford no group waits as <see cref="WaitKind.InsufficientFunds"/> and reserves nothing.
 /// </summary>
 public sealed record CycleInput(
     long Now,
@@ -92,7 +110,8 @@ public sealed record CycleInput(
     IReadOnlyDictionary<string, Tenant>? Tenants = null,
     FairShareLedger? FairShare = null,
     bool RecordWaits = true,
-    RunTimePredictor? Predictor = null);
+    RunTimePredictor? Predictor = null,
+    IReadOnlyDictionary<string, long>? Funds = null);
 
 /// <summary>
 /// The scheduling core: one pure entry point, <see cref="RunCycle"/>, used by the live control plane and the simulator
@@ -260,6 +279,7 @@ public sealed class Scheduler
         var ordered = OrderKeyed(input.Pending, new QueueContext(now, TenantShares(input), input.Predictor, _lastStarted));
         var running = new List<RunningJob>(input.Running);
         var quotaUse = Policy.EnforceQuotas && input.Tenants is { Count: > 0 } ? QuotaUse(input.Running) : null;
+        var funds = input.Funds is { Count: > 0 } f ? new Dictionary<string, long>(f, StringComparer.Ordinal) : null;
         JobSpec? blocked = null;
 
         for (var i = 0; i < ordered.Count; i++)
@@ -291,6 +311,19 @@ public sealed class Scheduler
                 continue;
             }
 
+            var left = 0L;
+            var gated = funds is not null && funds.TryGetValue(job.Tenant, out left);
+            if (gated && Affordable(job, groups, left) is { } affordable)
+            {
+                if (affordable.Count == 0)
+                {
+                    result.Wait(job.Id, new(WaitKind.InsufficientFunds, BlockingJob: left, At: CheapestHold(job, groups)), record);
+                    continue;
+                }
+
+                groups = affordable;
+            }
+
             // Overlays only take resources away: a job that does not fit the un-overlaid free resources of any group
             // cannot fit with them either, so it skips the overlay work (which may toggle a large reservation).
             var fitsBase = BaseFits(job, groups, state);
@@ -304,6 +337,11 @@ public sealed class Scheduler
             if (placed is not null)
             {
                 result.Started.Add(placed);
+                if (gated)
+                {
+                    funds![job.Tenant] = left - Market.Escrow.HoldFen(job, Pool.Groups[placed.Allocation.Group]);
+                }
+
                 _lastStarted = job;
                 running.Add(new RunningJob(job, now, placed.Allocation));
                 if (quotaUse is not null)
@@ -337,6 +375,41 @@ public sealed class Scheduler
 
         ClearOverlay(state);
         return result;
+    }
+
+    /// <summary>The groups whose hold the tenant can cover; null when every group can be afforded (no copy needed).</summary>
+    private List<int>? Affordable(JobSpec job, IReadOnlyList<int> groups, long left)
+    {
+        List<int>? affordable = null;
+        for (var i = 0; i < groups.Count; i++)
+        {
+            var ok = Market.Escrow.HoldFen(job, Pool.Groups[groups[i]]) <= left;
+            if (!ok && affordable is null)
+            {
+                affordable = new List<int>(groups.Count);
+                for (var k = 0; k < i; k++)
+                {
+                    affordable.Add(groups[k]);
+                }
+            }
+            else if (ok && affordable is not null)
+            {
+                affordable.Add(groups[i]);
+            }
+        }
+
+        return affordable;
+    }
+
+    private long CheapestHold(JobSpec job, IReadOnlyList<int> groups)
+    {
+        var min = long.MaxValue;
+        foreach (var g in groups)
+        {
+            min = Math.Min(min, Market.Escrow.HoldFen(job, Pool.Groups[g]));
+        }
+
+        return min;
     }
 
     private Dictionary<string, (long Cpu, long Gpu)> QuotaUse(IEnumerable<RunningJob> running)
@@ -802,6 +875,8 @@ public sealed class Scheduler
                 WaitKind.WouldDelayReservation => $"waiting: does not fit beside the resources reserved for job {r.BlockingJob} (starting it could delay that job)",
                 WaitKind.NoCapacityNow => "waiting: not enough free resources now",
                 WaitKind.QuotaExceeded => $"waiting: tenant {job.Tenant} quota is used up",
+                WaitKind.InsufficientFunds => $"waiting for funds: the cheapest group that can run it holds {Market.Money.Yuan(r.At)} in escrow for the time limit; tenant {job.Tenant} can put up {Market.Money.Yuan(Math.Max(0, r.BlockingJob))}",
+                WaitKind.Dependencies or WaitKind.ArrayLimit or WaitKind.SpotNotAdmitted => $"waiting: held by admission ({r.Kind})",
                 _ => "rejected: no node group can run this job",
             });
         }

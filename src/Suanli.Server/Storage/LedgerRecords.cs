@@ -208,6 +208,14 @@ public interface ILedgerStore
 
     Task<IReadOnlyList<LedgerAccount>> AccountsAsync(string? prefix);
 
+    /// <summary>
+    /// What each tenant can put in escrow now, in fen: its wallet's available balance above its floor plus what its
+    /// live vouchers still hold (an upper bound: a voucher covers only its programme's share of an eligible job). A
+    /// tenant without an account or voucher is absent (nothing to spend); one whose wallet has no floor maps to
+    /// <see cref="long.MaxValue"/>.
+    /// </summary>
+    Task<IReadOnlyDictionary<long, long>> SpendableAsync(long nowMs);
+
     /// <summary>The journal, newest first (by account: along its chain); <paramref name="before"/> is the previous page's cursor, 0 for the newest.</summary>
     Task<Page<LedgerTransfer>> TransfersAsync(string? account, long before, int limit);
 

@@ -248,6 +248,27 @@ public sealed partial class SqliteStore
     public Task<IReadOnlyList<LedgerAccount>> AccountsAsync(string? prefix) => Read<IReadOnlyList<LedgerAccount>>(c =>
         Query(c, $"SELECT {AccountCols} FROM ledger_accounts WHERE $p IS NULL OR substr(id, 1, length($p)) = $p ORDER BY id", MapAccount, ("$p", prefix)));
 
+    public Task<IReadOnlyDictionary<long, long>> SpendableAsync(long nowMs) => Read<IReadOnlyDictionary<long, long>>(c =>
+    {
+        var spendable = new Dictionary<long, long>();
+        foreach (var (id, fen) in Query(c, "SELECT CAST(substr(id, 8) AS INTEGER), CASE WHEN floor IS NULL THEN NULL ELSE posted - pending_debits - floor END FROM ledger_accounts WHERE substr(id, 1, 7) = 'tenant:'",
+            r => (r.GetInt64(0), NLong(r, 1))))
+        {
+            spendable[id] = fen is { } f ? Math.Max(0, f) : long.MaxValue;
+        }
+
+        foreach (var (tenant, fen) in Query(c, """
+            SELECT v.tenant_id, SUM(MAX(0, a.posted - a.pending_debits)) FROM vouchers v JOIN ledger_accounts a ON a.id = 'voucher:' || v.id
+            WHERE v.expired IS NULL AND v.valid_to > $now GROUP BY v.tenant_id
+            """, r => (r.GetInt64(0), r.GetInt64(1)), ("$now", nowMs)))
+        {
+            var wallet = spendable.GetValueOrDefault(tenant);
+            spendable[tenant] = wallet == long.MaxValue ? wallet : checked(wallet + fen);
+        }
+
+        return spendable;
+    });
+
     private const string TransferCols = "seq, id, kind, debit, credit, amount, pending_id, code, job_id, attempt, memo, at";
 
     private static LedgerTransfer MapTransfer(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt64(5),

@@ -19,6 +19,9 @@ public readonly record struct SwfRecord(long Line, long[] Fields)
     public long RequestedTime => Fields[8];
 
     public long User => Fields[11];
+
+    /// <summary>Field 17: the job this one followed (its "preceding job number"), -1 when none.</summary>
+    public long PrecedingJob => Fields[16];
 }
 
 /// <summary>
@@ -129,8 +132,11 @@ public static class SwfReader
     /// Reads an SWF log as a replayable trace. Processors = max(allocated, requested) as in the RLScheduler artifact;
     /// requested time = field 9, or the run time when unknown. Jobs that never ran (run time unknown or 0) or ask for no
     /// processors are skipped with their reason. Tasks: one per node, ceil(processors / processors-per-node) nodes.
+    /// With <paramref name="dependencies"/>, field 17 (preceding job) becomes an afterany dependency: the job is not
+    /// started before the job it followed has ended (field 18's think time is not added; a job that followed a skipped
+    /// line can never run and is reported as such).
     /// </summary>
-    public static Trace Read(string path)
+    public static Trace Read(string path, bool dependencies = false)
     {
         var log = ReadRecords(path);
         var trace = log.Diagnostics;
@@ -170,7 +176,8 @@ public static class SwfReader
             var req = r.RequestedTime > 0 ? r.RequestedTime : r.Run;
             var tasks = (int)((procs + ppn - 1) / ppn);
             var spec = new JobSpec(r.JobId, r.User >= 0 ? "u" + r.User.ToString(CultureInfo.InvariantCulture) : Tenant.Unknown,
-                new TaskResources(ppn * 1000, 0), tasks, r.Submit, req);
+                new TaskResources(ppn * 1000, 0), tasks, r.Submit, req,
+                Dependencies: dependencies && r.PrecedingJob > 0 && r.PrecedingJob != r.JobId ? [new JobDependency(DependencyKind.AfterAny, r.PrecedingJob)] : null);
             trace.Jobs.Add(new TraceJob(spec, r.Run));
         }
 

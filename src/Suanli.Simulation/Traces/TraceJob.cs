@@ -89,10 +89,10 @@ public static class TraceFiles
             : throw new ArgumentException($"format: cannot tell the format of '{name}'; pass --format swf|philly|pai");
     }
 
-    /// <summary>Loads a trace in <paramref name="format"/>.</summary>
-    public static Trace Load(string path, TraceFormat format) => format switch
+    /// <summary>Loads a trace in <paramref name="format"/>; <paramref name="dependencies"/>: an SWF log's field 17 as dependencies.</summary>
+    public static Trace Load(string path, TraceFormat format, bool dependencies = false) => format switch
     {
-        TraceFormat.Swf => SwfReader.Read(path),
+        TraceFormat.Swf => SwfReader.Read(path, dependencies),
         TraceFormat.Philly => PhillyReader.Read(path),
         _ => PaiReader.ReadTrace(path),
     };
