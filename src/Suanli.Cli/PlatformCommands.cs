@@ -130,10 +130,11 @@ internal static partial class PlatformCommands
         var notice = new Option<double>("--spot-notice") { Description = "Seconds of warning before a spot job is preempted / 抢占通知秒数", DefaultValueFactory = _ => 120 };
         var auction = new Option<double>("--auction-interval") { Description = "Seconds between spot auction rounds / 竞价间隔秒数", DefaultValueFactory = _ => 60 };
         var logCap = new Option<long>("--log-cap-mib") { Description = "Most output stored per job attempt, MiB / 每次作业尝试保存的最大输出", DefaultValueFactory = _ => 64 };
+        var preempt = new Option<bool>("--preemption") { Description = "Jobs of a higher priority class preempt lower ones (after the spot notice) / 高优先级作业可抢占低优先级作业" };
         var logDays = new Option<double?>("--log-retention-days") { Description = "Delete output of jobs finished this many days ago (default: keep) / 作业输出保留天数" };
         var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台")
         {
-            urls, data, noLocal, lostAfter, policy, placement, latency, localRegion, fee, notice, auction, SingleUserOpt, UidBaseOpt, WorkDirOpt, logCap, logDays,
+            urls, data, noLocal, lostAfter, policy, placement, latency, localRegion, fee, notice, auction, SingleUserOpt, UidBaseOpt, WorkDirOpt, logCap, logDays, preempt,
         };
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
@@ -187,6 +188,7 @@ internal static partial class PlatformCommands
                     Latency = r.GetValue(latency) is { } file ? ControlPlaneOptions.ReadLatency(file) : [],
                     LogCapBytes = r.GetValue(logCap) << 20, LogRetention = r.GetValue(logDays) is { } days ? TimeSpan.FromDays(days) : null,
                     FeeBps = (int)(r.GetValue(fee) * 10000), SpotNotice = TimeSpan.FromSeconds(r.GetValue(notice)), AuctionInterval = TimeSpan.FromSeconds(r.GetValue(auction)),
+                    Preemption = r.GetValue(preempt),
                 }, r.GetValue(localRegion)!)
                 .GetAwaiter().GetResult();
         }));

@@ -65,6 +65,13 @@ public sealed record ControlPlaneOptions
 
     public BackfillMode Backfill { get; init; } = BackfillMode.Easy;
 
+    /// <summary>
+    /// Priority preemption (the core's): a job of a higher priority class that cannot start otherwise stops running jobs
+    /// of lower classes of the same tenant (never another tenant's); they get the spot notice (signal and notice file), are requeued with their attempt given back,
+    /// and the job starts once they have stopped.
+    /// </summary>
+    public bool Preemption { get; init; }
+
     /// <summary>The platform's fee on every settlement, in basis points of the provider's price (500 = 5%).</summary>
     public int FeeBps { get; init; } = 500;
 
@@ -1044,7 +1051,7 @@ public sealed partial class ControlPlane : BackgroundService
         // The memory of the scheduler being replaced (or, after a restart, of the last run) carries over.
         var memory = _scheduler?.LastStarted ?? _recoveredLastStarted;
         _scheduler = groups.Count > 0
-            ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill, typical: typical)) { LastStarted = memory }
+            ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill, typical: typical) with { Preemption = Options.Preemption, PreemptWithinTenant = true }) { LastStarted = memory }
             : null;
         _state = new ClusterState(_pool);
         foreach (var j in _jobs.Values)
@@ -1187,7 +1194,13 @@ public sealed partial class ControlPlane : BackgroundService
                 var funds = spendable is null ? null : FundsLocked(pending, spendable);
                 var result = _scheduler!.RunCycle(new CycleInput(NowMs / 1000, pending, running, tenants, _fairShare, Predictor: _predictor, Funds: funds), _state!);
                 _waits = result.Waiting;
-                foreach (var placed in result.Started)
+                var started = result.Started;
+                if (result.Preempted.Count > 0)
+                {
+                    started = PreemptLocked(result);
+                }
+
+                foreach (var placed in started)
                 {
                     var live = _jobs[placed.Job.Id];
                     var group = _pool!.Groups[placed.Allocation.Group];
@@ -1285,6 +1298,43 @@ public sealed partial class ControlPlane : BackgroundService
         await Task.WhenAll(writes);
         _lastCycle = Stopwatch.GetElapsedTime(t0);
         _metrics.Cycle(_lastCycle.TotalSeconds, leases.Count);
+    }
+
+    /// <summary>
+    /// Carries out the core's preemptions: the victims are told to stop (the spot notice, then requeued with the attempt
+    /// given back). Nothing the cycle placed from the first preempting placement on is leased now — those placements
+    /// counted on resources the victims still hold until they stop — and the pool is rebuilt from what really runs, so
+    /// a later cycle starts the job once its victims are gone. Returns the placements that can be leased.
+    /// </summary>
+    private List<Placement> PreemptLocked(CycleResult result)
+    {
+        var first = result.Started.FindIndex(p => p.Preempts.Count > 0);
+        var now = NowMs;
+        foreach (var placed in result.Started.Skip(first))
+        {
+            _state!.Release(placed.Allocation);
+            foreach (var victim in placed.Preempts)
+            {
+                if (_jobs.TryGetValue(victim, out var v) && v.Preempting is null && v.Record.State is JobStates.Leased or JobStates.Running)
+                {
+                    _metrics.Preempted();
+                    v.Preempting = (now + (long)Options.SpotNotice.TotalMilliseconds,
+                        $"preempted by job {placed.Job.Id} of priority class {placed.Job.PriorityClass} (this job's class is {v.Spec.PriorityClass})");
+                    if (_providers.TryGetValue(v.Record.ProviderId ?? -1, out var p))
+                    {
+                        p.Wake.TrySetResult();
+                    }
+                }
+            }
+        }
+
+        foreach (var victim in result.Preempted)
+        {
+            _state!.Allocate(victim.Allocation); // it holds its resources until its agent reports it stopped
+        }
+
+        _poolDirty = true;
+        return result.Started.GetRange(0, first);
     }
 
     // What admission knows of the jobs queued jobs depend on that have left the live set: a final state never changes,

@@ -100,4 +100,56 @@ public sealed class ControlPlaneRaceTests : IDisposable
         Assert.Equal(unseenLease + 2_000, whole.StartedMs);
         Assert.Equal(7_000, Assert.Single(await store.JobUsageAsync(unseen.Id)).EndedMs - whole.StartedMs!.Value);
     }
+
+    [Fact]
+    public async Task PriorityPreemption_DecidedByTheCore_IsCarriedOut_WithinTheTenant_AfterTheNotice()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
+        await using var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
+        var cp = new ControlPlane(store, store, clock, new ServerMetrics(), new ControlPlaneOptions { Preemption = true, SpotNotice = TimeSpan.FromSeconds(10) },
+            NullLogger<ControlPlane>.Instance);
+        await cp.RecoverAsync();
+        var a = await store.CreateTenantAsync("a", "research", 1, Now());
+        cp.TenantCreated(a);
+        var b = await store.CreateTenantAsync("b", "research", 1, Now());
+        cp.TenantCreated(b);
+        var p = await store.CreateProviderAsync("p", "r", Now());
+        cp.ProviderCreated(p);
+        var reg = await cp.RegisterAsync(p.Id, "r", [new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
+        JobDocument Doc(string priority) => JobDocument.Parse($$$"""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600,"priority":"{{{priority}}}","retry":{"maxAttempts":1}}""", cp.Catalogue);
+
+        var (low, _) = await cp.SubmitAsync(a.Id, Doc("low"), null);
+        await cp.CycleAsync();
+        await cp.ReportAsync(p.Id, reg.Epoch, low.Id, JobStates.Running, null, "started", observedMs: Now());
+
+        // Another tenant's urgent job never preempts tenant a's work: it waits.
+        var (strangers, _) = await cp.SubmitAsync(b.Id, Doc("urgent"), null);
+        await cp.CycleAsync();
+        Assert.Equal(JobStates.Queued, (await store.GetJobAsync(strangers.Id))!.State);
+        Assert.Empty((await cp.HeartbeatAsync(p.Id, reg.Epoch, [low.Id])).Notices);
+
+        // Tenant a's own urgent job does: the low job gets the notice; nothing is leased onto the node it still holds.
+        await cp.CancelAsync(strangers.Id, "test: out of the way");
+        var (urgent, _) = await cp.SubmitAsync(a.Id, Doc("urgent"), null);
+        await cp.CycleAsync();
+        Assert.Equal(JobStates.Queued, (await store.GetJobAsync(urgent.Id))!.State);
+        var notice = Assert.Single((await cp.HeartbeatAsync(p.Id, reg.Epoch, [low.Id])).Notices);
+        Assert.Equal(low.Id, notice.Job);
+        Assert.Contains($"preempted by job {urgent.Id}", notice.Reason, StringComparison.Ordinal);
+        await cp.CycleAsync();
+        Assert.Equal(JobStates.Queued, (await store.GetJobAsync(urgent.Id))!.State);
+
+        // The notice runs out: the agent is told to stop it, reports it ended, it is requeued with its attempt given back
+        // (charged for what it ran), and the urgent job starts.
+        clock.Advance(TimeSpan.FromSeconds(10));
+        Assert.Contains(low.Id, (await cp.HeartbeatAsync(p.Id, reg.Epoch, [low.Id])).Stop);
+        var requeued = await cp.ReportAsync(p.Id, reg.Epoch, low.Id, JobStates.Failed, 143, "terminated", observedMs: Now());
+        Assert.Equal(JobStates.Queued, requeued.State);
+        Assert.Equal(2, requeued.MaxAttempts);
+        await cp.CycleAsync();
+        Assert.Equal(JobStates.Leased, (await store.GetJobAsync(urgent.Id))!.State);
+        Assert.Equal(JobStates.Queued, (await store.GetJobAsync(low.Id))!.State);
+        Assert.Contains(await store.EventsAsync(low.Id), e => e.Message.StartsWith("preempted after notice: preempted by job", StringComparison.Ordinal));
+    }
 }

@@ -20,7 +20,9 @@ public sealed record WeightedScorer(IGroupScorer Scorer, double Weight);
 
 /// <summary>
 /// A named composition of plugins (a Kubernetes scheduler "profile"): queue order, group filters, group scorers with
-/// weights, the node scorer that places tasks inside a group, backfilling and preemption.
+/// weights, the node scorer that places tasks inside a group, backfilling and preemption. With
+/// <see cref="PreemptWithinTenant"/> a job preempts only lower-class jobs of its own tenant (on a platform shared by
+/// strangers a tenant's priority classes order its own work; capacity taken from others is bought on the spot tier).
 /// </summary>
 public sealed record Policy(
     string Name,
@@ -31,7 +33,8 @@ public sealed record Policy(
     BackfillMode Backfill,
     int ReservationDepth = 1,
     bool Preemption = false,
-    bool EnforceQuotas = true)
+    bool EnforceQuotas = true,
+    bool PreemptWithinTenant = false)
 {
     /// <summary>Same policy with another backfill mode (EASY keeps depth 1; conservative defaults to 64 reservations).</summary>
     public Policy WithBackfill(BackfillMode mode, int? depth = null) => this with

@@ -60,7 +60,11 @@ public enum WaitKind
 public readonly record struct WaitReason(WaitKind Kind, long BlockingJob = 0, long At = 0);
 
 /// <summary>A placement decision with the best candidate groups and their scores (for explain).</summary>
-public sealed record Placement(JobSpec Job, Allocation Allocation, IReadOnlyList<(int Group, double Score)> Candidates);
+public sealed record Placement(JobSpec Job, Allocation Allocation, IReadOnlyList<(int Group, double Score)> Candidates)
+{
+    /// <summary>Ids of the running jobs this placement preempted to make room (empty when it fit without).</summary>
+    public IReadOnlyList<long> Preempts { get; init; } = [];
+}
 
 /// <summary>The outcome of one scheduling cycle.</summary>
 public sealed class CycleResult
@@ -831,7 +835,7 @@ public sealed class Scheduler
     /// </summary>
     private Placement? TryPreempt(JobSpec job, IReadOnlyList<int> groups, ClusterState state, List<RunningJob> running, CycleResult result)
     {
-        var victims = running.Where(r => r.Job.PriorityClass < job.PriorityClass)
+        var victims = running.Where(r => r.Job.PriorityClass < job.PriorityClass && (!Policy.PreemptWithinTenant || string.Equals(r.Job.Tenant, job.Tenant, StringComparison.Ordinal)))
             .OrderBy(r => r.Job.PriorityClass).ThenByDescending(r => r.StartTime).ThenByDescending(r => r.Job.Id).ToList();
         var taken = 0;
         foreach (var v in victims)
@@ -841,13 +845,15 @@ public sealed class Scheduler
             var (alloc, candidates) = PlaceBest(job, groups, state);
             if (alloc is not null)
             {
+                var preempts = new long[taken];
                 for (var i = 0; i < taken; i++)
                 {
                     result.Preempted.Add(victims[i]);
                     running.Remove(victims[i]);
+                    preempts[i] = victims[i].Job.Id;
                 }
 
-                return new Placement(job, alloc, candidates);
+                return new Placement(job, alloc, candidates) { Preempts = preempts };
             }
         }
 
