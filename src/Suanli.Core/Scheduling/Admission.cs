@@ -35,7 +35,7 @@ public readonly record struct Hold(WaitKind Kind, string Detail);
 /// <summary>The outcome of admission: the jobs the cycle may consider, those held back, those that can never run.</summary>
 public sealed class AdmissionResult
 {
-    /// <summary>Jobs the scheduling cycle may start, in id order.</summary>
+    /// <summary>Jobs the scheduling cycle may start.</summary>
     public List<JobSpec> Admitted { get; } = [];
 
     /// <summary>Jobs kept out of this cycle, by id.</summary>
@@ -57,12 +57,17 @@ public sealed class AdmissionResult
 /// </summary>
 public static class Admission
 {
-    /// <summary>Admits, holds or dooms every queued job.</summary>
+    /// <summary>
+    /// Admits, holds or dooms every queued job. Jobs are taken in id order when any is an array element (the throttle
+    /// offers the lowest ids first), else in the order given; <see cref="AdmissionResult.Admitted"/> keeps that order.
+    /// </summary>
     public static AdmissionResult Admit(IEnumerable<JobSpec> queued, AdmissionInput input)
     {
         var result = new AdmissionResult();
         Dictionary<long, int>? offered = null;
-        foreach (var job in queued.OrderBy(j => j.Id))
+        var jobs = queued as IReadOnlyCollection<JobSpec> ?? [.. queued];
+        IEnumerable<JobSpec> order = jobs.Any(j => j.Array is not null) ? jobs.OrderBy(j => j.Id) : jobs;
+        foreach (var job in order)
         {
             if (job.After.Count > 0 && !DependenciesHold(job, input, result))
             {
