@@ -296,6 +296,11 @@ public sealed partial class ControlPlane : BackgroundService
             doc.TimeLimitSeconds, j.PriorityClass, Constraints: doc.Constraints, Budget: doc.Budget, Tier: doc.Tier,
             Dependencies: doc.Dependencies.Count == 0 ? null : [.. doc.DependencyList.Select(d => new JobDependency(JobDependency.ParseKind(d.Kind) ?? DependencyKind.AfterAny, d.Job))],
             Array: doc.ArrayLimit is { } limit ? new ArrayMembership(doc.ArrayKey(j.Id)!.Value, limit) : null);
+        if (spec.After.Count > 0)
+        {
+            _needFates = true;
+        }
+
         return new LiveJob(j, doc, spec);
     }
 
@@ -1161,11 +1166,29 @@ public sealed partial class ControlPlane : BackgroundService
 
             // Admission (dependencies, array throttles, spot) is the core's: the simulator runs the same rules.
             var generation = Interlocked.Read(ref _walletGeneration);
-            var candidates = _jobs.Values.Where(j => j.Record.State == JobStates.Queued && j.Allocation is null && !StillUnfunded(j, generation)).Select(j => j.Spec);
-            var admission = Admission.Admit(candidates, AdmissionInputLocked());
-            _holds = admission.Held;
-            doomed = admission.Doomed;
-            var queued = admission.Admitted.ConvertAll(j => _jobs[j.Id]);
+            var queued = new List<LiveJob>();
+            var gated = false;
+            foreach (var j in _jobs.Values)
+            {
+                if (j.Record.State == JobStates.Queued && j.Allocation is null && !StillUnfunded(j, generation))
+                {
+                    queued.Add(j);
+                    gated |= j.Spec.After.Count > 0 || j.Spec.Array is not null || j.Spec.Tier == Tiers.Interruptible;
+                }
+            }
+
+            // Only a queue with dependencies, arrays or spot jobs needs the admission pass (as in the simulator).
+            _needFates = queued.Exists(j => j.Spec.After.Count > 0);
+            doomed = [];
+            _holds = [];
+            if (gated)
+            {
+                var admission = Admission.Admit(queued.ConvertAll(j => j.Spec), AdmissionInputLocked());
+                _holds = admission.Held;
+                doomed = admission.Doomed;
+                queued = admission.Admitted.ConvertAll(j => _jobs[j.Id]);
+            }
+
             _metrics.QueueDepth(queued.Count);
             if (_scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
             {
@@ -1236,6 +1259,7 @@ public sealed partial class ControlPlane : BackgroundService
 
         if (!scheduled)
         {
+            _lastCycle = Stopwatch.GetElapsedTime(t0); // the loop backs off in proportion to what a cycle costs, placing or not
             return;
         }
 
@@ -1342,6 +1366,7 @@ public sealed partial class ControlPlane : BackgroundService
     private readonly Dictionary<long, JobFate> _fates = [];
     private Dictionary<long, Hold> _holds = [];
     private bool _pricedPool;
+    private volatile bool _needFates = true; // a queued job has dependencies (set by each cycle and by every submission with some)
 
     private static JobFate FateOf(string state) => state switch
     {
@@ -1353,6 +1378,11 @@ public sealed partial class ControlPlane : BackgroundService
     /// <summary>Reads, once each, the final states of dependencies that are no longer live (outside the gate).</summary>
     private async Task LearnFatesAsync()
     {
+        if (!_needFates)
+        {
+            return;
+        }
+
         List<long> unknown;
         lock (_gate)
         {
