@@ -648,7 +648,8 @@ public sealed partial class ControlPlane : BackgroundService
             return await CancelledProcessEnded(current);
         }
 
-        var preempted = live?.Preempting;
+        // A job told to stop that finished successfully during its notice is done, not run again.
+        var preempted = state == JobStates.Succeeded ? null : live?.Preempting;
         var retry = preempted is not null || (state == JobStates.Failed && live is not null && live.Doc.Retry.OnFailure && current.Attempt < current.MaxAttempts);
         var t = new Transition(jobId, [JobStates.Leased, JobStates.Running], retry ? JobStates.Queued : state,
             preempted is { } pre ? $"preempted after notice: {pre.Why}; requeued"
@@ -1326,16 +1327,34 @@ public sealed partial class ControlPlane : BackgroundService
 
     /// <summary>
     /// Carries out the core's preemptions: the victims are told to stop (the spot notice, then requeued with the attempt
-    /// given back). Nothing the cycle placed from the first preempting placement on is leased now — those placements
-    /// counted on resources the victims still hold until they stop — and the pool is rebuilt from what really runs, so
-    /// a later cycle starts the job once its victims are gone. Returns the placements that can be leased.
+    /// given back). A preempting placement, and any other placement of the cycle on a node a victim still holds, is not
+    /// leased now (it counted on resources the victim holds until it stops); the job starts in a later cycle once its
+    /// victims are gone. Placements elsewhere are leased as usual. Returns the placements that can be leased.
     /// </summary>
     private List<Placement> PreemptLocked(CycleResult result)
     {
-        var first = result.Started.FindIndex(p => p.Preempts.Count > 0);
-        var now = NowMs;
-        foreach (var placed in result.Started.Skip(first))
+        // Nodes the victims hold until they stop: a placement of this cycle that touches one counted on their release.
+        var held = new HashSet<(int Group, int Node)>();
+        foreach (var victim in result.Preempted)
         {
+            foreach (var slice in victim.Allocation.Slices)
+            {
+                held.Add((victim.Allocation.Group, slice.Node));
+            }
+        }
+
+        var now = NowMs;
+        var keep = new List<Placement>(result.Started.Count);
+        var released = false; // placements before the first preempting one were made while the victims still held theirs
+        foreach (var placed in result.Started)
+        {
+            released |= placed.Preempts.Count > 0;
+            if (placed.Preempts.Count == 0 && (!released || !placed.Allocation.Slices.Any(sl => held.Contains((placed.Allocation.Group, sl.Node)))))
+            {
+                keep.Add(placed);
+                continue;
+            }
+
             _state!.Release(placed.Allocation);
             foreach (var victim in placed.Preempts)
             {
@@ -1357,8 +1376,7 @@ public sealed partial class ControlPlane : BackgroundService
             _state!.Allocate(victim.Allocation); // it holds its resources until its agent reports it stopped
         }
 
-        _poolDirty = true;
-        return result.Started.GetRange(0, first);
+        return keep;
     }
 
     // What admission knows of the jobs queued jobs depend on that have left the live set: a final state never changes,
@@ -1412,7 +1430,10 @@ public sealed partial class ControlPlane : BackgroundService
             var rec = await _store.GetJobAsync(id);
             lock (_gate)
             {
-                _fates[id] = rec is null ? JobFate.Missing : FateOf(rec.State);
+                if (rec is null || JobStates.IsTerminal(rec.State))
+                {
+                    _fates[id] = rec is null ? JobFate.Missing : FateOf(rec.State); // final: never changes
+                }
             }
         }
     }

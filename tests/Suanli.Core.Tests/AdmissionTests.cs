@@ -106,4 +106,16 @@ public sealed class AdmissionTests
         var s2 = new Scheduler(free, PolicyRegistry.Build("fcfs", free, "bestfit"));
         Assert.Single(s2.RunCycle(new CycleInput(0, [big], [], Funds: new Dictionary<string, long> { ["b"] = 0 }), new ClusterState(free)).Started);
     }
+
+    [Fact]
+    public void Funds_AHoldBeyondWhatFenCanCount_SaturatesAndWaits_InsteadOfThrowing()
+    {
+        var pool = Priced(100_000_000_000, 100_000_000_000);
+        var s = new Scheduler(pool, PolicyRegistry.Build("fcfs", pool, "price"));
+        var huge = Job(1, 1, 0, 366L * 86_400, cores: 4, tenant: "a") with { Tasks = 1 };
+        Assert.True(Escrow.HoldFen(huge with { RequestedSeconds = long.MaxValue / 2 }, pool.Groups[0]) == long.MaxValue);
+        var r = s.RunCycle(new CycleInput(0, [huge with { RequestedSeconds = long.MaxValue / 2 }], [], Funds: new Dictionary<string, long> { ["a"] = long.MaxValue - 1 }), new ClusterState(pool));
+        Assert.Empty(r.Started);
+        Assert.Equal(WaitKind.InsufficientFunds, r.Waiting[1].Kind);
+    }
 }

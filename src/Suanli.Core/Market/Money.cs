@@ -109,18 +109,31 @@ public static class Escrow
     /// Fen held for <paramref name="job"/> on <paramref name="group"/>: the terms' price per unit-hour × the units the
     /// job takes (its share of a node × tasks × units per node) × its time limit; 0 on a group without a price.
     /// </summary>
+    /// <remarks>An amount beyond what fen can count saturates at <see cref="long.MaxValue"/>: no tenant can cover it.</remarks>
     public static long HoldFen(JobSpec job, NodeGroup group) =>
         group.Terms is { PriceFen: { } price } terms && price > 0
-            ? Charging.Cost(price, UnitsMilli(job, group, terms), checked(job.RequestedSeconds * 1000))
+            ? Saturated(() => Charging.Cost(price, UnitsMilli(job, group, terms), checked(job.RequestedSeconds * 1000)))
             : 0;
+
+    private static long Saturated(Func<long> amount)
+    {
+        try
+        {
+            return amount();
+        }
+        catch (OverflowException)
+        {
+            return long.MaxValue;
+        }
+    }
 
     /// <summary>Units per hour (×1000) the job takes on the group under its terms.</summary>
     public static long UnitsMilli(JobSpec job, NodeGroup group, MarketTerms terms) =>
-        Charging.UnitsMilli(job.Task, job.Tasks, group.Shape, terms.UnitsPerNode);
+        Saturated(() => Charging.UnitsMilli(job.Task, job.Tasks, group.Shape, terms.UnitsPerNode));
 
     /// <summary>What an attempt that ran <paramref name="milliseconds"/> costs on the group (fen), before the hold caps it.</summary>
     public static long CostFen(JobSpec job, NodeGroup group, long milliseconds) =>
-        group.Terms is { PriceFen: { } price } terms && price > 0 ? Charging.Cost(price, UnitsMilli(job, group, terms), milliseconds) : 0;
+        group.Terms is { PriceFen: { } price } terms && price > 0 ? Saturated(() => Charging.Cost(price, UnitsMilli(job, group, terms), milliseconds)) : 0;
 }
 
 /// <summary>How a settled amount is split between the tenant, its voucher, the provider and the platform.</summary>

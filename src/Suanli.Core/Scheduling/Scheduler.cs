@@ -716,7 +716,7 @@ public sealed class Scheduler
     }
 
     /// <summary>The last first-reservation and what it was computed from.</summary>
-    private sealed record ReserveMemo(JobSpec Job, ClusterState State, long Version, int Running, long Now, Reservation Result);
+    private sealed record ReserveMemo(JobSpec Job, IReadOnlyList<int> Groups, ClusterState State, long Version, int Running, long Now, Reservation Result);
 
     /// <summary>
     /// <see cref="Reserve"/>, reusing the previous cycle's answer when nothing it read has changed: same job, no
@@ -728,14 +728,15 @@ public sealed class Scheduler
         List<Reservation> reservations, long now)
     {
         var cacheable = reservations.Count == 0;
-        if (cacheable && _memo is { } m && ReferenceEquals(m.Job, job) && ReferenceEquals(m.State, state)
+        // The group list is the job's cached feasible groups unless funds narrowed it (then a fresh list: no reuse).
+        if (cacheable && _memo is { } m && ReferenceEquals(m.Job, job) && ReferenceEquals(m.Groups, groups) && ReferenceEquals(m.State, state)
             && m.Version == state.Version && m.Running == running.Count && m.Result.Start > now && NoneOverran(running, now))
         {
             return m.Result;
         }
 
         var r = Reserve(job, groups, state, running, reservations, now);
-        _memo = cacheable && NoneOverran(running, now) ? new ReserveMemo(job, state, state.Version, running.Count, now, r) : null;
+        _memo = cacheable && NoneOverran(running, now) ? new ReserveMemo(job, groups, state, state.Version, running.Count, now, r) : null;
         return r;
     }
 

@@ -114,8 +114,7 @@ public sealed class Simulator
                 {
                     skipped.Add(new SkippedJob(spec.Id, "infeasible: " + string.Join("; ", _scheduler.Explain(spec, state).Take(3))));
                     _scheduler.Forget(spec);
-                    ended[spec.Id] = JobFate.Unsuccessful;
-                    continue;
+                    continue; // as live, where it stays queued: its dependents wait (and are reported never started)
                 }
 
                 pending.Add(spec.Id, spec);
