@@ -152,4 +152,45 @@ public sealed class ControlPlaneRaceTests : IDisposable
         Assert.Equal(JobStates.Queued, (await store.GetJobAsync(low.Id))!.State);
         Assert.Contains(await store.EventsAsync(low.Id), e => e.Message.StartsWith("preempted after notice: preempted by job", StringComparison.Ordinal));
     }
+
+    [Fact]
+    public async Task APreemption_HoldsBackOnlyWhatNeedsTheVictimsNodes_TheRestOfTheQueueKeepsLeasing()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
+        await using var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
+        var cp = new ControlPlane(store, store, clock, new ServerMetrics(), new ControlPlaneOptions { Preemption = true, SpotNotice = TimeSpan.FromSeconds(10) },
+            NullLogger<ControlPlane>.Instance);
+        await cp.RecoverAsync();
+        var a = await store.CreateTenantAsync("a", "research", 1, Now());
+        cp.TenantCreated(a);
+        var b = await store.CreateTenantAsync("b", "research", 1, Now());
+        cp.TenantCreated(b);
+        var p = await store.CreateProviderAsync("p", "r", Now());
+        cp.ProviderCreated(p);
+        var reg = await cp.RegisterAsync(p.Id, "r", [new GroupOffer("big", 1000, 8192, null, 0, 2, null), new GroupOffer("small", 1000, 1024, null, 0, 1, null)]);
+        JobDocument Doc(string priority, int memory) => JobDocument.Parse($$$"""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":{{{memory}}}},"timeLimitSeconds":600,"priority":"{{{priority}}}"}""", cp.Catalogue);
+
+        // Tenant a's two low jobs fill the big nodes; the small node is free but too small for a's urgent job.
+        var (low1, _) = await cp.SubmitAsync(a.Id, Doc("low", 2048), null);
+        var (low2, _) = await cp.SubmitAsync(a.Id, Doc("low", 2048), null);
+        await cp.CycleAsync();
+        foreach (var j in new[] { low1, low2 })
+        {
+            await cp.ReportAsync(p.Id, reg.Epoch, j.Id, JobStates.Running, null, "started", observedMs: Now());
+        }
+
+        var (urgent, _) = await cp.SubmitAsync(a.Id, Doc("urgent", 4096), null);
+        var (other, _) = await cp.SubmitAsync(b.Id, Doc("normal", 512), null);
+        await cp.CycleAsync();
+
+        // The urgent job preempts one low job and waits for it; tenant b's job, placed after it in the same cycle on the
+        // small node no victim holds, is leased at once.
+        Assert.Equal(JobStates.Queued, (await store.GetJobAsync(urgent.Id))!.State);
+        Assert.Equal(JobStates.Leased, (await store.GetJobAsync(other.Id))!.State);
+        var notice = Assert.Single((await cp.HeartbeatAsync(p.Id, reg.Epoch, [low1.Id, low2.Id])).Notices);
+        Assert.Contains(notice.Job, new[] { low1.Id, low2.Id });
+        Assert.Equal(JobStates.Running, (await store.GetJobAsync(low1.Id))!.State);
+        Assert.Equal(JobStates.Running, (await store.GetJobAsync(low2.Id))!.State);
+    }
 }
