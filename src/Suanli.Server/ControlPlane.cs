@@ -1168,18 +1168,20 @@ public sealed partial class ControlPlane : BackgroundService
             // Admission (dependencies, array throttles, spot) is the core's: the simulator runs the same rules.
             var generation = Interlocked.Read(ref _walletGeneration);
             var queued = new List<LiveJob>();
-            var gated = false;
+            bool gated = false, dependencies = false;
             foreach (var j in _jobs.Values)
             {
                 if (j.Record.State == JobStates.Queued && j.Allocation is null && !StillUnfunded(j, generation))
                 {
                     queued.Add(j);
-                    gated |= j.Spec.After.Count > 0 || j.Spec.Array is not null || j.Spec.Tier == Tiers.Interruptible;
+                    dependencies |= j.Spec.After.Count > 0;
+                    gated |= j.Spec.Array is not null || j.Spec.Tier == Tiers.Interruptible;
                 }
             }
 
             // Only a queue with dependencies, arrays or spot jobs needs the admission pass (as in the simulator).
-            _needFates = queued.Exists(j => j.Spec.After.Count > 0);
+            _needFates = dependencies;
+            gated |= dependencies;
             doomed = [];
             _holds = [];
             if (gated)

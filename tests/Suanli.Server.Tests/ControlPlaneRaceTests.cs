@@ -104,19 +104,9 @@ public sealed class ControlPlaneRaceTests : IDisposable
     [Fact]
     public async Task PriorityPreemption_DecidedByTheCore_IsCarriedOut_WithinTheTenant_AfterTheNotice()
     {
-        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        var (clock, store, cp, a, b, p, reg) = await PreemptingPlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
+        await using var _ = store;
         long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
-        await using var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
-        var cp = new ControlPlane(store, store, clock, new ServerMetrics(), new ControlPlaneOptions { Preemption = true, SpotNotice = TimeSpan.FromSeconds(10) },
-            NullLogger<ControlPlane>.Instance);
-        await cp.RecoverAsync();
-        var a = await store.CreateTenantAsync("a", "research", 1, Now());
-        cp.TenantCreated(a);
-        var b = await store.CreateTenantAsync("b", "research", 1, Now());
-        cp.TenantCreated(b);
-        var p = await store.CreateProviderAsync("p", "r", Now());
-        cp.ProviderCreated(p);
-        var reg = await cp.RegisterAsync(p.Id, "r", [new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
         JobDocument Doc(string priority) => JobDocument.Parse($$$"""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600,"priority":"{{{priority}}}","retry":{"maxAttempts":1}}""", cp.Catalogue);
 
         var (low, _) = await cp.SubmitAsync(a.Id, Doc("low"), null);
@@ -156,19 +146,9 @@ public sealed class ControlPlaneRaceTests : IDisposable
     [Fact]
     public async Task APreemption_HoldsBackOnlyWhatNeedsTheVictimsNodes_TheRestOfTheQueueKeepsLeasing()
     {
-        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        var (clock, store, cp, a, b, p, reg) = await PreemptingPlaneAsync([new GroupOffer("big", 1000, 8192, null, 0, 2, null), new GroupOffer("small", 1000, 1024, null, 0, 1, null)]);
+        await using var _ = store;
         long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
-        await using var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
-        var cp = new ControlPlane(store, store, clock, new ServerMetrics(), new ControlPlaneOptions { Preemption = true, SpotNotice = TimeSpan.FromSeconds(10) },
-            NullLogger<ControlPlane>.Instance);
-        await cp.RecoverAsync();
-        var a = await store.CreateTenantAsync("a", "research", 1, Now());
-        cp.TenantCreated(a);
-        var b = await store.CreateTenantAsync("b", "research", 1, Now());
-        cp.TenantCreated(b);
-        var p = await store.CreateProviderAsync("p", "r", Now());
-        cp.ProviderCreated(p);
-        var reg = await cp.RegisterAsync(p.Id, "r", [new GroupOffer("big", 1000, 8192, null, 0, 2, null), new GroupOffer("small", 1000, 1024, null, 0, 1, null)]);
         JobDocument Doc(string priority, int memory) => JobDocument.Parse($$$"""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":{{{memory}}}},"timeLimitSeconds":600,"priority":"{{{priority}}}"}""", cp.Catalogue);
 
         // Tenant a's two low jobs fill the big nodes; the small node is free but too small for a's urgent job.
@@ -192,5 +172,24 @@ public sealed class ControlPlaneRaceTests : IDisposable
         Assert.Contains(notice.Job, new[] { low1.Id, low2.Id });
         Assert.Equal(JobStates.Running, (await store.GetJobAsync(low1.Id))!.State);
         Assert.Equal(JobStates.Running, (await store.GetJobAsync(low2.Id))!.State);
+    }
+
+    /// <summary>A control plane with priority preemption (10 s notice) on a fake clock: tenants a and b, one provider.</summary>
+    private async Task<(FakeTimeProvider Clock, SqliteStore Store, ControlPlane Cp, TenantRecord A, TenantRecord B, ProviderRecord P, ProviderRecord Reg)> PreemptingPlaneAsync(
+        IReadOnlyList<GroupOffer> groups)
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        var now = clock.GetUtcNow().ToUnixTimeMilliseconds();
+        var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
+        var cp = new ControlPlane(store, store, clock, new ServerMetrics(), new ControlPlaneOptions { Preemption = true, SpotNotice = TimeSpan.FromSeconds(10) },
+            NullLogger<ControlPlane>.Instance);
+        await cp.RecoverAsync();
+        var a = await store.CreateTenantAsync("a", "research", 1, now);
+        cp.TenantCreated(a);
+        var b = await store.CreateTenantAsync("b", "research", 1, now);
+        cp.TenantCreated(b);
+        var p = await store.CreateProviderAsync("p", "r", now);
+        cp.ProviderCreated(p);
+        return (clock, store, cp, a, b, p, await cp.RegisterAsync(p.Id, "r", groups));
     }
 }

@@ -111,15 +111,14 @@ public static class Escrow
     /// </summary>
     /// <remarks>An amount beyond what fen can count saturates at <see cref="long.MaxValue"/>: no tenant can cover it.</remarks>
     public static long HoldFen(JobSpec job, NodeGroup group) =>
-        group.Terms is { PriceFen: { } price } terms && price > 0
-            ? Saturated(() => Charging.Cost(price, UnitsMilli(job, group, terms), checked(job.RequestedSeconds * 1000)))
-            : 0;
+        job.RequestedSeconds > long.MaxValue / 1000 ? (IsPriced(group) ? long.MaxValue : 0) : CostFen(job, group, job.RequestedSeconds * 1000);
 
-    private static long Saturated(Func<long> amount)
+    /// <summary>Units per hour (×1000) the job takes on the group under its terms (saturating).</summary>
+    public static long UnitsMilli(JobSpec job, NodeGroup group, MarketTerms terms)
     {
         try
         {
-            return amount();
+            return Charging.UnitsMilli(job.Task, job.Tasks, group.Shape, terms.UnitsPerNode);
         }
         catch (OverflowException)
         {
@@ -127,13 +126,25 @@ public static class Escrow
         }
     }
 
-    /// <summary>Units per hour (×1000) the job takes on the group under its terms.</summary>
-    public static long UnitsMilli(JobSpec job, NodeGroup group, MarketTerms terms) =>
-        Saturated(() => Charging.UnitsMilli(job.Task, job.Tasks, group.Shape, terms.UnitsPerNode));
+    /// <summary>What an attempt that ran <paramref name="milliseconds"/> costs on the group (fen, saturating), before the hold caps it.</summary>
+    public static long CostFen(JobSpec job, NodeGroup group, long milliseconds)
+    {
+        if (!IsPriced(group))
+        {
+            return 0;
+        }
 
-    /// <summary>What an attempt that ran <paramref name="milliseconds"/> costs on the group (fen), before the hold caps it.</summary>
-    public static long CostFen(JobSpec job, NodeGroup group, long milliseconds) =>
-        group.Terms is { PriceFen: { } price } terms && price > 0 ? Saturated(() => Charging.Cost(price, UnitsMilli(job, group, terms), milliseconds)) : 0;
+        try
+        {
+            return Charging.Cost(group.Terms!.PriceFen!.Value, UnitsMilli(job, group, group.Terms), milliseconds);
+        }
+        catch (OverflowException)
+        {
+            return long.MaxValue;
+        }
+    }
+
+    private static bool IsPriced(NodeGroup group) => group.Terms is { PriceFen: > 0 };
 }
 
 /// <summary>How a settled amount is split between the tenant, its voucher, the provider and the platform.</summary>
