@@ -1146,10 +1146,22 @@ public sealed partial class ControlPlane : BackgroundService
 
         var t0 = Stopwatch.GetTimestamp();
         await LearnFatesAsync();
+
+        // The pool is brought up to date before the wallets are read, so a priced pool is never scheduled unfunded.
+        lock (_gate)
+        {
+            DrainInboxLocked();
+            if (_poolDirty || NowMs >= _offersChangeMs)
+            {
+                RebuildPoolLocked();
+            }
+        }
+
         var spendable = _pricedPool ? await _ledger.SpendableAsync(NowMs) : null;
         List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch, string LocalGroup, HoldPlan? Hold, string Encoded)> leases = [];
         List<(JobSpec Job, string Reason)> doomed;
         var scheduled = false;
+        var fundsUnread = false;
         long generationAtCycle = 0;
         Dictionary<long, long> tenantMoneyAtCycle = [];
         lock (_gate)
@@ -1164,6 +1176,10 @@ public sealed partial class ControlPlane : BackgroundService
             {
                 RebuildPoolLocked();
             }
+
+            // The pool became priced while the wallets were read (an offer published meanwhile): placing now would let
+            // the core spend money it was never told about. Skip this cycle's placements and run again at once.
+            fundsUnread = spendable is null && _pricedPool;
 
             // Admission (dependencies, array throttles, spot) is the core's: the simulator runs the same rules.
             var generation = Interlocked.Read(ref _walletGeneration);
@@ -1193,7 +1209,7 @@ public sealed partial class ControlPlane : BackgroundService
             }
 
             _metrics.QueueDepth(queued.Count);
-            if (_scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0)
+            if (_scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0 || fundsUnread)
             {
                 queued.Clear();
             }
@@ -1209,7 +1225,11 @@ public sealed partial class ControlPlane : BackgroundService
                 }
             }
 
-            _waits = [];
+            if (!fundsUnread)
+            {
+                _waits = []; // otherwise explain keeps the last cycle's words until the next one
+            }
+
             if (pending.Count > 0)
             {
                 scheduled = true;
@@ -1258,6 +1278,11 @@ public sealed partial class ControlPlane : BackgroundService
             {
                 // Cancelled or started meanwhile.
             }
+        }
+
+        if (fundsUnread)
+        {
+            Wake();
         }
 
         if (!scheduled)

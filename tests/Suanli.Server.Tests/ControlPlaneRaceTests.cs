@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Time.Testing;
+using Suanli.Core.Market;
 using Suanli.Server.Storage;
 
 namespace Suanli.Server.Tests;
@@ -175,6 +176,28 @@ public sealed class ControlPlaneRaceTests : IDisposable
     }
 
     /// <summary>A control plane with priority preemption (10 s notice) on a fake clock: tenants a and b, one provider.</summary>
+    [Fact]
+    public async Task AnOfferPublished_AfterTheWalletsWereRead_DoesNotLetTheCorePlaceUnfundedWork()
+    {
+        // CI failure of stop 21: the cycle read the wallets only when the pool it had was priced, then rebuilt the pool
+        // with a new offer and placed a broke tenant's job on it; the store refused the hold, not the core.
+        var (clock, store, cp, a, _, p, _) = await PreemptingPlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
+        await using var _ = store;
+        long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
+        var doc = JobDocument.Parse("""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600}""", cp.Catalogue);
+        await store.CreateOfferAsync(new OfferRecord(0, p.Id, "g", Tiers.OnDemand, PriceUnits.CoreHour, 36, 1, Now(), Now() + 86_400_000, null, Now(), null));
+        cp.OffersChanged(await store.OffersAsync());
+        var (job, _) = await cp.SubmitAsync(a.Id, doc, null);
+
+        await cp.CycleAsync(); // the pool becomes priced inside this cycle
+        await cp.CycleAsync();
+
+        Assert.Equal(JobStates.Queued, (await store.GetJobAsync(job.Id))!.State);
+        var why = string.Join("\n", cp.Explain((await store.GetJobAsync(job.Id))!));
+        Assert.Contains($"tenant {a.Id} can put up 0.00", why, StringComparison.Ordinal);
+        Assert.DoesNotContain("hold:", why, StringComparison.Ordinal);
+    }
+
     private async Task<(FakeTimeProvider Clock, SqliteStore Store, ControlPlane Cp, TenantRecord A, TenantRecord B, ProviderRecord P, ProviderRecord Reg)> PreemptingPlaneAsync(
         IReadOnlyList<GroupOffer> groups)
     {
