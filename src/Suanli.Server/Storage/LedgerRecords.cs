@@ -1,3 +1,5 @@
+using Suanli.Core.Market;
+
 namespace Suanli.Server.Storage;
 
 /// <summary>Transfer kinds: posted (moves money now), pending (a hold), post (completes a hold, up to its amount), void (releases a hold).</summary>
@@ -105,14 +107,6 @@ public sealed record LedgerReport(bool Ok, int Accounts, long Transfers, long Su
     int OpenHolds, long OpenHoldFen, int SettlementsChecked, long SettledFen, IReadOnlyList<string> Problems);
 
 /// <summary>A provider's offer: one tier of one node group, at a price in a standard unit, for a number of nodes, in a window.</summary>
-/// <summary>The consent states of a reserved contract.</summary>
-public static class Consents
-{
-    public const string Proposed = "proposed";
-    public const string Accepted = "accepted";
-    public const string Declined = "declined";
-}
-
 public sealed record OfferRecord(long Id, long ProviderId, string GroupId, string Tier, string Unit, long PriceFen, int Nodes, long ValidFromMs, long ValidToMs,
     long? TenantId, long CreatedMs, long? WithdrawnMs)
 {
@@ -140,20 +134,8 @@ public sealed record OfferRecord(long Id, long ProviderId, string GroupId, strin
     /// <summary>The platform's fee out of the charge.</summary>
     public long? ContractFeeFen { get; init; }
 
-    /// <summary>
-    /// Take-or-pay rule: the whole value when the window ran to its end; when the contract was withdrawn early (the
-    /// provider ended it), the share of the window that had passed, rounded half up.
-    /// </summary>
-    public static long ContractCharge(long valueFen, long fromMs, long toMs, long? withdrawnMs)
-    {
-        if (withdrawnMs is not { } w || w >= toMs)
-        {
-            return valueFen;
-        }
-
-        var used = Math.Clamp(w - fromMs, 0, toMs - fromMs);
-        return Suanli.Core.Market.Money.Round((decimal)valueFen * used / (toMs - fromMs));
-    }
+    /// <summary>The take-or-pay charge of this contract as it stands (<see cref="Contracts.Charge"/>).</summary>
+    public long ContractCharge() => Contracts.Charge(ContractFen ?? 0, ValidFromMs, ValidToMs, WithdrawnMs);
 }
 
 /// <summary>What the lease of a priced job holds in escrow (written with the lease, in one transaction).</summary>

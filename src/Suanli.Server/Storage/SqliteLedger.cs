@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Microsoft.Data.Sqlite;
 using Suanli.Core.Market;
+using Suanli.Server.Ledger;
 
 namespace Suanli.Server.Storage;
 
@@ -304,204 +305,17 @@ public sealed partial class SqliteStore
     });
 
     // ---- verification ----
+    /// <summary>Loads the rows <see cref="LedgerVerifier"/> checks in one snapshot; the rules are the verifier's.</summary>
     public Task<LedgerReport> VerifyAsync(int feeBps) => Read(c =>
     {
         using var snapshot = c.BeginTransaction(deferred: true);
-        var problems = new List<string>();
-        void Problem(string p)
-        {
-            if (problems.Count < 100)
-            {
-                problems.Add(p);
-            }
-        }
-
-        var accounts = Query(c, $"SELECT {AccountCols} FROM ledger_accounts", MapAccount).ToDictionary(a => a.Id);
-        var replay = accounts.Keys.ToDictionary(k => k, _ => (Posted: 0L, PD: 0L, PC: 0L));
-        var pendings = new Dictionary<string, (string D, string C, long A)>();
-        var lastSeen = new Dictionary<string, long?>();
-        var prevs = Query(c, "SELECT seq, debit_prev, credit_prev FROM ledger_transfers", r => (S: r.GetInt64(0), D: NLong(r, 1), C: NLong(r, 2))).ToDictionary(x => x.S);
-        var lastSeq = Query(c, "SELECT id, last_seq FROM ledger_accounts", r => (Id: r.GetString(0), L: NLong(r, 1))).ToDictionary(x => x.Id, x => x.L);
-        var resolved = new Dictionary<string, (string Kind, long Amount)>();
-        long transfers = 0;
-        foreach (var t in Query(c, $"SELECT {TransferCols} FROM ledger_transfers ORDER BY seq", MapTransfer))
-        {
-            transfers++;
-            if (!replay.ContainsKey(t.Debit) || !replay.ContainsKey(t.Credit))
-            {
-                Problem($"transfer {t.Id}: names an account that does not exist");
-                continue;
-            }
-
-            if (t.Debit == t.Credit || t.Amount < 0)
-            {
-                Problem($"transfer {t.Id}: does not balance (debit {t.Debit}, credit {t.Credit}, amount {t.Amount})");
-            }
-
-            // Each side's chain pointer must name the account's previous transfer.
-            var (_, dp, cp) = prevs[t.Seq];
-            if (dp != lastSeen.GetValueOrDefault(t.Debit) || cp != lastSeen.GetValueOrDefault(t.Credit))
-            {
-                Problem($"transfer {t.Id}: its account chain pointers ({dp}, {cp}) skip or repeat a transfer of {t.Debit} or {t.Credit}");
-            }
-
-            lastSeen[t.Debit] = t.Seq;
-            lastSeen[t.Credit] = t.Seq;
-            var d = replay[t.Debit];
-            var cr = replay[t.Credit];
-            switch (t.Kind)
-            {
-                case TransferKinds.Posted:
-                    d.Posted -= t.Amount;
-                    cr.Posted += t.Amount;
-                    break;
-                case TransferKinds.Pending:
-                    d.PD += t.Amount;
-                    cr.PC += t.Amount;
-                    pendings[t.Id] = (t.Debit, t.Credit, t.Amount);
-                    break;
-                default:
-                    if (t.PendingId is null || !pendings.TryGetValue(t.PendingId, out var p) || p.D != t.Debit || p.C != t.Credit)
-                    {
-                        Problem($"transfer {t.Id}: resolves no earlier pending transfer of the same accounts");
-                        break;
-                    }
-
-                    if (!resolved.TryAdd(t.PendingId, (t.Kind, t.Amount)) || t.Amount > p.A)
-                    {
-                        Problem($"transfer {t.Id}: resolves hold {t.PendingId} twice or beyond its amount");
-                    }
-
-                    d.PD -= p.A;
-                    cr.PC -= p.A;
-                    d.Posted -= t.Amount;
-                    cr.Posted += t.Amount;
-                    break;
-            }
-
-            replay[t.Debit] = d;
-            replay[t.Credit] = t.Debit == t.Credit ? d : cr;
-        }
-
-        foreach (var a in accounts.Values)
-        {
-            var r = replay[a.Id];
-            if (r != (a.Posted, a.PendingDebits, a.PendingCredits))
-            {
-                Problem($"account {a.Id}: stored balances (posted {a.Posted}, held {a.PendingDebits}/{a.PendingCredits}) differ from the journal ({r.Posted}, {r.PD}/{r.PC})");
-            }
-
-            if (lastSeq[a.Id] != lastSeen.GetValueOrDefault(a.Id))
-            {
-                Problem($"account {a.Id}: its chain starts at transfer {lastSeq[a.Id]}, the journal's latest for it is {lastSeen.GetValueOrDefault(a.Id)}");
-            }
-
-            if (a.Floor is { } f && a.Available < f)
-            {
-                Problem($"account {a.Id}: available {a.Available} is below its floor {f}");
-            }
-        }
-
-        var sumPosted = accounts.Values.Sum(a => a.Posted);
-        var sumPD = accounts.Values.Sum(a => a.PendingDebits);
-        var sumPC = accounts.Values.Sum(a => a.PendingCredits);
-        if (sumPosted != 0)
-        {
-            Problem($"the sum of all posted balances is {sumPosted}, not 0: money was created or lost");
-        }
-
-        if (sumPD != sumPC)
-        {
-            Problem($"held debits {sumPD} and held credits {sumPC} differ");
-        }
-
-        if (accounts.TryGetValue(Accounts.Escrow, out var escrow) && escrow.Posted != 0)
-        {
-            Problem($"escrow holds {escrow.Posted} posted fen; every settlement must pass it on in full");
-        }
-
-        // Settlements against metered usage.
-        var usage = Query(c, "SELECT job_id, attempt, started, ended FROM usage", r => (J: r.GetInt64(0), A: r.GetInt32(1), S: r.GetInt64(2), E: r.GetInt64(3)))
-            .ToDictionary(u => (u.J, u.A), u => u.E - u.S);
-        int checkedCount = 0, open = 0;
-        long openFen = 0, settledFen = 0;
-        foreach (var s in Query(c, $"SELECT {SettlementCols} FROM settlements", MapSettlement))
-        {
-            checkedCount++;
-            var key = $"{s.JobId}:{s.Attempt}";
-            if (s.State == SettlementStates.Held)
-            {
-                open++;
-                openFen += s.HoldFen;
-                if (resolved.ContainsKey($"hold:{key}"))
-                {
-                    Problem($"settlement {key}: held, but its hold was resolved");
-                }
-
-                continue;
-            }
-
-            if (s.State == SettlementStates.Voided)
-            {
-                if (!resolved.TryGetValue($"hold:{key}", out var v) || v.Kind != TransferKinds.Void)
-                {
-                    Problem($"settlement {key}: voided, but its hold was not voided");
-                }
-
-                continue;
-            }
-
-            settledFen += s.CostFen ?? 0;
-            if (!usage.TryGetValue((s.JobId, s.Attempt), out var ms) || ms != s.MeteredMs)
-            {
-                Problem($"settlement {key}: metered {s.MeteredMs} ms, usage says {(usage.TryGetValue((s.JobId, s.Attempt), out var u) ? u.ToString(CultureInfo.InvariantCulture) : "nothing")}");
-                continue;
-            }
-
-            var cost = Charging.Cost(s.PriceFen, s.UnitsMilli, ms);
-            var split = Settlement.Split(cost, Charging.Cost(s.SellerPriceFen, s.UnitsMilli, ms), s.HoldFen, s.VoucherHoldFen, s.VoucherShareBps, feeBps);
-            if ((split.Charged, split.Tenant, split.Voucher, split.Provider, split.Fee) != (s.CostFen, s.TenantFen, s.VoucherFen, s.ProviderFen, s.FeeFen))
-            {
-                Problem($"settlement {key}: stored split {s.CostFen}/{s.TenantFen}/{s.VoucherFen}/{s.ProviderFen}/{s.FeeFen} differs from the metered usage's {split.Charged}/{split.Tenant}/{split.Voucher}/{split.Provider}/{split.Fee}");
-            }
-
-            var paid = resolved.TryGetValue($"hold:{key}", out var h) && h.Kind == TransferKinds.Post ? h.Amount : -1;
-            var voucher = s.VoucherId is null ? 0 : resolved.TryGetValue($"vhold:{key}", out var vh) ? vh.Amount : -1;
-            if (paid != s.TenantFen || voucher != s.VoucherFen)
-            {
-                Problem($"settlement {key}: the journal posts {paid} from the tenant and {voucher} from the voucher, the settlement says {s.TenantFen} and {s.VoucherFen}");
-            }
-        }
-
-        // Reserved contracts: escrowed at their value, charged by the take-or-pay rule, paid out in full.
-        var amounts = Query(c, "SELECT id, amount FROM ledger_transfers WHERE code IN ('contract-hold', 'contract-provider-share') OR id LIKE 'contract-fee:%'", r => (r.GetString(0), r.GetInt64(1)))
-            .ToDictionary(x => x.Item1, x => x.Item2);
-        foreach (var o in Query(c, $"SELECT {OfferCols} FROM offers WHERE contract_state IS NOT NULL", MapOffer))
-        {
-            checkedCount++;
-            if (amounts.GetValueOrDefault($"contract:{o.Id}", -1) != o.ContractFen)
-            {
-                Problem($"contract {o.Id}: escrowed {amounts.GetValueOrDefault($"contract:{o.Id}", -1)}, its value is {o.ContractFen}");
-            }
-
-            if (o.ContractState != "settled")
-            {
-                open++;
-                openFen += o.ContractFen ?? 0;
-                continue;
-            }
-
-            var charged = OfferRecord.ContractCharge(o.ContractFen!.Value, o.ValidFromMs, o.ValidToMs, o.WithdrawnMs);
-            settledFen += charged;
-            var posted = resolved.TryGetValue($"contract:{o.Id}", out var pr) && pr.Kind == TransferKinds.Post ? pr.Amount : -1;
-            if (charged != o.ContractChargedFen || posted != charged
-                || amounts.GetValueOrDefault($"contract-payout:{o.Id}", -1) + amounts.GetValueOrDefault($"contract-fee:{o.Id}", -1) != charged)
-            {
-                Problem($"contract {o.Id}: the take-or-pay charge is {charged}; stored {o.ContractChargedFen}, posted {posted}, paid out {amounts.GetValueOrDefault($"contract-payout:{o.Id}", -1)} + fee {amounts.GetValueOrDefault($"contract-fee:{o.Id}", -1)}");
-            }
-        }
-
-        return new LedgerReport(problems.Count == 0, accounts.Count, transfers, sumPosted, sumPD, sumPC, open, openFen, checkedCount, settledFen, problems);
+        var accounts = Query(c, $"SELECT {AccountCols}, last_seq FROM ledger_accounts", r => new AccountRow(MapAccount(r), NLong(r, 7)));
+        var usage = Query(c, "SELECT job_id, attempt, started, ended FROM usage", r => (J: r.GetInt64(0), A: r.GetInt32(1), Ms: r.GetInt64(3) - r.GetInt64(2)))
+            .ToDictionary(u => (u.J, u.A), u => u.Ms);
+        var settlements = Query(c, $"SELECT {SettlementCols} FROM settlements", MapSettlement);
+        var contracts = Query(c, $"SELECT {OfferCols} FROM offers WHERE contract_state IS NOT NULL", MapOffer);
+        var journal = Query(c, $"SELECT {TransferCols}, debit_prev, credit_prev FROM ledger_transfers ORDER BY seq", r => new JournalRow(MapTransfer(r), NLong(r, 12), NLong(r, 13)));
+        return LedgerVerifier.Verify(new LedgerSnapshot(accounts, journal, usage, settlements, contracts), feeBps);
     });
 
     // ---- offers ----
@@ -522,9 +336,9 @@ public sealed partial class SqliteStore
             ?? throw new StoreConflictException("unknown_group", $"group: provider {provider.Name} has registered no node group '{o.GroupId}' (it has: {string.Join(", ", provider.Groups.Select(g => g.Id))})");
         var overlapping = Query(c, "SELECT COALESCE(SUM(nodes), 0) FROM offers WHERE provider_id = $p AND group_id = $g AND withdrawn IS NULL AND valid_from < $to AND valid_to > $from",
             r => r.GetInt64(0), ("$p", o.ProviderId), ("$g", o.GroupId), ("$from", o.ValidFromMs), ("$to", o.ValidToMs))[0];
-        if (overlapping + o.Nodes > group.Nodes)
+        if (Contracts.OverCapacity(o.GroupId, group.Nodes, overlapping, o.Nodes) is { } over)
         {
-            throw new StoreConflictException("over_capacity", $"nodes: group {o.GroupId} has {group.Nodes} nodes and offers overlapping this window already sell {overlapping}; at most {group.Nodes - overlapping} more");
+            throw new StoreConflictException(over.Code, over.Message);
         }
 
         // A reserved contract is only a proposal here: nothing is escrowed and it sells nothing until the tenant accepts.
@@ -542,9 +356,9 @@ public sealed partial class SqliteStore
             throw new StoreConflictException("not_found", $"contract {id} does not exist or is not offered to you");
         }
 
-        if (o.Consent != Consents.Proposed || o.WithdrawnMs is not null)
+        if (Contracts.AnswerRefusal(id, o.Consent, o.WithdrawnMs is not null, accept, o.ValidFromMs, nowMs) is { } refused)
         {
-            throw new StoreConflictException("already_answered", $"contract {id} is {(o.WithdrawnMs is not null && o.Consent == Consents.Proposed ? "withdrawn" : o.Consent)}; only a standing proposal can be answered");
+            throw new StoreConflictException(refused.Code, refused.Message);
         }
 
         if (!accept)
@@ -552,21 +366,13 @@ public sealed partial class SqliteStore
             return Query(c, $"UPDATE offers SET consent = 'declined', withdrawn = $now WHERE id = $id RETURNING {OfferCols}", MapOffer, ("$now", nowMs), ("$id", id))[0];
         }
 
-        if (nowMs >= o.ValidFromMs)
-        {
-            throw new StoreConflictException("window_started", $"contract {id}: its window began at {DateTimeOffset.FromUnixTimeMilliseconds(o.ValidFromMs):u}; it can no longer be accepted (ask the provider for a new proposal)");
-        }
-
         var provider = Query(c, $"SELECT {ProviderCols} FROM providers WHERE id = $id", MapProvider, ("$id", o.ProviderId))[0];
         var rec = Query(c, $"UPDATE offers SET consent = 'accepted', accepted = $now, contract_state = CASE WHEN contract_fen > 0 THEN 'held' END WHERE id = $id RETURNING {OfferCols}",
             MapOffer, ("$now", nowMs), ("$id", id))[0];
-        if (rec.ContractFen is { } value && value > 0)
+        if (rec.ContractFen is > 0)
         {
             // Take-or-pay: the contract's whole value is escrowed from the tenant's wallet now, or the acceptance fails.
-            Linked(c, nowMs, new TransferRequest($"contract:{rec.Id}", TransferKinds.Pending, Accounts.Tenant(o.TenantId!.Value), Accounts.Escrow, value, "contract-hold")
-            {
-                Memo = $"reserved contract {rec.Id}: {o.Nodes} nodes of {provider.Name}/{o.GroupId} at {Money.Yuan(o.PriceFen)}/{o.Unit}",
-            });
+            Linked(c, nowMs, Postings.ContractHold(rec, provider.Name));
         }
 
         return rec;
@@ -584,12 +390,8 @@ public sealed partial class SqliteStore
         var due = Query(c, $"SELECT {OfferCols} FROM offers WHERE contract_state = 'held' AND (valid_to <= $now OR withdrawn IS NOT NULL)", MapOffer, ("$now", nowMs));
         foreach (var o in due)
         {
-            var charged = OfferRecord.ContractCharge(o.ContractFen!.Value, o.ValidFromMs, o.ValidToMs, o.WithdrawnMs);
-            var fee = Money.Share(charged, feeBps);
-            Linked(c, nowMs,
-                new TransferRequest($"contract-pay:{o.Id}", TransferKinds.Post, "", "", charged, "contract-charge") { PendingId = $"contract:{o.Id}" },
-                new TransferRequest($"contract-payout:{o.Id}", TransferKinds.Posted, Accounts.Escrow, Accounts.Provider(o.ProviderId), charged - fee, "contract-provider-share"),
-                new TransferRequest($"contract-fee:{o.Id}", TransferKinds.Posted, Accounts.Escrow, Accounts.Fee, fee, "platform-fee"));
+            var (transfers, charged, fee) = Postings.ContractSettlement(o, feeBps);
+            Linked(c, nowMs, [.. transfers]);
             Update(c, "UPDATE offers SET contract_state = 'settled', contract_charged_fen = $ch, contract_fee_fen = $f, contract_settled = $now WHERE id = $id",
                 ("$ch", charged), ("$f", fee), ("$now", nowMs), ("$id", o.Id));
         }
@@ -604,31 +406,18 @@ public sealed partial class SqliteStore
         r.GetString(6), r.GetString(7), r.GetInt64(8), r.GetInt64(9), r.GetInt64(10), r.GetInt64(11), NLong(r, 12), r.GetInt64(13), r.GetInt32(14), r.GetString(15),
         NLong(r, 16), NLong(r, 17), NLong(r, 18), NLong(r, 19), NLong(r, 20), NLong(r, 21), r.GetInt64(22), NLong(r, 23), NStr(r, 24));
 
-    /// <summary>Holds the estimated cost of a freshly leased attempt: the eligible voucher first (up to its share), the wallet for the rest.</summary>
+    /// <summary>Holds the estimated cost of a freshly leased attempt: the voucher the rules choose first (up to its share), the wallet for the rest.</summary>
     private static void HoldLocked(SqliteConnection c, JobRecord job, HoldPlan h, long now)
     {
-        var key = $"{job.Id}:{job.Attempt}";
         var provider = job.ProviderId!.Value;
-
-        // The voucher: the tenant's soonest-expiring live one whose programme covers the tenant's sector, unless the
-        // tenant and provider are related parties. One voucher per attempt: no double subsidy.
-        var v = Query(c, """
-            SELECT v.id, p.share_bps, p.domestic_share_bps FROM vouchers v JOIN voucher_programmes p ON p.id = v.programme_id
-            JOIN tenants t ON t.id = v.tenant_id
-            WHERE v.tenant_id = $t AND v.expired IS NULL AND v.valid_to > $now AND p.valid_from <= $now AND p.valid_to > $now
-              AND (p.sectors = '[]' OR EXISTS (SELECT 1 FROM json_each(p.sectors) WHERE value = t.sector))
-              AND NOT EXISTS (SELECT 1 FROM relations r WHERE r.tenant_id = v.tenant_id AND r.provider_id = $p)
-              AND (SELECT posted - pending_debits FROM ledger_accounts WHERE id = 'voucher:' || v.id) > 0
-            ORDER BY v.valid_to, v.id LIMIT 1
-            """, r => (Id: r.GetInt64(0), Share: r.GetInt32(1), Domestic: r.IsDBNull(2) ? (int?)null : r.GetInt32(2)), ("$t", job.TenantId), ("$now", now), ("$p", provider)).FirstOrDefault();
+        var sector = Query(c, "SELECT sector FROM tenants WHERE id = $t", r => r.GetString(0), ("$t", job.TenantId))[0];
+        var related = Query(c, "SELECT 1 FROM relations WHERE tenant_id = $t AND provider_id = $p", r => 1, ("$t", job.TenantId), ("$p", provider)).Count > 0;
+        var v = VoucherRules.Choose(VoucherTermsLocked(c, job.TenantId, now), sector, related, now);
         long voucherHold = 0;
-        var share = v.Id == 0 ? 0 : h.Domestic && v.Domestic is { } d ? d : v.Share;
-        if (v.Id != 0)
+        var share = v is null ? 0 : VoucherRules.ShareBps(v, h.Domestic);
+        if (v is not null)
         {
-            var o = ApplyTransfer(c, new TransferRequest($"vhold:{key}", TransferKinds.Pending, Accounts.Voucher(v.Id), Accounts.Escrow, Money.Share(h.HoldFen, share), "voucher-hold")
-            {
-                JobId = job.Id, Attempt = job.Attempt, Balancing = true,
-            }, now);
+            var o = ApplyTransfer(c, Postings.VoucherHold(job, v.VoucherId, h, share), now);
             if (!o.Ok)
             {
                 throw new StoreConflictException(o.Result, $"voucher hold: {o.Message}");
@@ -637,16 +426,21 @@ public sealed partial class SqliteStore
             voucherHold = o.Amount;
         }
 
-        Linked(c, now, new TransferRequest($"hold:{key}", TransferKinds.Pending, Accounts.Tenant(job.TenantId), Accounts.Escrow, h.HoldFen - voucherHold, "hold")
-        {
-            JobId = job.Id, Attempt = job.Attempt, Memo = $"{h.Tier} {h.Unit} at {Money.Yuan(h.PriceFen)}",
-        });
+        Linked(c, now, Postings.TenantHold(job, h, voucherHold));
         Update(c, $"INSERT INTO settlements({SettlementCols}) VALUES($j, $a, $t, $p, $g, $o, $tier, $u, $price, $sp, $um, $h, $v, $vh, $vs, 'held', NULL, NULL, NULL, NULL, NULL, NULL, $now, NULL, NULL)",
             ("$j", job.Id), ("$a", job.Attempt), ("$t", job.TenantId), ("$p", provider), ("$g", job.GroupId), ("$o", h.OfferId), ("$tier", h.Tier), ("$u", h.Unit),
-            ("$price", h.PriceFen), ("$sp", h.SellerPriceFen), ("$um", h.UnitsMilli), ("$h", h.HoldFen), ("$v", v.Id == 0 ? null : v.Id), ("$vh", voucherHold), ("$vs", share), ("$now", now));
+            ("$price", h.PriceFen), ("$sp", h.SellerPriceFen), ("$um", h.UnitsMilli), ("$h", h.HoldFen), ("$v", v?.VoucherId), ("$vh", voucherHold), ("$vs", share), ("$now", now));
     }
 
-    /// <summary>Charges or voids a held attempt; false when it holds nothing (unpriced, or ended already).</summary>
+    /// <summary>The tenant's unexpired vouchers with their programmes' terms, for the voucher rules to choose from.</summary>
+    private static List<VoucherTerms> VoucherTermsLocked(SqliteConnection c, long tenantId, long now) => Query(c, """
+        SELECT v.id, v.valid_to, v.expired IS NOT NULL, COALESCE(a.posted - a.pending_debits, 0), p.share_bps, p.domestic_share_bps, p.sectors, p.valid_from, p.valid_to
+        FROM vouchers v JOIN voucher_programmes p ON p.id = v.programme_id LEFT JOIN ledger_accounts a ON a.id = 'voucher:' || v.id
+        WHERE v.tenant_id = $t AND v.expired IS NULL AND v.valid_to > $now
+        """, r => new VoucherTerms(r.GetInt64(0), r.GetInt64(1), r.GetInt64(2) != 0, r.GetInt64(3), r.GetInt32(4), r.IsDBNull(5) ? null : r.GetInt32(5),
+            JsonSerializer.Deserialize<List<string>>(r.GetString(6)) ?? [], r.GetInt64(7), r.GetInt64(8)), ("$t", tenantId), ("$now", now));
+
+    /// <summary>Charges or voids a held attempt by <see cref="Postings.Settle"/>; false when it holds nothing (unpriced, or ended already).</summary>
     private static bool SettleLocked(SqliteConnection c, long jobId, SettlePlan plan, int feeBps, long now)
     {
         var s = Query(c, $"SELECT {SettlementCols} FROM settlements WHERE job_id = $j AND attempt = $a AND state = 'held'", MapSettlement, ("$j", jobId), ("$a", plan.Attempt)).FirstOrDefault();
@@ -655,31 +449,16 @@ public sealed partial class SqliteStore
             return false;
         }
 
-        var key = $"{jobId}:{plan.Attempt}";
-        if (plan.Void)
+        var (transfers, split) = Postings.Settle(s, plan, feeBps);
+        Linked(c, now, [.. transfers]);
+        if (split is not { } x)
         {
-            Linked(c, now, new TransferRequest($"void:{key}", TransferKinds.Void, "", "", 0, "void") { PendingId = $"hold:{key}", JobId = jobId, Attempt = plan.Attempt, Memo = plan.Note });
-            if (s.VoucherId is not null)
-            {
-                Linked(c, now, new TransferRequest($"vvoid:{key}", TransferKinds.Void, "", "", 0, "voucher-void") { PendingId = $"vhold:{key}", JobId = jobId, Attempt = plan.Attempt });
-            }
-
             Update(c, "UPDATE settlements SET state = 'voided', settled_at = $now, note = $n WHERE job_id = $j AND attempt = $a", ("$now", now), ("$n", plan.Note), ("$j", jobId), ("$a", plan.Attempt));
             return true;
         }
 
-        var split = Settlement.Split(Charging.Cost(s.PriceFen, s.UnitsMilli, plan.MeteredMs), Charging.Cost(s.SellerPriceFen, s.UnitsMilli, plan.MeteredMs), s.HoldFen, s.VoucherHoldFen, s.VoucherShareBps, feeBps);
-        Linked(c, now, new TransferRequest($"pay:{key}", TransferKinds.Post, "", "", split.Tenant, "charge") { PendingId = $"hold:{key}", JobId = jobId, Attempt = plan.Attempt });
-        if (s.VoucherId is not null)
-        {
-            Linked(c, now, new TransferRequest($"vpay:{key}", TransferKinds.Post, "", "", split.Voucher, "voucher-charge") { PendingId = $"vhold:{key}", JobId = jobId, Attempt = plan.Attempt });
-        }
-
-        Linked(c, now,
-            new TransferRequest($"payout:{key}", TransferKinds.Posted, Accounts.Escrow, Accounts.Provider(s.ProviderId), split.Provider, "provider-share") { JobId = jobId, Attempt = plan.Attempt },
-            new TransferRequest($"fee:{key}", TransferKinds.Posted, Accounts.Escrow, Accounts.Fee, split.Fee, "platform-fee") { JobId = jobId, Attempt = plan.Attempt });
         Update(c, "UPDATE settlements SET state = 'settled', metered_ms = $ms, cost_fen = $c, tenant_fen = $t, voucher_fen = $v, provider_fen = $p, fee_fen = $f, settled_at = $now, note = $n WHERE job_id = $j AND attempt = $a",
-            ("$ms", plan.MeteredMs), ("$c", split.Charged), ("$t", split.Tenant), ("$v", split.Voucher), ("$p", split.Provider), ("$f", split.Fee), ("$now", now), ("$n", plan.Note),
+            ("$ms", plan.MeteredMs), ("$c", x.Charged), ("$t", x.Tenant), ("$v", x.Voucher), ("$p", x.Provider), ("$f", x.Fee), ("$now", now), ("$n", plan.Note),
             ("$j", jobId), ("$a", plan.Attempt));
         return true;
     }
@@ -710,10 +489,7 @@ public sealed partial class SqliteStore
         var rec = Query(c, $"INSERT INTO voucher_programmes(name, funder, budget_fen, share_bps, domestic_share_bps, tenant_cap_fen, sectors, valid_from, valid_to, created) VALUES($n, $f, $b, $s, $d, $cap, $sec, $vf, $vt, $c) RETURNING {ProgrammeCols}",
             MapProgramme, ("$n", p.Name), ("$f", p.Funder), ("$b", p.BudgetFen), ("$s", p.ShareBps), ("$d", p.DomesticShareBps), ("$cap", p.TenantCapFen),
             ("$sec", JsonSerializer.Serialize(p.Sectors)), ("$vf", p.ValidFromMs), ("$vt", p.ValidToMs), ("$c", p.CreatedMs))[0];
-        Linked(c, p.CreatedMs, new TransferRequest($"fund:programme:{rec.Id}", TransferKinds.Posted, Accounts.Funder(p.Funder), Accounts.Programme(rec.Id), p.BudgetFen, "programme-budget")
-        {
-            Memo = $"budget of programme {p.Name}",
-        });
+        Linked(c, p.CreatedMs, Postings.ProgrammeBudget(rec));
         return rec;
     });
 
@@ -729,33 +505,15 @@ public sealed partial class SqliteStore
             ?? throw new StoreConflictException("not_found", $"programme {programmeId} does not exist");
         var tenant = Query(c, $"SELECT {TenantCols} FROM tenants WHERE id = $id", MapTenant, ("$id", tenantId)).FirstOrDefault()
             ?? throw new StoreConflictException("not_found", $"tenantId: tenant {tenantId} does not exist");
-        if (nowMs >= p.ValidToMs)
-        {
-            throw new StoreConflictException("expired", $"programme: '{p.Name}' ended at {DateTimeOffset.FromUnixTimeMilliseconds(p.ValidToMs):u}; it issues no more vouchers");
-        }
-
-        if (validToMs <= nowMs || validToMs > p.ValidToMs)
-        {
-            throw new StoreConflictException("invalid", $"validTo: must be in the future and no later than the programme's end ({DateTimeOffset.FromUnixTimeMilliseconds(p.ValidToMs):u})");
-        }
-
-        if (p.Sectors.Count > 0 && !p.Sectors.Contains(tenant.Sector, StringComparer.Ordinal))
-        {
-            throw new StoreConflictException("not_eligible", $"tenantId: tenant {tenant.Name} is in sector '{tenant.Sector}'; programme '{p.Name}' covers {string.Join(", ", p.Sectors)}");
-        }
-
         var issued = Query(c, "SELECT COALESCE(SUM(amount_fen), 0) FROM vouchers WHERE programme_id = $p AND tenant_id = $t", r => r.GetInt64(0), ("$p", programmeId), ("$t", tenantId))[0];
-        if (issued + amountFen > p.TenantCapFen)
+        if (VoucherRules.IssueRefusal(p.Name, p.Sectors, p.ValidToMs, p.TenantCapFen, tenant.Name, tenant.Sector, issued, amountFen, validToMs, nowMs) is { } refused)
         {
-            throw new StoreConflictException("cap_exceeded", $"amount: tenant {tenant.Name} holds {Money.Yuan(issued)} of programme '{p.Name}', whose per-tenant cap is {Money.Yuan(p.TenantCapFen)}; at most {Money.Yuan(p.TenantCapFen - issued)} more");
+            throw new StoreConflictException(refused.Code, refused.Message);
         }
 
         var id = Query(c, "INSERT INTO vouchers(programme_id, tenant_id, amount_fen, valid_to, created) VALUES($p, $t, $a, $v, $c) RETURNING id", r => r.GetInt64(0),
             ("$p", programmeId), ("$t", tenantId), ("$a", amountFen), ("$v", validToMs), ("$c", nowMs))[0];
-        var o = ApplyTransfer(c, new TransferRequest($"issue:voucher:{id}", TransferKinds.Posted, Accounts.Programme(programmeId), Accounts.Voucher(id), amountFen, "voucher-issue")
-        {
-            Memo = $"voucher {id} for tenant {tenant.Name}",
-        }, nowMs);
+        var o = ApplyTransfer(c, Postings.VoucherIssue(id, programmeId, tenant.Name, amountFen), nowMs);
         if (!o.Ok)
         {
             throw new StoreConflictException(o.Result == "insufficient_funds" ? "budget_exhausted" : o.Result, $"amount: programme '{p.Name}' cannot fund it: {o.Message}");
@@ -774,12 +532,9 @@ public sealed partial class SqliteStore
             MapVoucher, ("$now", nowMs));
         foreach (var v in due)
         {
-            if (v.AvailableFen > 0)
+            if (Postings.VoucherExpiry(v, nowMs) is { } back)
             {
-                Linked(c, nowMs, new TransferRequest($"expire:voucher:{v.Id}:{nowMs}", TransferKinds.Posted, Accounts.Voucher(v.Id), Accounts.Programme(v.ProgrammeId), v.AvailableFen, "voucher-expire")
-                {
-                    Memo = "unused balance returned to the programme at expiry",
-                });
+                Linked(c, nowMs, back);
             }
 
             Update(c, "UPDATE vouchers SET expired = COALESCE(expired, $now) WHERE id = $id", ("$now", nowMs), ("$id", v.Id));
