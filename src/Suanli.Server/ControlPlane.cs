@@ -6,6 +6,7 @@ using Suanli.Core.Domain;
 using Suanli.Core.Market;
 using Suanli.Core.Scheduling;
 using Suanli.Core.Units;
+using Suanli.Server.Scheduling;
 using Suanli.Server.Storage;
 
 namespace Suanli.Server;
@@ -140,13 +141,8 @@ public sealed partial class ControlPlane : BackgroundService
     private readonly IControlStore _store;
     private readonly ILedgerStore _ledger;
     private Dictionary<long, OfferRecord> _offers = [];
-    private long _offersChangeMs = long.MaxValue;
     private long _walletGeneration;
     private readonly System.Collections.Concurrent.ConcurrentDictionary<long, long> _tenantMoney = new();
-    private Dictionary<int, (string LocalGroup, OfferRecord? Offer)> _poolGroups = [];
-
-    // Where each pool group sits in its physical node group: "provider/group", and its first node there.
-    private Dictionary<string, (string Physical, int Base, int Count)> _groupSpan = new(StringComparer.Ordinal);
     private readonly TimeProvider _time;
     private readonly ServerMetrics _metrics;
     private readonly ILogger<ControlPlane> _log;
@@ -177,7 +173,9 @@ public sealed partial class ControlPlane : BackgroundService
     private readonly RunTimePredictor _predictor = new();
     private readonly SemaphoreSlim _wake = new(0, 1);
     private Dictionary<long, WaitReason> _waits = [];
-    private Pool? _pool;
+    private PoolPartition? _partition;
+
+    private Pool? PoolNow => _partition?.Pool;
     private Scheduler? _scheduler;
     private ClusterState? _state;
     private bool _poolDirty = true;
@@ -220,7 +218,7 @@ public sealed partial class ControlPlane : BackgroundService
             var live = ToLive(j);
             if (j.Allocation is not null)
             {
-                (live.PoolGroup, _, _) = DecodeAllocation(j.Allocation);
+                (live.PoolGroup, _, _) = PoolPartition.Decode(j.Allocation);
             }
 
             _jobs[j.Id] = live;
@@ -758,13 +756,13 @@ public sealed partial class ControlPlane : BackgroundService
 
     /// <summary>The pool's milli-CPU and milli-GPU (at least 1 each): the denominators of a job's dominant share.</summary>
     private (double Cpu, double Gpu) PoolTotalsLocked() =>
-        (Math.Max(1, _pool?.Groups.Sum(g => (double)g.Shape.MilliCpu * g.NodeCount) ?? 1),
-         Math.Max(1, _pool?.Groups.Sum(g => 1000.0 * g.Shape.AcceleratorCount * g.NodeCount) ?? 1));
+        (Math.Max(1, PoolNow?.Groups.Sum(g => (double)g.Shape.MilliCpu * g.NodeCount) ?? 1),
+         Math.Max(1, PoolNow?.Groups.Sum(g => 1000.0 * g.Shape.AcceleratorCount * g.NodeCount) ?? 1));
 
     /// <summary>Charges the attempts metered before a restart to fair-share, oldest first, once a pool exists.</summary>
     private void ReplayUsageLocked()
     {
-        if (_usageToReplay is not { } rows || _pool is null || _pool.Groups.Count == 0)
+        if (_usageToReplay is not { } rows || PoolNow is null || PoolNow.Groups.Count == 0)
         {
             return;
         }
@@ -816,15 +814,15 @@ public sealed partial class ControlPlane : BackgroundService
 
     private void ReleaseLocked(LiveJob j)
     {
-        if (j.Allocation is not null && _state is not null && _pool is not null && j.PoolGroup is not null
-            && _pool.Groups.Count > j.Allocation.Group && _pool.Groups[j.Allocation.Group].Id == j.PoolGroup)
+        if (j.Allocation is not null && _state is not null && PoolNow is not null && j.PoolGroup is not null
+            && PoolNow.Groups.Count > j.Allocation.Group && PoolNow.Groups[j.Allocation.Group].Id == j.PoolGroup)
         {
             _state.Release(j.Allocation);
         }
 
         foreach (var (part, group) in j.Parts)
         {
-            if (_state is not null && _pool is not null && _pool.Groups.Count > part.Group && _pool.Groups[part.Group].Id == group)
+            if (_state is not null && PoolNow is not null && PoolNow.Groups.Count > part.Group && PoolNow.Groups[part.Group].Id == group)
             {
                 _state.Release(part);
             }
@@ -1001,55 +999,10 @@ public sealed partial class ControlPlane : BackgroundService
 
     private void RebuildPoolLocked()
     {
-        var ready = _providers.Values.Where(p => p.Record.State == ProviderStates.Ready && p.Record.Groups.Count > 0).OrderBy(p => p.Record.Id).ToList();
-        var providers = ready.Select(p => new Provider(p.Record.Name, p.Record.Region, p.Record.Name)).ToList();
-
-        // A node group with live offers is sold in parts, one pool group per offer (its tier, its nodes, its price), each
-        // a disjoint span of the physical group's nodes, so the offers together never sell a node twice; one without
-        // offers is unpriced capacity open to every job.
         var now = NowMs;
-        var groups = new List<NodeGroup>();
-        var poolGroups = new Dictionary<int, (string, OfferRecord?)>();
-        var spans = new Dictionary<string, (string, int, int)>(StringComparer.Ordinal);
-        foreach (var p in ready)
-        {
-            foreach (var g in p.Record.Groups)
-            {
-                var shape = new NodeShape(g.MilliCpu, g.MemoryMiB, g.Accelerator, g.Accelerators, g.GpuSharing);
-                var physical = $"{p.Record.Name}/{g.Id}";
-                var live = _offers.Values.Where(o => o.ProviderId == p.Record.Id && o.GroupId == g.Id && o.LiveAt(now)).OrderBy(o => o.Id).ToList();
-                if (live.Count == 0)
-                {
-                    poolGroups[groups.Count] = (g.Id, null);
-                    spans[physical] = (physical, 0, g.Nodes);
-                    groups.Add(new NodeGroup(physical, p.Record.Name, shape, g.Nodes, g.PricePerNodeHour));
-                    continue;
-                }
-
-                var next = 0;
-                foreach (var o in live)
-                {
-                    var count = Math.Min(o.Nodes, g.Nodes - next);
-                    if (PriceUnits.PerNode(o.Unit, shape, Catalogue) is not { } perNode || count <= 0)
-                    {
-                        continue;
-                    }
-
-                    var id = $"{physical}#offer{o.Id}";
-                    poolGroups[groups.Count] = (g.Id, o);
-                    spans[id] = (physical, next, count);
-                    groups.Add(new NodeGroup(id, p.Record.Name, shape, count, SpotPrice(o) * perNode / 100m,
-                        new MarketTerms(o.Tier, o.TenantId?.ToString(System.Globalization.CultureInfo.InvariantCulture), o.Id, BuyerSellerPrices(o).Buyer, perNode)));
-                    next += count;
-                }
-            }
-        }
-
-        _groupSpan = spans;
-        _poolGroups = poolGroups;
-        _pricedPool = groups.Any(g => g.Terms is { PriceFen: > 0 });
-        _offersChangeMs = _offers.Values.Where(o => o.WithdrawnMs is null).SelectMany(o => new[] { o.ValidFromMs, o.ValidToMs }).Where(t => t > now).DefaultIfEmpty(long.MaxValue).Min();
-        _pool = new Pool(providers, groups, Options.Latency);
+        var partition = PoolBuilder.Build(_providers.Values.Select(p => p.Record), _offers.Values, now, Catalogue, Options.Latency, o => (BuyerSellerPrices(o).Buyer, SpotPrice(o)));
+        _partition = partition;
+        var groups = partition.Pool.Groups;
         ReplayUsageLocked();
         var typical = PlacementUsesPrior ? TypicalTask.Of(_shapeCounts) : null;
         _shapesSinceBuild = 0;
@@ -1057,9 +1010,9 @@ public sealed partial class ControlPlane : BackgroundService
         // The memory of the scheduler being replaced (or, after a restart, of the last run) carries over.
         var memory = _scheduler?.LastStarted ?? _recoveredLastStarted;
         _scheduler = groups.Count > 0
-            ? new Scheduler(_pool, PolicyRegistry.Build(Options.Policy, _pool, Options.Placement, Options.Backfill, typical: typical) with { Preemption = Options.Preemption, PreemptWithinTenant = true }) { LastStarted = memory }
+            ? new Scheduler(partition.Pool, PolicyRegistry.Build(Options.Policy, partition.Pool, Options.Placement, Options.Backfill, typical: typical) with { Preemption = Options.Preemption, PreemptWithinTenant = true }) { LastStarted = memory }
             : null;
-        _state = new ClusterState(_pool);
+        _state = new ClusterState(partition.Pool);
         foreach (var j in _jobs.Values)
         {
             j.Parts.Clear();
@@ -1069,15 +1022,8 @@ public sealed partial class ControlPlane : BackgroundService
                 continue;
             }
 
-            // The lease names the nodes by their place in the physical group; find them in today's partition (a job
-            // leased before an offer existed, or on an offer since withdrawn, still holds its nodes).
-            var (group, first, slices) = DecodeAllocation(j.Record.Allocation);
-            var physical = group.Split('#')[0];
-            var parts = slices.GroupBy(sl => Locate(groups, physical, first + sl.Node))
-                .Where(part => part.Key >= 0)
-                .Select(part => (Group: part.Key, Slices: part.Select(sl => sl with { Node = first + sl.Node - _groupSpan[groups[part.Key].Id].Base }).ToArray()))
-                .ToList();
-            foreach (var (gi, part) in parts)
+            // The lease names the nodes by their place in the physical group; find them in today's partition.
+            foreach (var (gi, part) in partition.Place(j.Record.Allocation))
             {
                 var a = new Allocation(gi, part);
                 _state.Allocate(a);
@@ -1094,38 +1040,6 @@ public sealed partial class ControlPlane : BackgroundService
         }
 
         _poolDirty = false;
-    }
-
-    /// <summary>The pool group that holds node <paramref name="node"/> of a physical group, or -1 when none sells it now.</summary>
-    private int Locate(List<NodeGroup> groups, string physical, int node)
-    {
-        for (var i = 0; i < groups.Count; i++)
-        {
-            if (_groupSpan.TryGetValue(groups[i].Id, out var span) && span.Physical == physical && node >= span.Base && node < span.Base + span.Count)
-            {
-                return i;
-            }
-        }
-
-        return -1;
-    }
-
-    /// <summary>The lease's allocation: its pool group, that group's first node in the physical group, the slices.</summary>
-    private string EncodeAllocation(string group, Allocation a) =>
-        JsonSerializer.Serialize(new { group, @base = _groupSpan.TryGetValue(group, out var span) ? span.Base : 0,
-            slices = a.Slices.Select(s => new[] { s.Node, s.MilliCpu, s.MemoryMiB, (long)s.DeviceMask, s.GpuMilli, s.Kind }) }, Json);
-
-    private static (string Group, int Base, Slice[] Slices) DecodeAllocation(string json)
-    {
-        using var d = JsonDocument.Parse(json);
-        var group = d.RootElement.GetProperty("group").GetString()!;
-        var first = d.RootElement.TryGetProperty("base", out var b) ? b.GetInt32() : 0;
-        var slices = d.RootElement.GetProperty("slices").EnumerateArray().Select(s =>
-        {
-            var v = s.EnumerateArray().Select(x => x.GetInt64()).ToArray();
-            return new Slice((int)v[0], v[1], v[2], (ulong)v[3], (int)v[4], (int)v[5]);
-        }).ToArray();
-        return (group, first, slices);
     }
 
     private volatile bool _leasing = true;
@@ -1151,13 +1065,13 @@ public sealed partial class ControlPlane : BackgroundService
         lock (_gate)
         {
             DrainInboxLocked();
-            if (_poolDirty || NowMs >= _offersChangeMs)
+            if (_poolDirty || NowMs >= (_partition?.NextChangeMs ?? long.MaxValue))
             {
                 RebuildPoolLocked();
             }
         }
 
-        var spendable = _pricedPool ? await _ledger.SpendableAsync(NowMs) : null;
+        var spendable = (_partition?.Priced ?? false) ? await _ledger.SpendableAsync(NowMs) : null;
         List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch, string LocalGroup, HoldPlan? Hold, string Encoded)> leases = [];
         List<(JobSpec Job, string Reason)> doomed;
         var scheduled = false;
@@ -1172,14 +1086,14 @@ public sealed partial class ControlPlane : BackgroundService
             }
 
             DrainInboxLocked();
-            if (_poolDirty || NowMs >= _offersChangeMs)
+            if (_poolDirty || NowMs >= (_partition?.NextChangeMs ?? long.MaxValue))
             {
                 RebuildPoolLocked();
             }
 
             // The pool became priced while the wallets were read (an offer published meanwhile): placing now would let
             // the core spend money it was never told about. Skip this cycle's placements and run again at once.
-            fundsUnread = spendable is null && _pricedPool;
+            fundsUnread = spendable is null && (_partition?.Priced ?? false);
 
             // Admission (dependencies, array throttles, spot) is the core's: the simulator runs the same rules.
             var generation = Interlocked.Read(ref _walletGeneration);
@@ -1209,7 +1123,7 @@ public sealed partial class ControlPlane : BackgroundService
             }
 
             _metrics.QueueDepth(queued.Count);
-            if (_scheduler is null || _state is null || _pool is null || _pool.Groups.Count == 0 || fundsUnread)
+            if (_scheduler is null || _state is null || PoolNow is null || PoolNow.Groups.Count == 0 || fundsUnread)
             {
                 queued.Clear();
             }
@@ -1249,15 +1163,15 @@ public sealed partial class ControlPlane : BackgroundService
                 foreach (var placed in started)
                 {
                     var live = _jobs[placed.Job.Id];
-                    var group = _pool!.Groups[placed.Allocation.Group];
+                    var group = PoolNow!.Groups[placed.Allocation.Group];
                     var provider = _providers.Values.First(p => p.Record.Name == group.ProviderId);
                     live.Allocation = placed.Allocation;
                     live.PoolGroup = group.Id;
                     live.Unfunded = null;
                     _scheduler.Forget(placed.Job);
-                    var (localGroup, offer) = _poolGroups[placed.Allocation.Group];
+                    var (localGroup, offer) = _partition!.Sources[placed.Allocation.Group];
                     leases.Add((live, placed.Allocation, group, provider.Record.Id, provider.Record.Epoch, localGroup, offer is null ? null : HoldFor(live, group, offer),
-                        EncodeAllocation(group.Id, placed.Allocation)));
+                        _partition!.Encode(group.Id, placed.Allocation)));
                 }
 
                 generationAtCycle = generation;
@@ -1410,7 +1324,6 @@ public sealed partial class ControlPlane : BackgroundService
     // so each is read from the store once; entries no queued job needs any more are dropped.
     private readonly Dictionary<long, JobFate> _fates = [];
     private Dictionary<long, Hold> _holds = [];
-    private bool _pricedPool;
     private volatile bool _needFates = true; // a queued job has dependencies (set by each cycle and by every submission with some)
 
     private static JobFate FateOf(string state) => state switch
@@ -1635,12 +1548,12 @@ public sealed partial class ControlPlane : BackgroundService
         lock (_gate)
         {
             DrainInboxLocked();
-            if (_poolDirty || NowMs >= _offersChangeMs)
+            if (_poolDirty || NowMs >= (_partition?.NextChangeMs ?? long.MaxValue))
             {
                 RebuildPoolLocked();
             }
 
-            if (_scheduler is null || _pool is null || _state is null)
+            if (_scheduler is null || PoolNow is null || _state is null)
             {
                 return [];
             }
@@ -1651,8 +1564,8 @@ public sealed partial class ControlPlane : BackgroundService
             var rows = new List<QuoteRow>();
             foreach (var g in _scheduler.FeasibleGroups(spec))
             {
-                var group = _pool.Groups[g];
-                var (localGroup, offer) = _poolGroups[g];
+                var group = PoolNow.Groups[g];
+                var (localGroup, offer) = _partition!.Sources[g];
                 var hold = offer is null ? null : HoldFor(live, group, offer);
                 var fitsNow = FitsNowLocked(spec, g, group);
                 rows.Add(new QuoteRow(group.ProviderId, localGroup, offer?.Id, offer?.Tier ?? "unpriced", offer?.Unit, hold?.PriceFen ?? 0, hold?.UnitsMilli ?? 0,
