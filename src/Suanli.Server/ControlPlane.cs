@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Text.Json;
-using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Suanli.Core.Domain;
 using Suanli.Core.Market;
@@ -135,7 +134,7 @@ internal sealed class LiveProvider(ProviderRecord record)
 /// is written there first), runs <see cref="Scheduler.RunCycle"/> — the same core the simulator runs — and turns its
 /// decisions into durable leases for the provider agents. It also detects lost providers and meters finished work.
 /// </summary>
-public sealed partial class ControlPlane : BackgroundService
+public sealed partial class ControlPlane : IDisposable
 {
     private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
     private readonly IControlStore _store;
@@ -244,10 +243,7 @@ public sealed partial class ControlPlane : BackgroundService
         _usageToReplay = await _store.UsageAsync(null, now - (FairShareReplayHalfLives * _fairShare.HalfLifeSeconds * 1000), now);
         _metrics.SetStateCounts(await _store.CountJobsByStateAsync());
         _poolDirty = true;
-        if (_log.IsEnabled(LogLevel.Information))
-        {
-            _log.LogInformation("recovered {Jobs} active jobs, {Providers} providers", _jobs.Count, _providers.Count);
-        }
+        ServerLog.Recovered(_log, _jobs.Count, _providers.Count);
     }
 
     /// <summary>Moves acknowledged submissions into the job table (caller holds the gate).</summary>
@@ -396,10 +392,7 @@ public sealed partial class ControlPlane : BackgroundService
                         + "stop it, or start this one with --take-over to replace it");
                 }
 
-                if (_log.IsEnabled(LogLevel.Warning))
-                {
-                    _log.LogWarning("A new agent took over provider {Provider} from its live agent of epoch {Epoch}", current.Record.Name, current.Record.Epoch);
-                }
+                ServerLog.AgentTakeOver(_log, current.Record.Name, current.Record.Epoch);
             }
         }
 
@@ -585,7 +578,7 @@ public sealed partial class ControlPlane : BackgroundService
 
         if (state is not (JobStates.Succeeded or JobStates.Failed or Interrupted))
         {
-            throw new ArgumentException($"state: agents report running, succeeded, failed or interrupted, not '{state}'");
+            throw new ValidationException("state", "enum", $"state: agents report running, succeeded, failed or interrupted, not '{state}'");
         }
 
         var current = live?.Record ?? await _store.GetJobAsync(jobId) ?? throw new StoreConflictException("not_found", $"job {jobId} does not exist");
@@ -890,14 +883,14 @@ public sealed partial class ControlPlane : BackgroundService
         }
         catch (StoreConflictException e)
         {
-            if (_log.IsEnabled(LogLevel.Debug))
-            {
-                _log.LogDebug(e, "lost handling of job {Job} skipped", jobId);
-            }
+            ServerLog.LostHandlingSkipped(_log, e, jobId);
         }
     }
 
     // ------------------------------------------------------------------ scheduling loop
+
+    /// <inheritdoc/>
+    public void Dispose() => _wake.Dispose();
 
     /// <summary>Wakes the scheduling loop.</summary>
     public void Wake()
@@ -908,53 +901,36 @@ public sealed partial class ControlPlane : BackgroundService
             {
                 _wake.Release();
             }
-            catch (SemaphoreFullException)
+            catch (Exception e) when (e is SemaphoreFullException or ObjectDisposedException)
             {
-                // Already awake.
+                // Already awake, or the host is shutting down.
             }
         }
     }
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    /// <summary>
+    /// Waits until there is work (a wake-up, or the cycle interval), then a little longer so a burst of wake-ups (many
+    /// submissions) becomes one cycle; a cycle over a long queue may take a while, so at most about a quarter of the
+    /// time goes to cycles.
+    /// </summary>
+    internal async Task WaitForWorkAsync(CancellationToken ct)
     {
-        while (!stoppingToken.IsCancellationRequested)
-        {
-            try
-            {
-                await _wake.WaitAsync(Options.CycleInterval, stoppingToken);
-
-                // Coalesce a burst of wake-ups (many submissions) into one cycle.
-                // A cycle over a long queue may take a while: keep at most about a quarter of the time in cycles.
-                await Task.Delay(MinCycleGap + (3 * _lastCycle), _time, stoppingToken);
-                await DetectLostAsync();
-                await HousekeepMarketAsync();
-                if (NowMs >= _nextAuctionMs && HasSpotMarket())
-                {
-                    await ClearSpotMarketAsync();
-                }
-
-                await CycleAsync();
-            }
-            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-            {
-                break;
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                // An infrastructure fault (a busy or failing database, a bug in one cycle) must not stop the host:
-                // log it, back off (doubling up to 30 s while it keeps failing) and try the next cycle.
-                _cycleFailures++;
-                _log.LogError(e, "scheduling cycle failed ({Failures} in a row); retrying", _cycleFailures);
-                await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(30_000, 100 * Math.Pow(2, Math.Min(_cycleFailures, 9)))), _time, stoppingToken)
-                    .ContinueWith(_ => { }, TaskScheduler.Default);
-                continue;
-            }
-
-            _cycleFailures = 0;
-        }
+        await _wake.WaitAsync(Options.CycleInterval, ct);
+        await Task.Delay(MinCycleGap + (3 * _lastCycle), _time, ct);
     }
 
-    private int _cycleFailures;
+    /// <summary>One turn of the loop: lost providers, market housekeeping, the spot auction when due, a scheduling cycle.</summary>
+    internal async Task TickAsync()
+    {
+        await DetectLostAsync();
+        await HousekeepMarketAsync();
+        if (NowMs >= _nextAuctionMs && HasSpotMarket())
+        {
+            await ClearSpotMarketAsync();
+        }
+
+        await CycleAsync();
+    }
 
     // The scheduler memory recovered at start-up, handed to the first scheduler built.
     private JobSpec? _recoveredLastStarted;
@@ -980,10 +956,7 @@ public sealed partial class ControlPlane : BackgroundService
                 held = [.. _jobs.Values.Where(j => j.Record.ProviderId == p.Record.Id && j.Record.State is JobStates.Leased or JobStates.Running or JobStates.Cancelled).Select(j => j.Record.Id)];
             }
 
-            if (_log.IsEnabled(LogLevel.Warning))
-            {
-                _log.LogWarning("provider {Provider} lost: no heartbeat for {Seconds:F0} s; {Jobs} jobs affected", p.Record.Name, (now - p.LastHeartbeatMs) / 1000.0, held.Count);
-            }
+            ServerLog.ProviderLost(_log, p.Record.Name, (now - p.LastHeartbeatMs) / 1000.0, held.Count);
 
             foreach (var id in held)
             {
@@ -1076,6 +1049,7 @@ public sealed partial class ControlPlane : BackgroundService
         List<(JobSpec Job, string Reason)> doomed;
         var scheduled = false;
         var fundsUnread = false;
+        int pendingCount = 0, preemptedCount = 0, leasedCount = 0;
         long generationAtCycle = 0;
         Dictionary<long, long> tenantMoneyAtCycle = [];
         lock (_gate)
@@ -1154,6 +1128,8 @@ public sealed partial class ControlPlane : BackgroundService
                 var funds = spendable is null ? null : FundsLocked(pending, spendable);
                 var result = _scheduler!.RunCycle(new CycleInput(NowMs / 1000, pending, running, tenants, _fairShare, Predictor: _predictor, Funds: funds), _state!);
                 _waits = result.Waiting;
+                pendingCount = pending.Count;
+                preemptedCount = result.Preempted.Count;
                 var started = result.Started;
                 if (result.Preempted.Count > 0)
                 {
@@ -1226,6 +1202,8 @@ public sealed partial class ControlPlane : BackgroundService
                 }
 
                 _metrics.Transition(JobStates.Queued, JobStates.Leased);
+                Interlocked.Increment(ref leasedCount);
+                ServerLog.Leased(_log, l.Job.Record.Id, l.Group.Id, l.Group.ProviderId);
                 if (l.Hold is { } held)
                 {
                     _metrics.Hold(held.Tier);
@@ -1233,6 +1211,7 @@ public sealed partial class ControlPlane : BackgroundService
             }
             catch (StoreConflictException e) when (e.Code == "insufficient_funds")
             {
+                ServerLog.LeaseRefused(_log, l.Job.Record.Id, e.Code, e.Message);
                 // The wallet cannot cover the hold: the job stays queued and is tried again once money moves.
                 _metrics.Unfunded();
                 lock (_gate)
@@ -1243,6 +1222,7 @@ public sealed partial class ControlPlane : BackgroundService
             }
             catch (StoreConflictException e)
             {
+                ServerLog.LeaseRefused(_log, l.Job.Record.Id, e.Code, e.Message);
                 // Cancelled meanwhile, or the provider's agent re-registered (new epoch) since this cycle read the pool:
                 // give the resources back; the job, if still queued, is placed again on the current pool.
                 lock (_gate)
@@ -1264,6 +1244,7 @@ public sealed partial class ControlPlane : BackgroundService
         await Task.WhenAll(writes);
         _lastCycle = Stopwatch.GetElapsedTime(t0);
         _metrics.Cycle(_lastCycle.TotalSeconds, leases.Count);
+        ServerLog.Cycle(_log, pendingCount, leasedCount, _waits.Count, preemptedCount, _holds.Count, _lastCycle.TotalMilliseconds);
     }
 
     /// <summary>
@@ -1529,9 +1510,9 @@ public sealed partial class ControlPlane : BackgroundService
         {
             _nextLogPurgeMs = now + 60_000;
             var purged = await _store.PurgeLogsAsync(now - (long)keep.TotalMilliseconds);
-            if (purged > 0 && _log.IsEnabled(LogLevel.Information))
+            if (purged > 0)
             {
-                _log.LogInformation("Removed {Chunks} output chunks of jobs that ended more than {Days} days ago", purged, keep.TotalDays);
+                ServerLog.OutputPurged(_log, purged, keep.TotalDays);
             }
         }
     }

@@ -9,13 +9,6 @@ namespace Suanli.Server;
 /// <summary>A field that broke a rule.</summary>
 public sealed record FieldError(string Field, string Rule, string Message);
 
-/// <summary>A request body that broke one or more rules; nothing was stored.</summary>
-public sealed class ValidationException(IReadOnlyList<FieldError> errors)
-    : Exception(string.Join("; ", errors.Select(e => $"{e.Field}: {e.Message}")))
-{
-    public IReadOnlyList<FieldError> Errors { get; } = errors;
-}
-
 /// <summary>Resources of one task.</summary>
 public sealed record JobResources(decimal Cpu, long MemoryMiB, IReadOnlyList<string> Accelerators, int AcceleratorCount, int GpuMilli);
 

@@ -20,9 +20,6 @@ public sealed record ServerOptions(string Urls, string DataDir, ControlPlaneOpti
 /// <summary>Builds and starts the control plane web application.</summary>
 public static partial class ServerHost
 {
-    [System.Text.RegularExpressions.GeneratedRegex("""parameter "(?<type>[^ "]+) (?<name>[^ "]+)" from""")]
-    private static partial System.Text.RegularExpressions.Regex BindFailure();
-
     /// <summary>The operator key file under the data directory.</summary>
     public const string AdminKeyFile = "admin.key";
 
@@ -54,6 +51,12 @@ public static partial class ServerHost
             k.AddServerHeader = false;
         });
         builder.Logging.SetMinimumLevel(options.LogLevel);
+        builder.Logging.AddSimpleConsole(c =>
+        {
+            c.SingleLine = true;
+            c.UseUtcTimestamp = true;
+            c.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
+        });
         var metrics = new ServerMetrics();
         builder.Services.AddSingleton(dataLock);
         builder.Services.AddSingleton<IControlStore>(store);
@@ -62,9 +65,10 @@ public static partial class ServerHost
         builder.Services.AddSingleton(metrics);
         builder.Services.AddSingleton(options.ControlPlane);
         builder.Services.AddSingleton<ControlPlane>();
-        builder.Services.AddHostedService(sp => sp.GetRequiredService<ControlPlane>());
+        builder.Services.AddHostedService<Scheduling.SchedulingLoop>();
         builder.Services.AddSingleton<KeyService>();
         builder.Services.AddProblemDetails();
+        builder.Services.AddExceptionHandler<CallerFaultHandler>();
         // A query or route value that does not bind (logs?after=abc) throws, so the handler below answers with a problem
         // naming the parameter instead of an empty 400.
         builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
@@ -74,20 +78,7 @@ public static partial class ServerHost
         var app = builder.Build();
         var latency = Metrics.WithCustomRegistry(metrics.Registry).CreateHistogram("suanli_api_request_duration_seconds", "API request latency.",
             new HistogramConfiguration { LabelNames = ["method", "route", "status"], Buckets = Histogram.ExponentialBuckets(0.0002, 2, 16) });
-        app.UseExceptionHandler(e => e.Run(async ctx =>
-        {
-            var ex = ctx.Features.Get<IExceptionHandlerFeature>()?.Error;
-            var result = ex switch
-            {
-                BadHttpRequestException { StatusCode: 413 } => Problems.Of(413, "body_too_large", $"body: at most {JobDocument.MaxBodyBytes} bytes"),
-                BadHttpRequestException { StatusCode: 415 } b => Problems.Of(415, "unsupported_media_type", b.Message),
-                BadHttpRequestException b when BindFailure().Match(b.Message) is { Success: true } m =>
-                    Problems.Of(400, "validation_failed", b.Message, [new FieldError(m.Groups["name"].Value, "type", $"{m.Groups["name"].Value}: must be {(m.Groups["type"].Value.Contains("long", StringComparison.OrdinalIgnoreCase) || m.Groups["type"].Value.Contains("int", StringComparison.OrdinalIgnoreCase) ? "a whole number" : "a " + m.Groups["type"].Value)}")]),
-                BadHttpRequestException b => Problems.Of(b.StatusCode, "bad_request", b.Message),
-                _ => Problems.Of(500, "internal", "internal error; see the server log"),
-            };
-            await result.ExecuteAsync(ctx);
-        }));
+        app.UseExceptionHandler(e => e.Run(async ctx => await ErrorMapping.ToProblem(ctx.Features.Get<IExceptionHandlerFeature>()?.Error).ExecuteAsync(ctx)));
         // Every error answer is a problem document: the framework's own bodiless 4xx (no route, wrong method, a route
         // constraint such as {id:long} that does not match) get one here.
         app.UseStatusCodePages(async s =>

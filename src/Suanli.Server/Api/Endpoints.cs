@@ -154,14 +154,7 @@ public static partial class Endpoints
                 return Problems.NotFound($"job {id}");
             }
 
-            try
-            {
-                return Results.Ok(JobView.Of(await cp.CancelAsync(id)));
-            }
-            catch (StoreConflictException e)
-            {
-                return Problems.Of(409, e.Code, e.Message);
-            }
+            return Results.Ok(JobView.Of(await cp.CancelAsync(id)));
         }).AddEndpointFilter(opOrTenant).Produces<JobView>().WithTags("jobs").WithSummary("Cancel a job (its process tree is stopped)");
         api.MapGet("/jobs/{id:long}/logs", async (long id, long? after, int? limit, int? attempt, HttpContext h, IControlStore s) =>
         {
@@ -220,11 +213,8 @@ public static partial class Endpoints
                 return err;
             }
 
-            return await Fenced(async () =>
-            {
-                var (stop, notices) = await cp.HeartbeatAsync(Who(h).ProviderId!.Value, hb!.Epoch, hb.Running ?? []);
-                return Results.Ok(new AgentHeartbeatReply(stop, notices));
-            });
+            var (stop, notices) = await cp.HeartbeatAsync(Who(h).ProviderId!.Value, hb!.Epoch, hb.Running ?? []);
+            return Results.Ok(new AgentHeartbeatReply(stop, notices));
         }).AddEndpointFilter(provider).Accepts<AgentHeartbeat>("application/json").Produces<AgentHeartbeatReply>();
         agent.MapPost("/lease", async (HttpContext h, ControlPlane cp) =>
         {
@@ -235,7 +225,7 @@ public static partial class Endpoints
             }
 
             var wait = TimeSpan.FromSeconds(Math.Clamp(l!.WaitSeconds ?? 0, 0, 30));
-            return await Fenced(async () => Results.Ok(new ListPage<ControlPlane.LeasedJob>(await cp.LeasesAsync(Who(h).ProviderId!.Value, l.Epoch, wait, h.RequestAborted), null)));
+            return Results.Ok(new ListPage<ControlPlane.LeasedJob>(await cp.LeasesAsync(Who(h).ProviderId!.Value, l.Epoch, wait, h.RequestAborted), null));
         }).AddEndpointFilter(provider).Accepts<AgentLease>("application/json");
         agent.MapPost("/jobs/{id:long}/report", async (long id, HttpContext h, ControlPlane cp) =>
         {
@@ -256,7 +246,7 @@ public static partial class Endpoints
                     "state is required; message at most 4096 characters; backendTres at most 1024");
             }
 
-            return await Fenced(async () => Results.Ok(JobView.Of(await cp.ReportAsync(Who(h).ProviderId!.Value, r!.Epoch, id, r.State, r.ExitCode, r.Message, r.BackendElapsedSeconds, r.BackendTres, r.ObservedMs, r.ObservedStartMs))));
+            return Results.Ok(JobView.Of(await cp.ReportAsync(Who(h).ProviderId!.Value, r!.Epoch, id, r.State, r.ExitCode, r.Message, r.BackendElapsedSeconds, r.BackendTres, r.ObservedMs, r.ObservedStartMs)));
         }).AddEndpointFilter(provider).Accepts<AgentReport>("application/json");
         agent.MapPost("/jobs/{id:long}/logs", async (long id, HttpContext h, ControlPlane cp) =>
         {
@@ -266,37 +256,14 @@ public static partial class Endpoints
                 return err;
             }
 
-            return await Fenced(async () =>
+            if (l!.Offset is < 0)
             {
-                if (l!.Offset is < 0)
-                {
-                    return Problems.Validation("offset", "range", "must not be negative");
-                }
+                return Problems.Validation("offset", "range", "must not be negative");
+            }
 
-                await cp.AppendLogAsync(Who(h).ProviderId!.Value, l.Epoch, id, l.Offset, l.Data ?? "");
-                return Results.NoContent();
-            });
+            await cp.AppendLogAsync(Who(h).ProviderId!.Value, l.Epoch, id, l.Offset, l.Data ?? "");
+            return Results.NoContent();
         }).AddEndpointFilter(provider).Accepts<AgentLog>("application/json");
-    }
-
-    private static async Task<IResult> Fenced(Func<Task<IResult>> run)
-    {
-        try
-        {
-            return await run();
-        }
-        catch (StoreConflictException e)
-        {
-            return Problems.Of(e.Code == "not_found" ? 404 : 409, e.Code, e.Message);
-        }
-        catch (ArgumentException e)
-        {
-            return Problems.Validation("state", "enum", e.Message);
-        }
-        catch (JsonException e)
-        {
-            return Problems.Validation("$", "type", e.Message);
-        }
     }
 
     private static async Task<JobRecord?> Visible(HttpContext h, IControlStore s, long id)
@@ -337,15 +304,8 @@ public static partial class Endpoints
                 }
 
                 var errors = new List<FieldError>();
-                try
-                {
-                    var made = await create(body!, errors, once);
-                    return made is not { } m ? Problems.Validation(new ValidationException(errors)) : Results.Created($"/api/v1/{kind}s/{m.Id}", m.Created);
-                }
-                catch (StoreConflictException e)
-                {
-                    return Problems.Of(409, e.Code, e.Message);
-                }
+                var made = await create(body!, errors, once);
+                return made is not { } m ? Problems.Validation(new ValidationException(errors)) : Results.Created($"/api/v1/{kind}s/{m.Id}", m.Created);
             });
     }
 
@@ -566,16 +526,7 @@ public static partial class Endpoints
                     el = el with { Env = new Dictionary<string, string>(el.Env, StringComparer.Ordinal) { ["SLURM_ARRAY_JOB_ID"] = first.Id.ToString(CultureInfo.InvariantCulture) } };
                 }
 
-                JobRecord rec;
-                bool again;
-                try
-                {
-                    (rec, again) = await cp.SubmitAsync(tenantId, el, idem is null ? null : $"{idem}#{index.ToString(CultureInfo.InvariantCulture)}");
-                }
-                catch (StoreConflictException e)
-                {
-                    return Problems.Of(409, e.Code, e.Message);
-                }
+                var (rec, again) = await cp.SubmitAsync(tenantId, el, idem is null ? null : $"{idem}#{index.ToString(CultureInfo.InvariantCulture)}");
 
                 first ??= rec;
                 anyNew |= !again;
@@ -586,16 +537,9 @@ public static partial class Endpoints
             return anyNew ? Results.Created($"/api/v1/jobs/{first!.Id}", arrayView) : Results.Ok(arrayView);
         }
 
-        try
-        {
-            var (job, replayed) = await cp.SubmitAsync(tenantId, doc with { Tenant = null }, idem);
-            var view = JobView.Of(job);
-            return replayed ? Results.Ok(view) : Results.Created($"/api/v1/jobs/{job.Id}", view);
-        }
-        catch (StoreConflictException e)
-        {
-            return Problems.Of(409, e.Code, e.Message);
-        }
+        var (job, replayed) = await cp.SubmitAsync(tenantId, doc with { Tenant = null }, idem);
+        var view = JobView.Of(job);
+        return replayed ? Results.Ok(view) : Results.Created($"/api/v1/jobs/{job.Id}", view);
     }
 
     private static async Task<IResult> ListJobs(HttpContext h, IControlStore s, string? state, int? limit, string? after)
@@ -722,14 +666,7 @@ public static partial class Endpoints
         var who = Who(h);
         var current = await s.GetProviderAsync(who.ProviderId!.Value);
         ProviderRecord p;
-        try
-        {
-            p = await cp.RegisterAsync(who.ProviderId!.Value, reg!.Region ?? current?.Region ?? "default", reg.Groups, reg.Isolation, reg.TakeOver);
-        }
-        catch (StoreConflictException e)
-        {
-            return Problems.Of(409, e.Code, e.Message);
-        }
+        p = await cp.RegisterAsync(who.ProviderId!.Value, reg!.Region ?? current?.Region ?? "default", reg.Groups, reg.Isolation, reg.TakeOver);
 
         var lease = cp.Options.LostAfter.TotalSeconds;
         return Results.Ok(new AgentRegistered(p.Id, p.Name, p.Epoch, Math.Max(0.2, lease / 6), lease));

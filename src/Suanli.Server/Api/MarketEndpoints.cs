@@ -195,18 +195,15 @@ public static partial class Endpoints
         api.MapDelete("/offers/{id:long}", async (long id, HttpContext h, ILedgerStore l, ControlPlane cp, TimeProvider t) =>
         {
             var who = Who(h);
-            return await Fenced(async () =>
+            var o = await l.WithdrawOfferAsync(id, who.IsOperator ? null : who.ProviderId, NowMs(t));
+            if (o.ContractState is not null && await l.SettleContractsAsync(NowMs(t), cp.Options.FeeBps) > 0)
             {
-                var o = await l.WithdrawOfferAsync(id, who.IsOperator ? null : who.ProviderId, NowMs(t));
-                if (o.ContractState is not null && await l.SettleContractsAsync(NowMs(t), cp.Options.FeeBps) > 0)
-                {
-                    cp.MoneyMoved(o.TenantId);
-                    o = (await l.OffersAsync()).First(x => x.Id == o.Id);
-                }
+                cp.MoneyMoved(o.TenantId);
+                o = (await l.OffersAsync()).First(x => x.Id == o.Id);
+            }
 
-                cp.OffersChanged(await l.OffersAsync());
-                return Results.Ok(OfferView.Of(o, NowMs(t)));
-            });
+            cp.OffersChanged(await l.OffersAsync());
+            return Results.Ok(OfferView.Of(o, NowMs(t)));
         }).AddEndpointFilter(opOrProvider).Produces<OfferView>().WithTags("market").WithSummary("Withdraw an offer (running jobs finish at their leased price)");
 
         // ---------------------------------------------------------------- spot market
@@ -334,7 +331,7 @@ public static partial class Endpoints
 
             OnlyFields(body!, ["tenantId", "providerId", "note"], errors);
             return errors.Count > 0 ? Problems.Validation(new ValidationException(errors))
-                : await Fenced(async () => Results.Created("/api/v1/relations", await l.AddRelationAsync(tenant!.Value, provider!.Value, note!, NowMs(t))));
+                : Results.Created("/api/v1/relations", await l.AddRelationAsync(tenant!.Value, provider!.Value, note!, NowMs(t)));
         }).AddEndpointFilter(op).Produces<RelationRecord>(201).WithTags("vouchers")
             .WithSummary("Declare a tenant and a provider related parties (operator): no voucher applies between them");
         api.MapGet("/relations", async (ILedgerStore l) => Results.Ok(await l.RelationsAsync())).AddEndpointFilter(op)
@@ -380,17 +377,15 @@ public static partial class Endpoints
     private static async Task<IResult> AnswerContract(long id, bool accept, HttpContext h, ILedgerStore l, ControlPlane cp, TimeProvider t)
     {
         var who = Who(h);
-        return await Fenced(async () =>
+        var o = await l.AnswerContractAsync(id, who.IsOperator ? null : who.TenantId, accept, NowMs(t));
+        if (accept)
         {
-            var o = await l.AnswerContractAsync(id, who.IsOperator ? null : who.TenantId, accept, NowMs(t));
-            if (accept)
-            {
-                cp.MoneyMoved(o.TenantId);
-            }
+            cp.MoneyMoved(o.TenantId);
+        }
 
-            cp.OffersChanged(await l.OffersAsync());
-            return Results.Ok(OfferView.Of(o, NowMs(t)));
-        });
+        cp.OffersChanged(await l.OffersAsync());
+        return Results.Ok(OfferView.Of(o, NowMs(t)));
+        
     }
 
     private static async Task<IResult> CreateOffer(HttpContext h, IControlStore s, ILedgerStore l, ControlPlane cp, TimeProvider t)
@@ -501,13 +496,11 @@ public static partial class Endpoints
             return Problems.Validation(new ValidationException(errors));
         }
 
-        return await Fenced(async () =>
-        {
-            var o = await l.CreateOfferAsync(new OfferRecord(0, providerId!.Value, group!, tier!, unit!, price!.Value, (int)nodes!.Value, from.ToUnixTimeMilliseconds(),
-                to.ToUnixTimeMilliseconds(), tenantId, NowMs(t), null) { ContractFen = contract });
-            cp.OffersChanged(await l.OffersAsync());
-            return Results.Created($"/api/v1/offers/{o.Id}", OfferView.Of(o, NowMs(t)));
-        });
+        var o = await l.CreateOfferAsync(new OfferRecord(0, providerId!.Value, group!, tier!, unit!, price!.Value, (int)nodes!.Value, from.ToUnixTimeMilliseconds(),
+            to.ToUnixTimeMilliseconds(), tenantId, NowMs(t), null) { ContractFen = contract });
+        cp.OffersChanged(await l.OffersAsync());
+        return Results.Created($"/api/v1/offers/{o.Id}", OfferView.Of(o, NowMs(t)));
+        
     }
 
     private static async Task<IResult> Move(HttpContext h, IControlStore s, ILedgerStore l, ControlPlane cp, TimeProvider t, long id, bool topUp)
@@ -621,8 +614,8 @@ public static partial class Endpoints
             return Problems.Validation(new ValidationException(errors));
         }
 
-        return await Fenced(async () => Results.Created("/api/v1/voucher-programmes", await l.CreateProgrammeAsync(new ProgrammeRecord(0, name!, funder!, budget!.Value,
-            share!.Value, domestic, cap!.Value, sectors, from.ToUnixTimeMilliseconds(), to!.Value.ToUnixTimeMilliseconds(), NowMs(t)))));
+        return Results.Created("/api/v1/voucher-programmes", await l.CreateProgrammeAsync(new ProgrammeRecord(0, name!, funder!, budget!.Value,
+            share!.Value, domestic, cap!.Value, sectors, from.ToUnixTimeMilliseconds(), to!.Value.ToUnixTimeMilliseconds(), NowMs(t))));
     }
 
     private static async Task<IResult> IssueVoucher(long id, HttpContext h, ILedgerStore l, ControlPlane cp, TimeProvider t)
@@ -649,12 +642,10 @@ public static partial class Endpoints
             return Problems.NotFound($"programme {id}");
         }
 
-        return await Fenced(async () =>
-        {
-            var v = await l.IssueVoucherAsync(id, tenant!.Value, amount!.Value, until?.ToUnixTimeMilliseconds() ?? programme.ValidToMs, NowMs(t));
-            cp.MoneyMoved(tenant);
-            return Results.Created($"/api/v1/vouchers?tenant={tenant}", v);
-        });
+        var v = await l.IssueVoucherAsync(id, tenant!.Value, amount!.Value, until?.ToUnixTimeMilliseconds() ?? programme.ValidToMs, NowMs(t));
+        cp.MoneyMoved(tenant);
+        return Results.Created($"/api/v1/vouchers?tenant={tenant}", v);
+        
     }
 
     private static async Task<IResult> WriteOff(long id, ILedgerStore l, IControlStore s, ControlPlane cp, string? format)

@@ -97,9 +97,3 @@ public sealed record UsageRecord(
 /// <summary>One page of a list and the cursor of the next page (null at the end).</summary>
 public sealed record Page<T>(IReadOnlyList<T> Items, string? Next);
 
-/// <summary>A store operation that failed on a rule (unique name, stale epoch, wrong state): maps to a 4xx.</summary>
-public sealed class StoreConflictException(string code, string message) : Exception(message)
-{
-    /// <summary>Stable error code.</summary>
-    public string Code { get; } = code;
-}
