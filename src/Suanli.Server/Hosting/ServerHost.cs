@@ -24,8 +24,15 @@ public static partial class ServerHost
     public const string AdminKeyFile = "admin.key";
 
     /// <summary>Builds the app: opens (and migrates) the store, recovers state, ensures an operator key exists.</summary>
+    /// <exception cref="ArgumentException">An option is out of its range (every broken one is named).</exception>
     public static async Task<WebApplication> BuildAsync(ServerOptions options)
     {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.ControlPlane.Problems() is { Count: > 0 } problems)
+        {
+            throw new ArgumentException("--" + string.Join("; --", problems));
+        }
+
         Directory.CreateDirectory(options.DataDir);
         if (!OperatingSystem.IsWindows())
         {
