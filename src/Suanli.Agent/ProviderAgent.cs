@@ -7,9 +7,6 @@ using System.Text.Json;
 
 namespace Suanli.Agent;
 
-/// <summary>A node group the agent offers.</summary>
-public sealed record GroupOffer(string Id, long MilliCpu, long MemoryMiB, string? Accelerator, int Accelerators, int Nodes, decimal? PricePerNodeHour, bool GpuSharing = false);
-
 /// <summary>Agent settings.</summary>
 public sealed record AgentOptions(Uri Server, string Key, string? Region, IReadOnlyList<GroupOffer> Groups, string WorkDir)
 {
@@ -59,18 +56,7 @@ public sealed class ProviderAgent : IAsyncDisposable
     /// <summary>Ids of the jobs whose processes run now.</summary>
     public IReadOnlyCollection<long> Running => [.. _running.Keys];
 
-    private sealed record Registered(long ProviderId, string Name, long Epoch, double HeartbeatSeconds, double LeaseTimeoutSeconds);
-
-    private sealed record Notice(long Job, int Seconds, string Reason);
-
-    private sealed record HeartbeatReply(List<long> Stop, List<Notice>? Notices);
-
     private readonly ConcurrentDictionary<long, bool> _noticed = new();
-
-    private sealed record Leased(long Id, int Attempt, string Name, List<string>? Command, string? Script, Dictionary<string, string> Env,
-        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch, string? Format, long TenantId);
-
-    private sealed record LeasePage(List<Leased> Items);
 
     /// <summary>Runs until cancelled: register, then heartbeat and lease loops; re-registers after fencing.</summary>
     public async Task RunAsync(CancellationToken ct)
@@ -126,14 +112,14 @@ public sealed class ProviderAgent : IAsyncDisposable
     private async Task RegisterAsync(CancellationToken ct)
     {
         var groups = _options.Groups.Count > 0 ? _options.Groups : await _backend.DiscoverAsync(ct) ?? [];
-        using var resp = await _http.PostAsJsonAsync("/api/v1/agent/register", new { region = _options.Region, groups, isolation = _backend.Isolation, takeOver = _options.TakeOver || _epoch > 0 }, Web, ct);
+        using var resp = await _http.PostAsJsonAsync(AgentRoutes.Register, new AgentRegister(_options.Region, groups, _backend.Isolation, _options.TakeOver || _epoch > 0), Web, ct);
         if (!resp.IsSuccessStatusCode)
         {
             var body = await resp.Content.ReadAsStringAsync(ct);
             throw new InvalidOperationException($"register: {(int)resp.StatusCode} {body}");
         }
 
-        var r = (await resp.Content.ReadFromJsonAsync<Registered>(Web, ct))!;
+        var r = (await resp.Content.ReadFromJsonAsync<AgentRegistered>(Web, ct))!;
         if (_options.Name is not null && _options.Name != r.Name)
         {
             throw new InvalidOperationException($"--name: this key belongs to provider '{r.Name}', not '{_options.Name}'");
@@ -161,7 +147,7 @@ public sealed class ProviderAgent : IAsyncDisposable
             {
                 try
                 {
-                    using var resp = await _http.PostAsJsonAsync("/api/v1/agent/heartbeat", new { epoch = Epoch, running = Running }, Web, ct);
+                    using var resp = await _http.PostAsJsonAsync(AgentRoutes.Heartbeat, new AgentHeartbeat(Epoch, [.. Running]), Web, ct);
                     if (resp.StatusCode == HttpStatusCode.Conflict)
                     {
                         _log("heartbeat refused: stale epoch (another agent registered for this provider, or the control plane marked it lost); stopping this instance's jobs");
@@ -171,7 +157,7 @@ public sealed class ProviderAgent : IAsyncDisposable
                     if (resp.IsSuccessStatusCode)
                     {
                         _lastRenewed = DateTimeOffset.UtcNow;
-                        var reply = await resp.Content.ReadFromJsonAsync<HeartbeatReply>(Web, ct);
+                        var reply = await resp.Content.ReadFromJsonAsync<AgentHeartbeatReply>(Web, ct);
                         foreach (var n in reply?.Notices ?? [])
                         {
                             if (_running.TryGetValue(n.Job, out var rp) && _noticed.TryAdd(n.Job, true))
@@ -217,7 +203,7 @@ public sealed class ProviderAgent : IAsyncDisposable
             HttpResponseMessage resp;
             try
             {
-                resp = await _http.PostAsJsonAsync("/api/v1/agent/lease", new { epoch = Epoch, waitSeconds = 10 }, Web, ct);
+                resp = await _http.PostAsJsonAsync(AgentRoutes.Lease, new AgentLease(Epoch, 10), Web, ct);
             }
             catch (HttpRequestException)
             {
@@ -250,7 +236,7 @@ public sealed class ProviderAgent : IAsyncDisposable
         }
     }
 
-    private void Launch(Leased l)
+    private void Launch(LeasedJob l)
     {
         var epoch = Epoch;
         var job = new JobLaunch(l.Id, l.Attempt, l.Command, l.Script, l.Env, l.Cpu, l.MemoryMiB, l.Tasks, l.TimeLimitSeconds) { Sbatch = l.Format == "sbatch", TenantId = l.TenantId };
@@ -266,7 +252,7 @@ public sealed class ProviderAgent : IAsyncDisposable
                 or UnauthorizedAccessException or TaskCanceledException or System.Text.Json.JsonException)
             {
                 _log($"job {l.Id}: could not start: {e.Message}");
-                await ReportAsync(l.Id, epoch, "failed", 127, $"could not start: {e.Message}");
+                await ReportAsync(l.Id, epoch, AgentStates.Failed, 127, $"could not start: {e.Message}");
                 _launching.TryRemove(l.Id, out _);
                 return;
             }
@@ -275,7 +261,7 @@ public sealed class ProviderAgent : IAsyncDisposable
             _launching.TryRemove(l.Id, out _);
             await rp.Started;
             var startedMs = Clock();
-            await ReportAsync(l.Id, epoch, "running", null, $"started: {rp.Where}", observedMs: startedMs);
+            await ReportAsync(l.Id, epoch, AgentStates.Running, null, $"started: {rp.Where}", observedMs: startedMs);
             var code = await rp.Exited;
             var endedMs = Clock();
             await logs.FlushAsync(final: true);
@@ -287,7 +273,7 @@ public sealed class ProviderAgent : IAsyncDisposable
             }
 
             // Stopped because this agent is shutting down: the job did not fail; the control plane requeues it.
-            var state = _stopping && rp.StoppedBecause == StoppingReason ? "interrupted" : code == 0 && rp.StoppedBecause is null ? "succeeded" : "failed";
+            var state = _stopping && rp.StoppedBecause == StoppingReason ? AgentStates.Interrupted : code == 0 && rp.StoppedBecause is null ? AgentStates.Succeeded : AgentStates.Failed;
             await ReportAsync(l.Id, epoch, state, code, rp.StoppedBecause ?? $"exit {code}", rp.Accounting, endedMs, startedMs);
             _reports.TryRemove(l.Id, out _);
         });
@@ -301,14 +287,12 @@ public sealed class ProviderAgent : IAsyncDisposable
     private async Task ReportAsync(long id, long epoch, string state, int? exitCode, string message, (long ElapsedSeconds, string Tres)? accounting = null,
         long? observedMs = null, long? observedStartMs = null)
     {
-        var backendElapsedSeconds = accounting?.ElapsedSeconds;
-        var backendTres = accounting?.Tres;
         var since = DateTimeOffset.UtcNow;
         for (var attempt = 0; DateTimeOffset.UtcNow - since < ShipPatience; attempt++)
         {
             try
             {
-                using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/report", new { epoch, state, exitCode, message, backendElapsedSeconds, backendTres, observedMs, observedStartMs }, Web);
+                using var resp = await _http.PostAsJsonAsync(AgentRoutes.Report(id), new AgentReport(epoch, state, exitCode, message, accounting?.ElapsedSeconds, accounting?.Tres, observedMs, observedStartMs), Web);
                 if (resp.IsSuccessStatusCode || (int)resp.StatusCode is 404 or 409 or 400)
                 {
                     return;
@@ -347,7 +331,7 @@ public sealed class ProviderAgent : IAsyncDisposable
         {
             try
             {
-                using var resp = await _http.PostAsJsonAsync($"/api/v1/agent/jobs/{id}/logs", new { epoch, data, offset }, Web);
+                using var resp = await _http.PostAsJsonAsync(AgentRoutes.Logs(id), new AgentLog(epoch, data, offset), Web);
                 if (resp.IsSuccessStatusCode || (int)resp.StatusCode is >= 400 and < 500)
                 {
                     return;

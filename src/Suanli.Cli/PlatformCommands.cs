@@ -238,7 +238,7 @@ internal static partial class PlatformCommands
                     "[本地提供方] 警告：单用户模式，所有租户的作业都以当前用户运行；不要接纳陌生租户"));
             }
 
-            agent = new ProviderAgent(new AgentOptions(new Uri(address), secret, localRegion, [new Suanli.Agent.GroupOffer("local", cpu, mem, null, 0, 1, null)], dataDir)
+            agent = new ProviderAgent(new AgentOptions(new Uri(address), secret, localRegion, [new GroupOffer("local", cpu, mem, null, 0, 1, null)], dataDir)
                 {
                     TakeOver = true, // the data-folder lock makes this process the only control plane, so its own agent is the one
                 },
@@ -288,7 +288,7 @@ internal static partial class PlatformCommands
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
             IJobBackend backend;
-            IReadOnlyList<Suanli.Agent.GroupOffer> offer;
+            IReadOnlyList<GroupOffer> offer;
             var workDir = Path.GetFullPath(r.GetValue(WorkDirOpt) ?? Path.Combine(JobSandbox.AgentUid == 0 ? "/var/lib/suanli" : Path.GetTempPath(), "suanli-agent"));
             switch (r.GetValue(backendOpt))
             {
@@ -303,7 +303,7 @@ internal static partial class PlatformCommands
 
                     backend = LocalJobs(r, workDir);
                     Console.WriteLine($"jobs: {((LocalBackend)backend).Sandbox.Describe}");
-                    offer = [new Suanli.Agent.GroupOffer("local", milli, mib, null, 0, 1, r.GetValue(price))];
+                    offer = [new GroupOffer("local", milli, mib, null, 0, 1, r.GetValue(price))];
                     break;
                 case "slurm":
                     var endpoint = r.GetValue(slurmrestd) ?? throw new ArgumentException("--slurmrestd: the slurm backend needs the slurmrestd endpoint (unix:/path or http URL)");

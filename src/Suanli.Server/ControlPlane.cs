@@ -386,10 +386,6 @@ public sealed partial class ControlPlane : IDisposable
     private bool StillUnfunded(LiveJob j, long global) =>
         j.Unfunded is { } u && u.Global == global && u.Tenant == _tenantMoney.GetValueOrDefault(j.Record.TenantId);
 
-    /// <summary>A leased job handed to an agent: everything it needs to start the job.</summary>
-    public sealed record LeasedJob(long Id, int Attempt, string Name, IReadOnlyList<string>? Command, string? Script, IReadOnlyDictionary<string, string> Env,
-        decimal Cpu, long MemoryMiB, int Tasks, long TimeLimitSeconds, string Group, long Epoch, string? Format, long TenantId);
-
     /// <summary>Jobs leased to the provider and not yet started; waits up to <paramref name="wait"/> for one to appear.</summary>
     public async Task<IReadOnlyList<LeasedJob>> LeasesAsync(long providerId, long epoch, TimeSpan wait, CancellationToken ct)
     {

@@ -32,6 +32,12 @@ public class ObservabilityTests
             Assert.Contains(p, paths);
         }
 
+        // The agent's routes (the shared Protocol assembly's) are the server's routes.
+        foreach (var route in new[] { AgentRoutes.Register, AgentRoutes.Heartbeat, AgentRoutes.Lease, AgentRoutes.Report(7).Replace("/7/", "/{id}/", StringComparison.Ordinal), AgentRoutes.Logs(7).Replace("/7/", "/{id}/", StringComparison.Ordinal) })
+        {
+            Assert.Contains(route, paths);
+        }
+
         var page = await anon.GetStringAsync("/docs");
         Assert.Contains("openapi/v1.json", page, StringComparison.Ordinal);
     }

@@ -35,26 +35,6 @@ public sealed record ListPage<T>(IReadOnlyList<T> Items, string? Next);
 
 public sealed record ProviderView(long Id, string Name, string Region, string State, long Epoch, DateTimeOffset? LastHeartbeat, IReadOnlyList<GroupOffer> Groups, int ActiveJobs, string? Isolation = null);
 
-public sealed record AgentRegister(string? Region, IReadOnlyList<GroupOffer> Groups, string? Isolation = null, bool TakeOver = false);
-
-public sealed record AgentRegistered(long ProviderId, string Name, long Epoch, double HeartbeatSeconds, double LeaseTimeoutSeconds);
-
-public sealed record AgentHeartbeat(long Epoch, IReadOnlyList<long>? Running);
-
-public sealed record AgentHeartbeatReply(IReadOnlyList<long> Stop, IReadOnlyList<PreemptNotice> Notices);
-
-public sealed record AgentLease(long Epoch, double? WaitSeconds);
-
-/// <summary>
-/// An agent's report. <c>ObservedMs</c> is when the agent saw the change happen (Unix ms, its clock): the process start
-/// for <c>running</c>, its end otherwise; the control plane meters from it, bounded by its own lease and receipt times,
-/// so a report delayed by a control-plane outage does not bill the outage.
-/// </summary>
-public sealed record AgentReport(long Epoch, string State, int? ExitCode, string? Message, long? BackendElapsedSeconds = null, string? BackendTres = null,
-    long? ObservedMs = null, long? ObservedStartMs = null);
-
-public sealed record AgentLog(long Epoch, string Data, long? Offset);
-
 public sealed record ReconciliationRow(long JobId, int Attempt, long ProviderId, string Provider, long MeteredSeconds, long? BackendSeconds, long? DifferenceSeconds, string? BackendTres);
 
 public sealed record Reconciliation(IReadOnlyList<ReconciliationRow> Items, int Attempts, int WithBackendRecord, int Differing, long MeteredSeconds, long BackendSeconds);
@@ -225,7 +205,7 @@ public static partial class Endpoints
             }
 
             var wait = TimeSpan.FromSeconds(Math.Clamp(l!.WaitSeconds ?? 0, 0, 30));
-            return Results.Ok(new ListPage<ControlPlane.LeasedJob>(await cp.LeasesAsync(Who(h).ProviderId!.Value, l.Epoch, wait, h.RequestAborted), null));
+            return Results.Ok(new LeasePage(await cp.LeasesAsync(Who(h).ProviderId!.Value, l.Epoch, wait, h.RequestAborted)));
         }).AddEndpointFilter(provider).Accepts<AgentLease>("application/json");
         agent.MapPost("/jobs/{id:long}/report", async (long id, HttpContext h, ControlPlane cp) =>
         {

@@ -3,9 +3,6 @@ using Suanli.Server.Storage;
 
 namespace Suanli.Server;
 
-/// <summary>A spot job's warning: stop within <see cref="Seconds"/> (checkpoint now).</summary>
-public sealed record PreemptNotice(long Job, int Seconds, string Reason);
-
 /// <summary>
 /// The spot market: a periodic call auction (McAfee trade reduction, <see cref="CallMarket"/>) per instrument
 /// ("card-hour:MODEL" or "core-hour:cpu"). Asks are the live interruptible offers (their capacity in lots at their

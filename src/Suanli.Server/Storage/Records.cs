@@ -32,9 +32,6 @@ public sealed record TenantRecord(long Id, string Name, string Sector, double We
 /// <summary>An API key's metadata (the secret itself is never stored, only its SHA-256).</summary>
 public sealed record KeyRecord(long Id, string Prefix, string Role, long? TenantId, long? ProviderId, long CreatedMs, long? RevokedMs);
 
-/// <summary>A node group an agent offers: identical nodes with a price per node-hour.</summary>
-public sealed record GroupOffer(string Id, long MilliCpu, long MemoryMiB, string? Accelerator, int Accelerators, int Nodes, decimal? PricePerNodeHour, bool GpuSharing = false);
-
 /// <summary>A provider and the state of its agent.</summary>
 public sealed record ProviderRecord(long Id, string Name, string Region, string State, long Epoch, long? LastHeartbeatMs, IReadOnlyList<GroupOffer> Groups, long CreatedMs);
 
