@@ -467,19 +467,11 @@ public sealed partial class ControlPlane : IDisposable
             current = current with { StartedMs = await ObservedStartAsync(jobId, live, observedStartMs, now) };
         }
 
-        // The attempt ends when the agent saw it end, bounded by its start and by receipt here: a report that waited
-        // out a control-plane outage does not bill the outage.
-        var endedMs = Math.Clamp(observedMs ?? now, current.StartedMs ?? now, now);
+        var endedMs = JobLifecycle.BoundedEnd(observedMs, current.StartedMs, now);
+        Transition Fenced(Transition t) => t with { RequireEpoch = epoch, RequireProvider = providerId, AtMs = now };
         if (state == Interrupted && current.State is JobStates.Leased or JobStates.Running)
         {
-            // The provider stopped the attempt itself (its agent is shutting down): the job did not fail and the
-            // tenant is not charged; it goes back to the queue without using one of its attempts.
-            var back = await _store.ApplyAsync(new Transition(jobId, [JobStates.Leased, JobStates.Running], JobStates.Queued,
-                $"interrupted by the provider: {message ?? "agent stopping"}; requeued")
-            {
-                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Requeue = true, GrantAttempt = true, Usage = UsageOf(current, live, endedMs),
-                Settle = new SettlePlan(current.Attempt, Void: true, 0, "interrupted by the provider: not charged"), FeeBps = Options.FeeBps,
-            });
+            var back = await _store.ApplyAsync(Fenced(JobLifecycle.Interrupted(current, new AttemptEnd(state, exitCode, message, endedMs, UsageOf(current, live, endedMs), startFilledIn), Options.FeeBps)));
             MoneyMoved(current.TenantId);
             Finish(live, back, current.State);
             return back;
@@ -499,13 +491,10 @@ public sealed partial class ControlPlane : IDisposable
             message = $"{message ?? $"exit {exitCode}"}; provider accounting: elapsed {be} s (Suanli metered {ours} s, difference {ours - be} s), TRES {backendTres}";
         }
 
+        var end = new AttemptEnd(state, exitCode, message, endedMs, usage, startFilledIn);
         async Task<JobRecord> CancelledProcessEnded(JobRecord cancelled)
         {
-            // The process of a cancelled job ended: meter it and free its resources.
-            var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Cancelled], JobStates.Cancelled, $"process stopped (exit {exitCode})")
-            {
-                RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Settle = Charge(cancelled, usage, "cancelled by the tenant"), FeeBps = Options.FeeBps,
-            });
+            var rec = await _store.ApplyAsync(Fenced(JobLifecycle.CancelledProcessEnded(cancelled, end, Options.FeeBps)));
             MoneyMoved(cancelled.TenantId);
             await ReleaseCancelledAsync(jobId);
             return rec;
@@ -516,21 +505,7 @@ public sealed partial class ControlPlane : IDisposable
             return await CancelledProcessEnded(current);
         }
 
-        // A job told to stop that finished successfully during its notice is done, not run again.
-        var preempted = state == JobStates.Succeeded ? null : live?.Preempting;
-        var retry = preempted is not null || (state == JobStates.Failed && live is not null && live.Doc.Retry.OnFailure && current.Attempt < current.MaxAttempts);
-        var t = new Transition(jobId, [JobStates.Leased, JobStates.Running], retry ? JobStates.Queued : state,
-            preempted is { } pre ? $"preempted after notice: {pre.Why}; requeued"
-            : retry ? $"failed with exit {exitCode}; retry {current.Attempt + 1}/{current.MaxAttempts}" : message ?? $"exit {exitCode}")
-        {
-            RequireEpoch = epoch, RequireProvider = providerId, AtMs = now, Usage = usage, Requeue = retry, GrantAttempt = preempted is not null,
-            Settle = preempted is not null && Options.SpotNotice <= TimeSpan.Zero
-                ? new SettlePlan(current.Attempt, Void: true, 0, "preempted without notice: not charged")
-                : Charge(current, usage, preempted is null ? $"ended {state}" : "preempted after notice"),
-            FeeBps = Options.FeeBps,
-            EndedMs = retry ? null : endedMs, ExitCode = retry ? null : exitCode, StartedMs = !retry && startFilledIn ? current.StartedMs : null,
-            Reason = state == JobStates.Failed && !retry ? message ?? $"exit {exitCode}" : null,
-        };
+        var t = Fenced(JobLifecycle.Ended(current, end, new AttemptContext(live is not null && live.Doc.Retry.OnFailure, live?.Preempting), Options.FeeBps, Options.SpotNotice));
         JobRecord done;
         try
         {
@@ -554,32 +529,19 @@ public sealed partial class ControlPlane : IDisposable
     }
 
     /// <summary>An agent's report that it stopped an attempt itself (shutting down), not the job failing.</summary>
-    public const string Interrupted = "interrupted";
+    public const string Interrupted = AgentStates.Interrupted;
 
-    /// <summary>The charge for an attempt that ended normally: its metered time (0 when nothing was metered).</summary>
-    private static SettlePlan Charge(JobRecord current, UsageRecord? usage, string note) =>
-        usage is null ? new SettlePlan(current.Attempt, Void: true, 0, note + "; nothing metered")
-            : new SettlePlan(current.Attempt, Void: false, Math.Max(0, usage.EndedMs - usage.StartedMs), note);
-
-    /// <summary>
-    /// When an attempt started, as the agent observed it, bounded below by its lease (a provider cannot bill time before
-    /// it was given the job) and above by <paramref name="now"/>; without an observation, now.
-    /// </summary>
+    /// <summary>When an attempt started (<see cref="JobLifecycle.BoundedStart"/>), reading the lease's time when this process did not write it.</summary>
     private async Task<long> ObservedStartAsync(long jobId, LiveJob? live, long? observed, long now)
     {
-        if (observed is not { } o || o >= now)
-        {
-            return now;
-        }
-
         var leasedMs = live?.LeasedMs;
-        if (leasedMs is null)
+        if (leasedMs is null && observed is { } o && o < now)
         {
             // Leased before this process started: the lease's event carries its time.
             leasedMs = (await _store.EventsAsync(jobId)).LastOrDefault(e => e.State == JobStates.Leased)?.AtMs;
         }
 
-        return Math.Clamp(o, leasedMs ?? now, now);
+        return JobLifecycle.BoundedStart(observed, leasedMs, now);
     }
 
     private UsageRecord? UsageOf(JobRecord j, LiveJob? live, long now)
@@ -744,17 +706,14 @@ public sealed partial class ControlPlane : IDisposable
             return;
         }
 
-        // A job leased but never started did not use its attempt: it goes back whatever its retry policy says.
-        var neverStarted = current.State == JobStates.Leased;
-        var retry = neverStarted || current.Attempt < current.MaxAttempts;
+        if (JobLifecycle.Lost(current, why, UsageOf(current, live, now), now, Options.FeeBps) is not { } lost)
+        {
+            return;
+        }
+
         try
         {
-            var rec = await _store.ApplyAsync(new Transition(jobId, [JobStates.Leased, JobStates.Running], retry ? JobStates.Queued : JobStates.Lost,
-                neverStarted ? $"lost before it started: {why}; requeued" : retry ? $"lost: {why}; retry {current.Attempt + 1}/{current.MaxAttempts}" : $"lost: {why}; no attempt left")
-            {
-                AtMs = now, Requeue = retry, GrantAttempt = neverStarted, EndedMs = retry ? null : now, Reason = retry ? null : "provider lost", Usage = UsageOf(current, live, now),
-                Settle = new SettlePlan(current.Attempt, Void: true, 0, $"provider at fault: {why}"), FeeBps = Options.FeeBps,
-            });
+            var rec = await _store.ApplyAsync(lost);
             MoneyMoved(current.TenantId);
             Finish(live, rec, current.State);
         }
