@@ -157,6 +157,7 @@ public sealed class ProviderAgent : IAsyncDisposable
                     if (resp.IsSuccessStatusCode)
                     {
                         _lastRenewed = DateTimeOffset.UtcNow;
+                        _downSince = null;
                         var reply = await resp.Content.ReadFromJsonAsync<AgentHeartbeatReply>(Web, ct);
                         foreach (var n in reply?.Notices ?? [])
                         {
@@ -176,6 +177,20 @@ public sealed class ProviderAgent : IAsyncDisposable
                         }
                     }
                 }
+                catch (HttpRequestException e) when (IsControlPlaneDown(e))
+                {
+                    // Nothing listens at the control plane's address: it is not running, so nobody can declare this
+                    // provider lost meanwhile (a restarted control plane gives every provider a full lease from its
+                    // start). The jobs keep running, as slurmd's do while slurmctld restarts; the lease clock waits.
+                    var now = DateTimeOffset.UtcNow;
+                    _downSince ??= now;
+                    if (now - _downSince.Value <= OutageGrace)
+                    {
+                        _lastRenewed = now;
+                    }
+
+                    _log($"control plane down for {(now - _downSince.Value).TotalSeconds:F0} s: jobs keep running");
+                }
                 catch (HttpRequestException e)
                 {
                     _log($"heartbeat failed: {e.Message}");
@@ -188,7 +203,7 @@ public sealed class ProviderAgent : IAsyncDisposable
 
             if (DateTimeOffset.UtcNow - _lastRenewed > _leaseTimeout)
             {
-                _log($"no heartbeat accepted for {_leaseTimeout.TotalSeconds:F0} s: self-fencing");
+                _log($"no heartbeat accepted for {_leaseTimeout.TotalSeconds:F0} s{(_downSince is { } d ? $" (control plane down since {d:u})" : "")}: self-fencing");
                 return;
             }
 
@@ -355,6 +370,22 @@ public sealed class ProviderAgent : IAsyncDisposable
 
         _log($"job {id}: output at offset {offset} could not be delivered within {ShipPatience.TotalMinutes:F0} min; dropped");
     }
+
+    /// <summary>
+    /// How long jobs keep running while the control plane is down (its address refuses connections); past it the agent
+    /// self-fences. Reports and output wait as long (<see cref="ShipPatience"/>).
+    /// </summary>
+    internal static readonly TimeSpan OutageGrace = ShipPatience;
+
+    private DateTimeOffset? _downSince;
+
+    /// <summary>
+    /// True when the request found nothing listening (connection refused): the control plane's host answered, its
+    /// process is not running. A timeout or an unreachable host is not this: a partition looks the same from here, and
+    /// a control plane on the other side of it may be counting this agent's lease.
+    /// </summary>
+    internal static bool IsControlPlaneDown(HttpRequestException e) =>
+        e.InnerException is System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.ConnectionRefused };
 
     private void SelfFence(string why)
     {

@@ -78,6 +78,54 @@ public class LifecycleTests
     }
 
     [Fact]
+    public async Task ARemoteJob_KeepsRunningThroughAControlPlaneOutageLongerThanTheLease_AndEndsOnce_WithAllItsOutput()
+    {
+        // Issue 13: a remote job was killed and rerun after ~35 s of downtime. The agent self-fenced after its lease
+        // (here 3 s) although nobody could have declared its provider lost: the control plane was not running.
+        using var s = new ServerProcess(localProvider: false, lostAfterSeconds: 3);
+        using var admin = s.Admin();
+        var (_, key) = await admin.Tenant("steadfast");
+        var (_, providerKey) = await admin.Provider("outage-agent");
+        var output = new StringBuilder();
+        using var agent = ServerProcess.StartSuanli(output, null, "agent", "--server", s.Url, "--key", providerKey, "--cpu", "1", "--memory-mib", "512", "--work-dir", s.DataDir + "-agent");
+        try
+        {
+            using var t = s.Client(key);
+            var id = (await t.Post("/api/v1/jobs", Api.Job("through-an-outage", ["/bin/sh", "-c", "echo before; sleep 9; echo after"], retry: new { maxAttempts = 3, onFailure = true }), HttpStatusCode.Created))["id"]!.GetValue<long>();
+            await t.WaitJob(id, j => j.State() == "running", 60);
+            s.Kill();
+            await Task.Delay(6000); // twice the lease, while the job runs
+            s.Start();
+            using var t2 = s.Client(key);
+            var done = await t2.WaitJob(id, j => j.State() is "succeeded" or "failed" or "lost", 60);
+            var events = string.Join("\n", (await t2.Get($"/api/v1/jobs/{id}/events"))["items"]!.AsArray().Select(e => $"{e!["state"]}: {e["message"]}"));
+            Assert.True(done.State() == "succeeded", events + "\nagent:\n" + output);
+            Assert.Equal(1, done["attempt"]!.GetValue<int>());
+            var logs = string.Concat((await t2.Get($"/api/v1/jobs/{id}/logs"))["items"]!.AsArray().Select(c => c!["data"]!.GetValue<string>()));
+            Assert.Equal("before\nafter\n", logs);
+            Assert.DoesNotContain("self-fencing", output.ToString(), StringComparison.Ordinal);
+            var usage = Assert.Single((await t2.Get($"/api/v1/jobs/{id}/usage"))["items"]!.AsArray())!;
+            Assert.InRange(usage["endedMs"]!.GetValue<long>() - usage["startedMs"]!.GetValue<long>(), 8_500, 12_000);
+        }
+        finally
+        {
+            agent.Kill(true);
+        }
+    }
+
+    [Theory]
+    [InlineData("connection refused: nothing listens, the control plane is down", System.Net.Sockets.SocketError.ConnectionRefused, true)]
+    [InlineData("timed out: a partition looks the same, keep counting the lease", System.Net.Sockets.SocketError.TimedOut, false)]
+    [InlineData("host unreachable: a partition, keep counting", System.Net.Sockets.SocketError.HostUnreachable, false)]
+    [InlineData("network unreachable: a partition, keep counting", System.Net.Sockets.SocketError.NetworkUnreachable, false)]
+    public void OnlyARefusedConnection_PausesTheAgentsLeaseClock(string name, System.Net.Sockets.SocketError error, bool down)
+    {
+        var e = new HttpRequestException(HttpRequestError.ConnectionError, "x", new System.Net.Sockets.SocketException((int)error));
+        Assert.True(down == Suanli.Agent.ProviderAgent.IsControlPlaneDown(e), name);
+        Assert.False(Suanli.Agent.ProviderAgent.IsControlPlaneDown(new HttpRequestException("no inner cause")));
+    }
+
+    [Fact]
     public async Task GracefulStop_OfThePlatform_RequeuesItsRunningJob_WithoutFailingOrChargingIt()
     {
         using var s = new ServerProcess();
