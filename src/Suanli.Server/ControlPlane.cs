@@ -883,6 +883,7 @@ public sealed partial class ControlPlane : IDisposable
         var spendable = (_partition?.Priced ?? false) ? await _ledger.SpendableAsync(NowMs) : null;
         List<(LiveJob Job, Allocation Alloc, NodeGroup Group, long ProviderId, long Epoch, string LocalGroup, HoldPlan? Hold, string Encoded)> leases = [];
         List<(JobSpec Job, string Reason)> doomed;
+        List<(LiveJob Job, string Why)> unstartedVictims = [];
         var scheduled = false;
         var fundsUnread = false;
         int pendingCount = 0, preemptedCount = 0, leasedCount = 0;
@@ -969,7 +970,7 @@ public sealed partial class ControlPlane : IDisposable
                 var started = result.Started;
                 if (result.Preempted.Count > 0)
                 {
-                    started = PreemptLocked(result);
+                    started = PreemptLocked(result, unstartedVictims);
                 }
 
                 foreach (var placed in started)
@@ -992,6 +993,11 @@ public sealed partial class ControlPlane : IDisposable
                     tenantMoneyAtCycle[l.Job.Record.TenantId] = _tenantMoney.GetValueOrDefault(l.Job.Record.TenantId);
                 }
             }
+        }
+
+        foreach (var (victim, why) in unstartedVictims)
+        {
+            await RequeueUnstartedAsync(victim, why, NowMs);
         }
 
         foreach (var (job, reason) in doomed)
@@ -1084,12 +1090,33 @@ public sealed partial class ControlPlane : IDisposable
     }
 
     /// <summary>
+    /// A job told to give way before it started (leased, not running) goes straight back to the queue: nothing ran,
+    /// nothing is charged, its attempt is given back. If it started or ended meanwhile, the notice path takes over.
+    /// </summary>
+    private async Task RequeueUnstartedAsync(LiveJob j, string why, long now)
+    {
+        try
+        {
+            var rec = await _store.ApplyAsync(new Transition(j.Record.Id, [JobStates.Leased], JobStates.Queued, $"{why} before it started; requeued")
+            {
+                AtMs = now, Requeue = true, GrantAttempt = true, Settle = new SettlePlan(j.Record.Attempt, Void: true, 0, "requeued before start"), FeeBps = Options.FeeBps,
+            });
+            MoneyMoved(j.Record.TenantId);
+            Finish(j, rec, JobStates.Leased);
+        }
+        catch (StoreConflictException)
+        {
+            // It started or ended meanwhile: if running, it stops at its (immediate) deadline as any victim does.
+        }
+    }
+
+    /// <summary>
     /// Carries out the core's preemptions: the victims are told to stop (the spot notice, then requeued with the attempt
     /// given back). A preempting placement, and any other placement of the cycle on a node a victim still holds, is not
     /// leased now (it counted on resources the victim holds until it stops); the job starts in a later cycle once its
     /// victims are gone. Placements elsewhere are leased as usual. Returns the placements that can be leased.
     /// </summary>
-    private List<Placement> PreemptLocked(CycleResult result)
+    private List<Placement> PreemptLocked(CycleResult result, List<(LiveJob Job, string Why)> unstarted)
     {
         // Nodes the victims hold until they stop: a placement of this cycle that touches one counted on their release.
         var held = new HashSet<(int Group, int Node)>();
@@ -1119,8 +1146,16 @@ public sealed partial class ControlPlane : IDisposable
                 if (_jobs.TryGetValue(victim, out var v) && v.Preempting is null && v.Record.State is JobStates.Leased or JobStates.Running)
                 {
                     _metrics.Preempted();
-                    v.Preempting = (now + (long)Options.SpotNotice.TotalMilliseconds,
-                        $"preempted by job {placed.Job.Id} of priority class {placed.Job.PriorityClass} (this job's class is {v.Spec.PriorityClass})");
+                    var why = $"preempted by job {placed.Job.Id} of priority class {placed.Job.PriorityClass} (this job's class is {v.Spec.PriorityClass})";
+                    if (v.Record.State == JobStates.Leased)
+                    {
+                        // Nothing ran yet: no notice to wait out, it goes straight back to the queue (as an outbid spot job).
+                        unstarted.Add((v, why));
+                        v.Preempting = (now, why);
+                        continue;
+                    }
+
+                    v.Preempting = (now + (long)Options.SpotNotice.TotalMilliseconds, why);
                     if (_providers.TryGetValue(v.Record.ProviderId ?? -1, out var p))
                     {
                         p.Wake.TrySetResult();

@@ -145,6 +145,29 @@ public sealed class ControlPlaneRaceTests : IDisposable
     }
 
     [Fact]
+    public async Task AVictimThatWasOnlyLeased_IsRequeuedAtOnce_WithoutANotice_AndThePreemptorStartsInTheNextCycle()
+    {
+        var (_, store, cp, a, _, p, reg) = await PreemptingPlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
+        await using var _ = store;
+        JobDocument Doc(string priority) => JobDocument.Parse($$$"""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600,"priority":"{{{priority}}}","retry":{"maxAttempts":1}}""", cp.Catalogue);
+
+        var (low, _) = await cp.SubmitAsync(a.Id, Doc("low"), null);
+        await cp.CycleAsync();
+        Assert.Equal(JobStates.Leased, (await store.GetJobAsync(low.Id))!.State); // leased, its agent has not started it
+
+        var (urgent, _) = await cp.SubmitAsync(a.Id, Doc("urgent"), null);
+        await cp.CycleAsync();
+        var back = (await store.GetJobAsync(low.Id))!;
+        Assert.Equal((JobStates.Queued, 2, 2), (back.State, back.Attempt, back.MaxAttempts)); // a new attempt, the used one given back
+        Assert.Contains(await store.EventsAsync(low.Id), e => e.Message == $"preempted by job {urgent.Id} of priority class 3 (this job's class is 0) before it started; requeued");
+        Assert.Empty((await cp.HeartbeatAsync(p.Id, reg.Epoch, [])).Notices);
+
+        await cp.CycleAsync();
+        Assert.Equal(JobStates.Leased, (await store.GetJobAsync(urgent.Id))!.State);
+        Assert.Equal(JobStates.Queued, (await store.GetJobAsync(low.Id))!.State);
+    }
+
+    [Fact]
     public async Task APreemption_HoldsBackOnlyWhatNeedsTheVictimsNodes_TheRestOfTheQueueKeepsLeasing()
     {
         var (clock, store, cp, a, b, p, reg) = await PreemptingPlaneAsync([new GroupOffer("big", 1000, 8192, null, 0, 2, null), new GroupOffer("small", 1000, 1024, null, 0, 1, null)]);

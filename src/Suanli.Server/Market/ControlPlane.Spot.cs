@@ -181,19 +181,7 @@ public sealed partial class ControlPlane
         // A loser that was leased but has not started yet goes straight back to the queue (nothing ran, nothing is charged).
         foreach (var j in unstarted)
         {
-            try
-            {
-                var rec = await _store.ApplyAsync(new Transition(j.Record.Id, [JobStates.Leased], JobStates.Queued, "outbid in the spot auction before it started; requeued")
-                {
-                    AtMs = now, Requeue = true, GrantAttempt = true, Settle = new SettlePlan(j.Record.Attempt, Void: true, 0, "outbid before start"), FeeBps = Options.FeeBps,
-                });
-                MoneyMoved(j.Record.TenantId);
-                Finish(j, rec, JobStates.Leased);
-            }
-            catch (StoreConflictException)
-            {
-                // It started or ended meanwhile; the next round sees it.
-            }
+            await RequeueUnstartedAsync(j, "outbid in the spot auction", now);
         }
 
         var recorded = new List<RoundRecord>(rounds.Count);
