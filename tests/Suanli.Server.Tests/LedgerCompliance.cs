@@ -350,6 +350,18 @@ public abstract class LedgerCompliance<TStore> : IDisposable
         Assert.Equal(2, report.SettlementsChecked);
     }
 
+    [Fact]
+    public async Task ACancelledToken_MovesNoMoney()
+    {
+        await using var s = Open();
+        using var cancelled = new CancellationTokenSource();
+        await cancelled.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => s.TransferAsync([Posted("c1", Accounts.Cash, Accounts.Tenant(1), 500)], true, 1, cancelled.Token));
+        Assert.Null(await s.AccountAsync(Accounts.Tenant(1)));
+        Assert.True((await s.VerifyAsync(0)).Ok);
+        Assert.Equal(0, (await s.VerifyAsync(0)).Transfers);
+    }
+
     // Holds and settlements through the store's job transitions (what the control plane does at lease and at the end
     // of an attempt), with vouchers, related parties, domestic shares, expiry and faults in random order.
     private static long Subsidised;

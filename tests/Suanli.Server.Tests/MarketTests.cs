@@ -245,6 +245,14 @@ public class MarketTests
         await admin.Post($"/api/v1/wallets/{yId}/topups", new { amount = 100 }, HttpStatusCode.Created);
         await admin.Post("/api/v1/offers", new { providerId = local, group = "local", tier = "interruptible", unit = "core-hour", price = 0.01, nodes = 1 }, HttpStatusCode.Created);
 
+        // The loop clears the market as soon as it has one (an empty round, asks only); the next round is an hour away.
+        // Before this wait the spot job below could be submitted before that first round and win it (a flaky failure).
+        var firstRound = System.Diagnostics.Stopwatch.StartNew();
+        while ((await admin.Get("/api/v1/market/rounds")).AsArray().Count == 0 && firstRound.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            await Task.Delay(50);
+        }
+
         using var x = s.Client(xKey);
         using var y = s.Client(yKey);
         var script = "trap 'echo notice $SUANLI_TIER $SUANLI_PREEMPT_NOTICE_SECONDS $(head -n 1 \"$SUANLI_PREEMPT_FILE\")' USR1; echo started; while :; do sleep 0.2; done";

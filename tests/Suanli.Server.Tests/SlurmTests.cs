@@ -115,6 +115,12 @@ public class SlurmTests(SlurmFixture f) : IClassFixture<SlurmFixture>
         await admin.Post($"/api/v1/wallets/{xId}/topups", new { amount = 100 }, HttpStatusCode.Created);
         await admin.Post($"/api/v1/wallets/{yId}/topups", new { amount = 100 }, HttpStatusCode.Created);
         var offer = await admin.Post("/api/v1/offers", new { providerId = centre, group = "main", tier = "interruptible", unit = "core-hour", price = 0.01, nodes = 1 }, HttpStatusCode.Created);
+        var firstRound = Stopwatch.StartNew(); // the loop's first (empty) round; the next is an hour away, so only the explicit clears below count
+        while ((await admin.Get("/api/v1/market/rounds")).AsArray().Count == 0 && firstRound.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            await Task.Delay(50);
+        }
+
         using var x = f.Server.Client(xKey);
         using var y = f.Server.Client(yKey);
         long jx = 0, jy = 0;

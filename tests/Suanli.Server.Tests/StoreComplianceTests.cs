@@ -33,6 +33,22 @@ public abstract class StoreCompliance
     }
 
     [Fact]
+    public async Task ACancelledToken_SkipsAnOperationBeforeItBegins_NothingIsWritten()
+    {
+        await using var s = Create();
+        using var cancelled = new CancellationTokenSource();
+        await cancelled.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => s.CreateTenantAsync("never", "x", 1, 1, ct: cancelled.Token));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => s.SubmitAsync(Job(1), cancelled.Token));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => s.ListTenantsAsync(cancelled.Token));
+        Assert.Empty(await s.ListTenantsAsync());
+        Assert.Empty(await s.ActiveJobsAsync());
+        var t = await s.CreateTenantAsync("later", "x", 1, 1, ct: CancellationToken.None);
+        Assert.Equal("later", Assert.Single(await s.ListTenantsAsync()).Name);
+        Assert.Equal(t.Id, (await s.GetTenantAsync(t.Id))!.Id);
+    }
+
+    [Fact]
     public async Task IdempotencyKey_IsRecordedInTheTransactionThatCreates_AndAClashCreatesNothing()
     {
         await using var s = Create();

@@ -355,7 +355,7 @@ public static partial class Endpoints
     }
 
     private static Task<IResult> CreateTenant(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time) =>
-        CreateOnce(h, s, time, "tenant", s.GetTenantAsync, async (body, errors, once) =>
+        CreateOnce(h, s, time, "tenant", id => s.GetTenantAsync(id, h.RequestAborted), async (body, errors, once) =>
         {
             var name = Label(body, "name", JobDocument.MaxNameLength, null, errors);
             var sector = Label(body, "sector", 64, "general", errors);
@@ -377,7 +377,7 @@ public static partial class Endpoints
         });
 
     private static Task<IResult> CreateProvider(HttpContext h, IControlStore s, ControlPlane cp, TimeProvider time) =>
-        CreateOnce(h, s, time, "provider", s.GetProviderAsync, async (body, errors, once) =>
+        CreateOnce(h, s, time, "provider", id => s.GetProviderAsync(id, h.RequestAborted), async (body, errors, once) =>
         {
             var name = Label(body, "name", 64, null, errors);
             var region = Label(body, "region", 64, "default", errors);

@@ -72,56 +72,56 @@ public sealed record JobQuery(long? TenantId, string? State, long? After, int Li
 /// </summary>
 public interface IControlStore : IAsyncDisposable
 {
-    Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs, IdempotencyClaim? once = null);
+    Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs, IdempotencyClaim? once = null, CancellationToken ct = default);
 
-    Task<IReadOnlyList<TenantRecord>> ListTenantsAsync();
+    Task<IReadOnlyList<TenantRecord>> ListTenantsAsync(CancellationToken ct = default);
 
-    Task<TenantRecord?> GetTenantAsync(long id);
+    Task<TenantRecord?> GetTenantAsync(long id, CancellationToken ct = default);
 
-    Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs, IdempotencyClaim? once = null);
+    Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs, IdempotencyClaim? once = null, CancellationToken ct = default);
 
-    Task<KeyRecord?> FindKeyAsync(byte[] hash);
+    Task<KeyRecord?> FindKeyAsync(byte[] hash, CancellationToken ct = default);
 
-    Task<IReadOnlyList<KeyRecord>> ListKeysAsync();
+    Task<IReadOnlyList<KeyRecord>> ListKeysAsync(CancellationToken ct = default);
 
-    Task<bool> RevokeKeyAsync(long id, long nowMs);
+    Task<bool> RevokeKeyAsync(long id, long nowMs, CancellationToken ct = default);
 
-    Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs, IdempotencyClaim? once = null);
+    Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs, IdempotencyClaim? once = null, CancellationToken ct = default);
 
-    Task<ProviderRecord?> GetProviderAsync(long id);
+    Task<ProviderRecord?> GetProviderAsync(long id, CancellationToken ct = default);
 
-    Task<ProviderRecord?> FindProviderAsync(string name);
+    Task<ProviderRecord?> FindProviderAsync(string name, CancellationToken ct = default);
 
-    Task<IReadOnlyList<ProviderRecord>> ListProvidersAsync();
+    Task<IReadOnlyList<ProviderRecord>> ListProvidersAsync(CancellationToken ct = default);
 
     /// <summary>
     /// Registers (or re-registers) an agent: stores its offer, moves to a new fencing epoch and marks it ready. Jobs
     /// leased under an older epoch are returned so the caller can treat them as lost.
     /// </summary>
-    Task<(ProviderRecord Provider, IReadOnlyList<JobRecord> Orphans)> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups, long nowMs);
+    Task<(ProviderRecord Provider, IReadOnlyList<JobRecord> Orphans)> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups, long nowMs, CancellationToken ct = default);
 
     /// <summary>Records a heartbeat; throws <see cref="StoreConflictException"/> (stale_epoch) for an old epoch or a lost provider.</summary>
-    Task HeartbeatAsync(long providerId, long epoch, long nowMs);
+    Task HeartbeatAsync(long providerId, long epoch, long nowMs, CancellationToken ct = default);
 
-    Task MarkProviderLostAsync(long providerId, long epoch, long nowMs);
+    Task MarkProviderLostAsync(long providerId, long epoch, long nowMs, CancellationToken ct = default);
 
     /// <summary>Inserts a job; with an idempotency key already used by the tenant, returns that job and true.</summary>
-    Task<(JobRecord Job, bool Replayed)> SubmitAsync(NewJob job);
+    Task<(JobRecord Job, bool Replayed)> SubmitAsync(NewJob job, CancellationToken ct = default);
 
-    Task<JobRecord?> GetJobAsync(long id);
+    Task<JobRecord?> GetJobAsync(long id, CancellationToken ct = default);
 
-    Task<Page<JobRecord>> ListJobsAsync(JobQuery query);
+    Task<Page<JobRecord>> ListJobsAsync(JobQuery query, CancellationToken ct = default);
 
     /// <summary>Jobs in queued, leased or running (for recovery after a restart).</summary>
-    Task<IReadOnlyList<JobRecord>> ActiveJobsAsync();
+    Task<IReadOnlyList<JobRecord>> ActiveJobsAsync(CancellationToken ct = default);
 
     /// <summary>
     /// Each tenant's last <paramref name="perTenant"/> jobs that ran and ended succeeded or failed, oldest end first
     /// (to rebuild the run-time predictor after a restart).
     /// </summary>
-    Task<IReadOnlyList<JobRecord>> RecentFinishedJobsAsync(int perTenant);
+    Task<IReadOnlyList<JobRecord>> RecentFinishedJobsAsync(int perTenant, CancellationToken ct = default);
 
-    Task<JobRecord> ApplyAsync(Transition transition);
+    Task<JobRecord> ApplyAsync(Transition transition, CancellationToken ct = default);
 
     /// <summary>
     /// Appends output of an attempt. With an <paramref name="offset"/> (the sender's position in that attempt's output)
@@ -131,24 +131,24 @@ public interface IControlStore : IAsyncDisposable
     /// An attempt stores at most <paramref name="capBytes"/> bytes (UTF-8) of output; what comes after is dropped and the
     /// attempt's log then ends with one line saying so and how many bytes were dropped (updated as more arrive).
     /// </remarks>
-    Task AppendLogAsync(long jobId, int attempt, long? offset, string data, long capBytes = LogLimits.DefaultCapBytes);
+    Task AppendLogAsync(long jobId, int attempt, long? offset, string data, long capBytes = LogLimits.DefaultCapBytes, CancellationToken ct = default);
 
     /// <summary>Deletes the output of jobs that ended before <paramref name="endedBeforeMs"/>; returns the chunks removed.</summary>
-    Task<int> PurgeLogsAsync(long endedBeforeMs);
+    Task<int> PurgeLogsAsync(long endedBeforeMs, CancellationToken ct = default);
 
     /// <summary>A job's output after sequence number <paramref name="after"/>; each chunk names its attempt (only one attempt's with <paramref name="attempt"/>).</summary>
-    Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit, int? attempt = null);
+    Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit, int? attempt = null, CancellationToken ct = default);
 
-    Task<IReadOnlyList<JobEvent>> EventsAsync(long jobId);
+    Task<IReadOnlyList<JobEvent>> EventsAsync(long jobId, CancellationToken ct = default);
 
-    Task<IReadOnlyList<UsageRecord>> UsageAsync(long? tenantId, long fromMs, long toMs);
+    Task<IReadOnlyList<UsageRecord>> UsageAsync(long? tenantId, long fromMs, long toMs, CancellationToken ct = default);
 
     /// <summary>Every metered attempt of one job.</summary>
-    Task<IReadOnlyList<UsageRecord>> JobUsageAsync(long jobId);
+    Task<IReadOnlyList<UsageRecord>> JobUsageAsync(long jobId, CancellationToken ct = default);
 
     /// <summary>The resource a creating request with this idempotency key made before, or null.</summary>
-    Task<(string Resource, string? RequestHash)?> IdempotentGetAsync(string scope, string key);
+    Task<(string Resource, string? RequestHash)?> IdempotentGetAsync(string scope, string key, CancellationToken ct = default);
 
 
-    Task<IReadOnlyDictionary<string, long>> CountJobsByStateAsync();
+    Task<IReadOnlyDictionary<string, long>> CountJobsByStateAsync(CancellationToken ct = default);
 }

@@ -184,11 +184,11 @@ public interface ILedgerStore
     /// Applies transfers. Linked: all or none (the first failure throws <see cref="StoreConflictException"/> naming it).
     /// Unlinked: each on its own, with an outcome each.
     /// </summary>
-    Task<IReadOnlyList<TransferOutcome>> TransferAsync(IReadOnlyList<TransferRequest> transfers, bool linked, long nowMs);
+    Task<IReadOnlyList<TransferOutcome>> TransferAsync(IReadOnlyList<TransferRequest> transfers, bool linked, long nowMs, CancellationToken ct = default);
 
-    Task<LedgerAccount?> AccountAsync(string id);
+    Task<LedgerAccount?> AccountAsync(string id, CancellationToken ct = default);
 
-    Task<IReadOnlyList<LedgerAccount>> AccountsAsync(string? prefix);
+    Task<IReadOnlyList<LedgerAccount>> AccountsAsync(string? prefix, CancellationToken ct = default);
 
     /// <summary>
     /// What each tenant can put in escrow now, in fen: its wallet's available balance above its floor plus what its
@@ -196,53 +196,53 @@ public interface ILedgerStore
     /// tenant without an account or voucher is absent (nothing to spend); one whose wallet has no floor maps to
     /// <see cref="long.MaxValue"/>.
     /// </summary>
-    Task<IReadOnlyDictionary<long, long>> SpendableAsync(long nowMs);
+    Task<IReadOnlyDictionary<long, long>> SpendableAsync(long nowMs, CancellationToken ct = default);
 
     /// <summary>The journal, newest first (by account: along its chain); <paramref name="before"/> is the previous page's cursor, 0 for the newest.</summary>
-    Task<Page<LedgerTransfer>> TransfersAsync(string? account, long before, int limit);
+    Task<Page<LedgerTransfer>> TransfersAsync(string? account, long before, int limit, CancellationToken ct = default);
 
-    Task<LedgerReport> VerifyAsync(int feeBps);
+    Task<LedgerReport> VerifyAsync(int feeBps, CancellationToken ct = default);
 
-    Task<OfferRecord> CreateOfferAsync(OfferRecord offer);
+    Task<OfferRecord> CreateOfferAsync(OfferRecord offer, CancellationToken ct = default);
 
-    Task<IReadOnlyList<OfferRecord>> OffersAsync();
+    Task<IReadOnlyList<OfferRecord>> OffersAsync(CancellationToken ct = default);
 
-    Task<OfferRecord> WithdrawOfferAsync(long id, long? providerId, long nowMs);
+    Task<OfferRecord> WithdrawOfferAsync(long id, long? providerId, long nowMs, CancellationToken ct = default);
 
     /// <summary>
     /// The tenant's answer to a proposed reserved contract (<paramref name="tenantId"/> null: the operator on its
     /// behalf). Accepting escrows the contract's value from the wallet in the same transaction; either answer is final,
     /// and a contract whose window has begun can no longer be accepted.
     /// </summary>
-    Task<OfferRecord> AnswerContractAsync(long id, long? tenantId, bool accept, long nowMs);
+    Task<OfferRecord> AnswerContractAsync(long id, long? tenantId, bool accept, long nowMs, CancellationToken ct = default);
 
-    Task<ProgrammeRecord> CreateProgrammeAsync(ProgrammeRecord programme);
+    Task<ProgrammeRecord> CreateProgrammeAsync(ProgrammeRecord programme, CancellationToken ct = default);
 
-    Task<IReadOnlyList<ProgrammeRecord>> ProgrammesAsync();
+    Task<IReadOnlyList<ProgrammeRecord>> ProgrammesAsync(CancellationToken ct = default);
 
-    Task<VoucherRecord> IssueVoucherAsync(long programmeId, long tenantId, long amountFen, long validToMs, long nowMs);
+    Task<VoucherRecord> IssueVoucherAsync(long programmeId, long tenantId, long amountFen, long validToMs, long nowMs, CancellationToken ct = default);
 
-    Task<IReadOnlyList<VoucherRecord>> VouchersAsync(long? tenantId, long? programmeId);
+    Task<IReadOnlyList<VoucherRecord>> VouchersAsync(long? tenantId, long? programmeId, CancellationToken ct = default);
 
     /// <summary>Returns what expired vouchers have left to their programmes; the number of vouchers touched.</summary>
-    Task<int> ExpireVouchersAsync(long nowMs);
+    Task<int> ExpireVouchersAsync(long nowMs, CancellationToken ct = default);
 
-    Task<RelationRecord> AddRelationAsync(long tenantId, long providerId, string note, long nowMs);
+    Task<RelationRecord> AddRelationAsync(long tenantId, long providerId, string note, long nowMs, CancellationToken ct = default);
 
-    Task<IReadOnlyList<RelationRecord>> RelationsAsync();
+    Task<IReadOnlyList<RelationRecord>> RelationsAsync(CancellationToken ct = default);
 
-    Task<IReadOnlyList<SettlementRecord>> SettlementsAsync(SettlementQuery query);
+    Task<IReadOnlyList<SettlementRecord>> SettlementsAsync(SettlementQuery query, CancellationToken ct = default);
 
     /// <summary>
     /// Settles every reserved contract whose window ended or that was withdrawn: posts the escrowed value (pro rata when
     /// ended early) and pays the provider less the fee. Returns how many were settled.
     /// </summary>
-    Task<int> SettleContractsAsync(long nowMs, int feeBps);
+    Task<int> SettleContractsAsync(long nowMs, int feeBps, CancellationToken ct = default);
 
     /// <summary>Ends a held attempt on its own (recovery, or a cancelled job whose provider vanished); false when it was not held.</summary>
-    Task<bool> SettleAsync(long jobId, SettlePlan plan, int feeBps, long nowMs);
+    Task<bool> SettleAsync(long jobId, SettlePlan plan, int feeBps, long nowMs, CancellationToken ct = default);
 
-    Task<RoundRecord> RecordRoundAsync(RoundRecord round);
+    Task<RoundRecord> RecordRoundAsync(RoundRecord round, CancellationToken ct = default);
 
-    Task<IReadOnlyList<RoundRecord>> RoundsAsync(string? instrument, int limit);
+    Task<IReadOnlyList<RoundRecord>> RoundsAsync(string? instrument, int limit, CancellationToken ct = default);
 }

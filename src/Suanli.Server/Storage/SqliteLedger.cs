@@ -11,7 +11,7 @@ namespace Suanli.Server.Storage;
 public sealed partial class SqliteStore
 {
     // ---- transfers ----
-    public Task<IReadOnlyList<TransferOutcome>> TransferAsync(IReadOnlyList<TransferRequest> transfers, bool linked, long nowMs) => Write<IReadOnlyList<TransferOutcome>>(c =>
+    public Task<IReadOnlyList<TransferOutcome>> TransferAsync(IReadOnlyList<TransferRequest> transfers, bool linked, long nowMs, CancellationToken ct = default) => Write<IReadOnlyList<TransferOutcome>>(c =>
     {
         var outcomes = new TransferOutcome[transfers.Count];
         for (var i = 0; i < transfers.Count; i++)
@@ -24,7 +24,7 @@ public sealed partial class SqliteStore
         }
 
         return outcomes;
-    });
+    }, ct);
 
     // The next journal sequence number of each writer connection (only the writer inserts transfers). A rolled-back
     // transfer leaves a gap, never a repeat: the counter only moves forward and starts above every stored seq.
@@ -243,13 +243,13 @@ public sealed partial class SqliteStore
 
     private static LedgerAccount MapAccount(SqliteDataReader r) => new(r.GetString(0), r.GetString(1), NLong(r, 2), r.GetInt64(3), r.GetInt64(4), r.GetInt64(5), r.GetInt64(6));
 
-    public Task<LedgerAccount?> AccountAsync(string id) =>
-        Read(c => Query(c, $"SELECT {AccountCols} FROM ledger_accounts WHERE id = $id", MapAccount, ("$id", id)).FirstOrDefault());
+    public Task<LedgerAccount?> AccountAsync(string id, CancellationToken ct = default) =>
+        Read(c => Query(c, $"SELECT {AccountCols} FROM ledger_accounts WHERE id = $id", MapAccount, ("$id", id)).FirstOrDefault(), ct);
 
-    public Task<IReadOnlyList<LedgerAccount>> AccountsAsync(string? prefix) => Read<IReadOnlyList<LedgerAccount>>(c =>
-        Query(c, $"SELECT {AccountCols} FROM ledger_accounts WHERE $p IS NULL OR substr(id, 1, length($p)) = $p ORDER BY id", MapAccount, ("$p", prefix)));
+    public Task<IReadOnlyList<LedgerAccount>> AccountsAsync(string? prefix, CancellationToken ct = default) => Read<IReadOnlyList<LedgerAccount>>(c =>
+        Query(c, $"SELECT {AccountCols} FROM ledger_accounts WHERE $p IS NULL OR substr(id, 1, length($p)) = $p ORDER BY id", MapAccount, ("$p", prefix)), ct);
 
-    public Task<IReadOnlyDictionary<long, long>> SpendableAsync(long nowMs) => Read<IReadOnlyDictionary<long, long>>(c =>
+    public Task<IReadOnlyDictionary<long, long>> SpendableAsync(long nowMs, CancellationToken ct = default) => Read<IReadOnlyDictionary<long, long>>(c =>
     {
         var spendable = new Dictionary<long, long>();
         foreach (var (id, fen) in Query(c, "SELECT CAST(substr(id, 8) AS INTEGER), CASE WHEN floor IS NULL THEN NULL ELSE posted - pending_debits - floor END FROM ledger_accounts WHERE substr(id, 1, 7) = 'tenant:'",
@@ -268,7 +268,7 @@ public sealed partial class SqliteStore
         }
 
         return spendable;
-    });
+    }, ct);
 
     private const string TransferCols = "seq, id, kind, debit, credit, amount, pending_id, code, job_id, attempt, memo, at";
 
@@ -280,7 +280,7 @@ public sealed partial class SqliteStore
     /// side), so a page costs its length in rowid lookups, however long the journal. <paramref name="before"/>: the
     /// cursor of the previous page (0 = from the newest).
     /// </summary>
-    public Task<Page<LedgerTransfer>> TransfersAsync(string? account, long before, int limit) => Read(c =>
+    public Task<Page<LedgerTransfer>> TransfersAsync(string? account, long before, int limit, CancellationToken ct = default) => Read(c =>
     {
         var items = new List<LedgerTransfer>(Math.Min(limit + 1, 1024));
         if (account is null)
@@ -302,11 +302,11 @@ public sealed partial class SqliteStore
 
         var next = items.Count > limit ? items[limit - 1].Seq.ToString(CultureInfo.InvariantCulture) : null;
         return new Page<LedgerTransfer>(items.Count > limit ? items.GetRange(0, limit) : items, next);
-    });
+    }, ct);
 
     // ---- verification ----
     /// <summary>Loads the rows <see cref="LedgerVerifier"/> checks in one snapshot; the rules are the verifier's.</summary>
-    public Task<LedgerReport> VerifyAsync(int feeBps) => Read(c =>
+    public Task<LedgerReport> VerifyAsync(int feeBps, CancellationToken ct = default) => Read(c =>
     {
         using var snapshot = c.BeginTransaction(deferred: true);
         var accounts = Query(c, $"SELECT {AccountCols}, last_seq FROM ledger_accounts", r => new AccountRow(MapAccount(r), NLong(r, 7)));
@@ -316,7 +316,7 @@ public sealed partial class SqliteStore
         var contracts = Query(c, $"SELECT {OfferCols} FROM offers WHERE contract_state IS NOT NULL", MapOffer);
         var journal = Query(c, $"SELECT {TransferCols}, debit_prev, credit_prev FROM ledger_transfers ORDER BY seq", r => new JournalRow(MapTransfer(r), NLong(r, 12), NLong(r, 13)));
         return LedgerVerifier.Verify(new LedgerSnapshot(accounts, journal, usage, settlements, contracts), feeBps);
-    });
+    }, ct);
 
     // ---- offers ----
     private const string OfferCols = "id, provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, withdrawn, contract_fen, contract_state, contract_charged_fen, contract_fee_fen, consent, accepted, contract_settled";
@@ -327,7 +327,7 @@ public sealed partial class SqliteStore
         ContractFen = NLong(r, 12), ContractState = NStr(r, 13), ContractChargedFen = NLong(r, 14), ContractFeeFen = NLong(r, 15), Consent = NStr(r, 16), AcceptedMs = NLong(r, 17), ContractSettledMs = NLong(r, 18),
     };
 
-    public Task<OfferRecord> CreateOfferAsync(OfferRecord offer) => Write(c =>
+    public Task<OfferRecord> CreateOfferAsync(OfferRecord offer, CancellationToken ct = default) => Write(c =>
     {
         var o = offer;
         var provider = Query(c, $"SELECT {ProviderCols} FROM providers WHERE id = $id", MapProvider, ("$id", o.ProviderId)).FirstOrDefault()
@@ -346,9 +346,9 @@ public sealed partial class SqliteStore
         return Query(c, $"INSERT INTO offers(provider_id, group_id, tier, unit, price_fen, nodes, valid_from, valid_to, tenant_id, created, contract_fen, consent) VALUES($p, $g, $tier, $u, $price, $n, $f, $t, $ten, $c, $cv, $cs) RETURNING {OfferCols}",
             MapOffer, ("$p", o.ProviderId), ("$g", o.GroupId), ("$tier", o.Tier), ("$u", o.Unit), ("$price", o.PriceFen), ("$n", o.Nodes), ("$f", o.ValidFromMs), ("$t", o.ValidToMs),
             ("$ten", o.TenantId), ("$c", o.CreatedMs), ("$cv", reserved ? o.ContractFen : null), ("$cs", reserved ? Consents.Proposed : null))[0];
-    });
+    }, ct);
 
-    public Task<OfferRecord> AnswerContractAsync(long id, long? tenantId, bool accept, long nowMs) => Write(c =>
+    public Task<OfferRecord> AnswerContractAsync(long id, long? tenantId, bool accept, long nowMs, CancellationToken ct = default) => Write(c =>
     {
         var o = Query(c, $"SELECT {OfferCols} FROM offers WHERE id = $id", MapOffer, ("$id", id)).FirstOrDefault();
         if (o is null || o.Tier != Suanli.Core.Market.Tiers.Reserved || (tenantId is { } t && o.TenantId != t))
@@ -376,16 +376,16 @@ public sealed partial class SqliteStore
         }
 
         return rec;
-    });
+    }, ct);
 
-    public Task<IReadOnlyList<OfferRecord>> OffersAsync() => Read<IReadOnlyList<OfferRecord>>(c => Query(c, $"SELECT {OfferCols} FROM offers ORDER BY id", MapOffer));
+    public Task<IReadOnlyList<OfferRecord>> OffersAsync(CancellationToken ct = default) => Read<IReadOnlyList<OfferRecord>>(c => Query(c, $"SELECT {OfferCols} FROM offers ORDER BY id", MapOffer), ct);
 
-    public Task<OfferRecord> WithdrawOfferAsync(long id, long? providerId, long nowMs) => Write(c =>
+    public Task<OfferRecord> WithdrawOfferAsync(long id, long? providerId, long nowMs, CancellationToken ct = default) => Write(c =>
         Query(c, $"UPDATE offers SET withdrawn = $t WHERE id = $id AND withdrawn IS NULL AND ($p IS NULL OR provider_id = $p) RETURNING {OfferCols}", MapOffer,
             ("$t", nowMs), ("$id", id), ("$p", providerId)).FirstOrDefault()
-        ?? throw new StoreConflictException("not_found", $"offer {id} does not exist, is not yours or was withdrawn already"));
+        ?? throw new StoreConflictException("not_found", $"offer {id} does not exist, is not yours or was withdrawn already"), ct);
 
-    public Task<int> SettleContractsAsync(long nowMs, int feeBps) => Write(c =>
+    public Task<int> SettleContractsAsync(long nowMs, int feeBps, CancellationToken ct = default) => Write(c =>
     {
         var due = Query(c, $"SELECT {OfferCols} FROM offers WHERE contract_state = 'held' AND (valid_to <= $now OR withdrawn IS NOT NULL)", MapOffer, ("$now", nowMs));
         foreach (var o in due)
@@ -397,7 +397,7 @@ public sealed partial class SqliteStore
         }
 
         return due.Count;
-    });
+    }, ct);
 
     // ---- settlements ----
     private const string SettlementCols = "job_id, attempt, tenant_id, provider_id, group_id, offer_id, tier, unit, price_fen, seller_price_fen, units_milli, hold_fen, voucher_id, voucher_hold_fen, voucher_share_bps, state, metered_ms, cost_fen, tenant_fen, voucher_fen, provider_fen, fee_fen, held_at, settled_at, note";
@@ -463,14 +463,14 @@ public sealed partial class SqliteStore
         return true;
     }
 
-    public Task<bool> SettleAsync(long jobId, SettlePlan plan, int feeBps, long nowMs) => Write(c => SettleLocked(c, jobId, plan, feeBps, nowMs));
+    public Task<bool> SettleAsync(long jobId, SettlePlan plan, int feeBps, long nowMs, CancellationToken ct = default) => Write(c => SettleLocked(c, jobId, plan, feeBps, nowMs), ct);
 
-    public Task<IReadOnlyList<SettlementRecord>> SettlementsAsync(SettlementQuery query) => Read<IReadOnlyList<SettlementRecord>>(c =>
+    public Task<IReadOnlyList<SettlementRecord>> SettlementsAsync(SettlementQuery query, CancellationToken ct = default) => Read<IReadOnlyList<SettlementRecord>>(c =>
         Query(c, $"""
             SELECT {SettlementCols} FROM settlements WHERE ($t IS NULL OR tenant_id = $t) AND ($p IS NULL OR provider_id = $p) AND ($j IS NULL OR job_id = $j)
               AND ($g IS NULL OR voucher_id IN (SELECT id FROM vouchers WHERE programme_id = $g)) AND COALESCE(settled_at, held_at) >= $f AND COALESCE(settled_at, held_at) < $to
             ORDER BY COALESCE(settled_at, held_at), job_id, attempt
-            """, MapSettlement, ("$t", query.TenantId), ("$p", query.ProviderId), ("$j", query.JobId), ("$g", query.ProgrammeId), ("$f", query.FromMs), ("$to", query.ToMs)));
+            """, MapSettlement, ("$t", query.TenantId), ("$p", query.ProviderId), ("$j", query.JobId), ("$g", query.ProgrammeId), ("$f", query.FromMs), ("$to", query.ToMs)), ct);
 
     // ---- vouchers ----
     private const string ProgrammeCols = "id, name, funder, budget_fen, share_bps, domestic_share_bps, tenant_cap_fen, sectors, valid_from, valid_to, created";
@@ -478,7 +478,7 @@ public sealed partial class SqliteStore
     private static ProgrammeRecord MapProgramme(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetInt64(3), r.GetInt32(4),
         r.IsDBNull(5) ? null : r.GetInt32(5), r.GetInt64(6), JsonSerializer.Deserialize<List<string>>(r.GetString(7)) ?? [], r.GetInt64(8), r.GetInt64(9), r.GetInt64(10));
 
-    public Task<ProgrammeRecord> CreateProgrammeAsync(ProgrammeRecord programme) => Write(c =>
+    public Task<ProgrammeRecord> CreateProgrammeAsync(ProgrammeRecord programme, CancellationToken ct = default) => Write(c =>
     {
         var p = programme;
         if (Query(c, "SELECT 1 FROM voucher_programmes WHERE name = $n", r => 1, ("$n", p.Name)).Count > 0)
@@ -491,15 +491,15 @@ public sealed partial class SqliteStore
             ("$sec", JsonSerializer.Serialize(p.Sectors)), ("$vf", p.ValidFromMs), ("$vt", p.ValidToMs), ("$c", p.CreatedMs))[0];
         Linked(c, p.CreatedMs, Postings.ProgrammeBudget(rec));
         return rec;
-    });
+    }, ct);
 
-    public Task<IReadOnlyList<ProgrammeRecord>> ProgrammesAsync() => Read<IReadOnlyList<ProgrammeRecord>>(c => Query(c, $"SELECT {ProgrammeCols} FROM voucher_programmes ORDER BY id", MapProgramme));
+    public Task<IReadOnlyList<ProgrammeRecord>> ProgrammesAsync(CancellationToken ct = default) => Read<IReadOnlyList<ProgrammeRecord>>(c => Query(c, $"SELECT {ProgrammeCols} FROM voucher_programmes ORDER BY id", MapProgramme), ct);
 
     private const string VoucherCols = "v.id, v.programme_id, v.tenant_id, v.amount_fen, v.valid_to, v.created, v.expired, COALESCE(a.posted - a.pending_debits, 0)";
 
     private static VoucherRecord MapVoucher(SqliteDataReader r) => new(r.GetInt64(0), r.GetInt64(1), r.GetInt64(2), r.GetInt64(3), r.GetInt64(4), r.GetInt64(5), NLong(r, 6), r.GetInt64(7));
 
-    public Task<VoucherRecord> IssueVoucherAsync(long programmeId, long tenantId, long amountFen, long validToMs, long nowMs) => Write(c =>
+    public Task<VoucherRecord> IssueVoucherAsync(long programmeId, long tenantId, long amountFen, long validToMs, long nowMs, CancellationToken ct = default) => Write(c =>
     {
         var p = Query(c, $"SELECT {ProgrammeCols} FROM voucher_programmes WHERE id = $id", MapProgramme, ("$id", programmeId)).FirstOrDefault()
             ?? throw new StoreConflictException("not_found", $"programme {programmeId} does not exist");
@@ -520,13 +520,13 @@ public sealed partial class SqliteStore
         }
 
         return Query(c, $"SELECT {VoucherCols} FROM vouchers v LEFT JOIN ledger_accounts a ON a.id = 'voucher:' || v.id WHERE v.id = $id", MapVoucher, ("$id", id))[0];
-    });
+    }, ct);
 
-    public Task<IReadOnlyList<VoucherRecord>> VouchersAsync(long? tenantId, long? programmeId) => Read<IReadOnlyList<VoucherRecord>>(c =>
+    public Task<IReadOnlyList<VoucherRecord>> VouchersAsync(long? tenantId, long? programmeId, CancellationToken ct = default) => Read<IReadOnlyList<VoucherRecord>>(c =>
         Query(c, $"SELECT {VoucherCols} FROM vouchers v LEFT JOIN ledger_accounts a ON a.id = 'voucher:' || v.id WHERE ($t IS NULL OR v.tenant_id = $t) AND ($p IS NULL OR v.programme_id = $p) ORDER BY v.id",
-            MapVoucher, ("$t", tenantId), ("$p", programmeId)));
+            MapVoucher, ("$t", tenantId), ("$p", programmeId)), ct);
 
-    public Task<int> ExpireVouchersAsync(long nowMs) => Write(c =>
+    public Task<int> ExpireVouchersAsync(long nowMs, CancellationToken ct = default) => Write(c =>
     {
         var due = Query(c, $"SELECT {VoucherCols} FROM vouchers v LEFT JOIN ledger_accounts a ON a.id = 'voucher:' || v.id WHERE v.valid_to <= $now AND (v.expired IS NULL OR a.posted - a.pending_debits > 0)",
             MapVoucher, ("$now", nowMs));
@@ -541,10 +541,10 @@ public sealed partial class SqliteStore
         }
 
         return due.Count;
-    });
+    }, ct);
 
     // ---- relations ----
-    public Task<RelationRecord> AddRelationAsync(long tenantId, long providerId, string note, long nowMs) => Write(c =>
+    public Task<RelationRecord> AddRelationAsync(long tenantId, long providerId, string note, long nowMs, CancellationToken ct = default) => Write(c =>
     {
         if (Query(c, "SELECT 1 FROM tenants WHERE id = $t", r => 1, ("$t", tenantId)).Count == 0 || Query(c, "SELECT 1 FROM providers WHERE id = $p", r => 1, ("$p", providerId)).Count == 0)
         {
@@ -553,10 +553,10 @@ public sealed partial class SqliteStore
 
         Update(c, "INSERT OR REPLACE INTO relations(tenant_id, provider_id, note, created) VALUES($t, $p, $n, $c)", ("$t", tenantId), ("$p", providerId), ("$n", note), ("$c", nowMs));
         return new RelationRecord(tenantId, providerId, note, nowMs);
-    });
+    }, ct);
 
-    public Task<IReadOnlyList<RelationRecord>> RelationsAsync() => Read<IReadOnlyList<RelationRecord>>(c =>
-        Query(c, "SELECT tenant_id, provider_id, note, created FROM relations ORDER BY tenant_id, provider_id", r => new RelationRecord(r.GetInt64(0), r.GetInt64(1), r.GetString(2), r.GetInt64(3))));
+    public Task<IReadOnlyList<RelationRecord>> RelationsAsync(CancellationToken ct = default) => Read<IReadOnlyList<RelationRecord>>(c =>
+        Query(c, "SELECT tenant_id, provider_id, note, created FROM relations ORDER BY tenant_id, provider_id", r => new RelationRecord(r.GetInt64(0), r.GetInt64(1), r.GetString(2), r.GetInt64(3))), ct);
 
     // ---- auction rounds ----
     private const string RoundCols = "id, instrument, at, bids, asks, bid_lots, ask_lots, volume, efficient_volume, buyer_price_fen, seller_price_fen, reduced";
@@ -564,11 +564,11 @@ public sealed partial class SqliteStore
     private static RoundRecord MapRound(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetInt64(2), r.GetInt32(3), r.GetInt32(4), r.GetInt64(5), r.GetInt64(6),
         r.GetInt64(7), r.GetInt64(8), r.GetInt64(9), r.GetInt64(10), r.GetInt64(11) != 0);
 
-    public Task<RoundRecord> RecordRoundAsync(RoundRecord round) => Write(c =>
+    public Task<RoundRecord> RecordRoundAsync(RoundRecord round, CancellationToken ct = default) => Write(c =>
         Query(c, $"INSERT INTO market_rounds(instrument, at, bids, asks, bid_lots, ask_lots, volume, efficient_volume, buyer_price_fen, seller_price_fen, reduced) VALUES($i, $at, $b, $a, $bl, $al, $v, $ev, $bp, $sp, $r) RETURNING {RoundCols}",
             MapRound, ("$i", round.Instrument), ("$at", round.AtMs), ("$b", round.Bids), ("$a", round.Asks), ("$bl", round.BidLots), ("$al", round.AskLots), ("$v", round.Volume),
-            ("$ev", round.EfficientVolume), ("$bp", round.BuyerPriceFen), ("$sp", round.SellerPriceFen), ("$r", round.Reduced ? 1 : 0))[0]);
+            ("$ev", round.EfficientVolume), ("$bp", round.BuyerPriceFen), ("$sp", round.SellerPriceFen), ("$r", round.Reduced ? 1 : 0))[0], ct);
 
-    public Task<IReadOnlyList<RoundRecord>> RoundsAsync(string? instrument, int limit) => Read<IReadOnlyList<RoundRecord>>(c =>
-        Query(c, $"SELECT {RoundCols} FROM market_rounds WHERE $i IS NULL OR instrument = $i ORDER BY id DESC LIMIT $l", MapRound, ("$i", instrument), ("$l", limit)));
+    public Task<IReadOnlyList<RoundRecord>> RoundsAsync(string? instrument, int limit, CancellationToken ct = default) => Read<IReadOnlyList<RoundRecord>>(c =>
+        Query(c, $"SELECT {RoundCols} FROM market_rounds WHERE $i IS NULL OR instrument = $i ORDER BY id DESC LIMIT $l", MapRound, ("$i", instrument), ("$l", limit)), ct);
 }

@@ -42,9 +42,12 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
     private long _ops;
     private long _commits;
 
-    private sealed class WriteOp(Func<SqliteConnection, object?> run)
+    private sealed class WriteOp(Func<SqliteConnection, object?> run, CancellationToken ct)
     {
         public Func<SqliteConnection, object?> Run { get; } = run;
+
+        /// <summary>Cancels the operation only before it begins: one that began runs to its commit and answers.</summary>
+        public CancellationToken Ct { get; } = ct;
 
         public TaskCompletionSource<object?> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -61,7 +64,18 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
             batch.Clear();
             while (batch.Count < MaxBatch && _queue.Reader.TryRead(out var op))
             {
+                if (op.Ct.IsCancellationRequested)
+                {
+                    op.Done.TrySetCanceled(op.Ct); // never begun: nothing of it is written
+                    continue;
+                }
+
                 batch.Add(op);
+            }
+
+            if (batch.Count == 0)
+            {
+                continue;
             }
 
             try
@@ -120,18 +134,26 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         }
     }
 
-    internal async Task<T> Write<T>(Func<SqliteConnection, T> run)
+    /// <summary>
+    /// Runs <paramref name="run"/> in the writer's next transaction. A token cancelled before the operation begins
+    /// skips it (nothing written, <see cref="OperationCanceledException"/>); once begun it runs to its commit and
+    /// answers, so a caller never wonders whether a write it was told about happened.
+    /// </summary>
+    internal async Task<T> Write<T>(Func<SqliteConnection, T> run, CancellationToken ct = default)
     {
-        var op = new WriteOp(c => run(c));
+        ct.ThrowIfCancellationRequested();
+        var op = new WriteOp(c => run(c), ct);
         ObjectDisposedException.ThrowIf(!_queue.Writer.TryWrite(op), this);
 
         return (T)(await op.Done.Task.ConfigureAwait(false))!;
     }
 
-    private async Task<T> Read<T>(Func<SqliteConnection, T> run)
+    private async Task<T> Read<T>(Func<SqliteConnection, T> run, CancellationToken ct = default)
     {
+        ct.ThrowIfCancellationRequested();
         await using var c = new SqliteConnection(_connectionString);
-        await c.OpenAsync().ConfigureAwait(false);
+        await c.OpenAsync(ct).ConfigureAwait(false);
+        ct.ThrowIfCancellationRequested();
         return run(c);
     }
 
@@ -230,7 +252,7 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
 
     private const string TenantCols = "id, name, sector, weight, created";
 
-    public Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs, IdempotencyClaim? once = null) => Write(c =>
+    public Task<TenantRecord> CreateTenantAsync(string name, string sector, double weight, long nowMs, IdempotencyClaim? once = null, CancellationToken ct = default) => Write(c =>
     {
         if (Query(c, "SELECT 1 FROM tenants WHERE name = $n", r => 1, ("$n", name)).Count > 0)
         {
@@ -241,7 +263,7 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
             ("$n", name), ("$s", sector), ("$w", weight), ("$t", nowMs))[0];
         Claim(c, once, t.Id, nowMs);
         return t;
-    });
+    }, ct);
 
     /// <summary>Records an Idempotency-Key for the resource just made, in its transaction.</summary>
     private static void Claim(SqliteConnection c, IdempotencyClaim? once, long resourceId, long nowMs)
@@ -256,36 +278,36 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         cmd.ExecuteNonQuery();
     }
 
-    public Task<IReadOnlyList<TenantRecord>> ListTenantsAsync() =>
-        Read<IReadOnlyList<TenantRecord>>(c => Query(c, $"SELECT {TenantCols} FROM tenants ORDER BY id", MapTenant));
+    public Task<IReadOnlyList<TenantRecord>> ListTenantsAsync(CancellationToken ct = default) =>
+        Read<IReadOnlyList<TenantRecord>>(c => Query(c, $"SELECT {TenantCols} FROM tenants ORDER BY id", MapTenant), ct);
 
-    public Task<TenantRecord?> GetTenantAsync(long id) =>
-        Read(c => Query(c, $"SELECT {TenantCols} FROM tenants WHERE id = $id", MapTenant, ("$id", id)).FirstOrDefault());
+    public Task<TenantRecord?> GetTenantAsync(long id, CancellationToken ct = default) =>
+        Read(c => Query(c, $"SELECT {TenantCols} FROM tenants WHERE id = $id", MapTenant, ("$id", id)).FirstOrDefault(), ct);
 
     // ---- keys ----
     private const string KeyCols = "id, prefix, role, tenant_id, provider_id, created, revoked";
 
     private static KeyRecord MapKey(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), NLong(r, 3), NLong(r, 4), r.GetInt64(5), NLong(r, 6));
 
-    public Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs, IdempotencyClaim? once = null) => Write(c =>
+    public Task<KeyRecord> CreateKeyAsync(byte[] hash, string prefix, string role, long? tenantId, long? providerId, long nowMs, IdempotencyClaim? once = null, CancellationToken ct = default) => Write(c =>
     {
         var k = Query(c, $"INSERT INTO api_keys(hash, prefix, role, tenant_id, provider_id, created) VALUES($h, $p, $r, $t, $v, $c) RETURNING {KeyCols}", MapKey,
             ("$h", hash), ("$p", prefix), ("$r", role), ("$t", tenantId), ("$v", providerId), ("$c", nowMs))[0];
         Claim(c, once, k.Id, nowMs);
         return k;
-    });
+    }, ct);
 
-    public Task<KeyRecord?> FindKeyAsync(byte[] hash) =>
-        Read(c => Query(c, $"SELECT {KeyCols} FROM api_keys WHERE hash = $h AND revoked IS NULL", MapKey, ("$h", hash)).FirstOrDefault());
+    public Task<KeyRecord?> FindKeyAsync(byte[] hash, CancellationToken ct = default) =>
+        Read(c => Query(c, $"SELECT {KeyCols} FROM api_keys WHERE hash = $h AND revoked IS NULL", MapKey, ("$h", hash)).FirstOrDefault(), ct);
 
-    public Task<IReadOnlyList<KeyRecord>> ListKeysAsync() =>
-        Read<IReadOnlyList<KeyRecord>>(c => Query(c, $"SELECT {KeyCols} FROM api_keys ORDER BY id", MapKey));
+    public Task<IReadOnlyList<KeyRecord>> ListKeysAsync(CancellationToken ct = default) =>
+        Read<IReadOnlyList<KeyRecord>>(c => Query(c, $"SELECT {KeyCols} FROM api_keys ORDER BY id", MapKey), ct);
 
-    public Task<bool> RevokeKeyAsync(long id, long nowMs) => Write(c =>
+    public Task<bool> RevokeKeyAsync(long id, long nowMs, CancellationToken ct = default) => Write(c =>
     {
         using var cmd = Cmd(c, "UPDATE api_keys SET revoked = $t WHERE id = $id AND revoked IS NULL", ("$t", nowMs), ("$id", id));
         return cmd.ExecuteNonQuery() == 1;
-    });
+    }, ct);
 
     // ---- providers ----
     private const string ProviderCols = "id, name, region, state, epoch, last_heartbeat, groups, created";
@@ -293,7 +315,7 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
     private static ProviderRecord MapProvider(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt64(4), NLong(r, 5),
         JsonSerializer.Deserialize<List<GroupOffer>>(r.GetString(6), Json) ?? [], r.GetInt64(7));
 
-    public Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs, IdempotencyClaim? once = null) => Write(c =>
+    public Task<ProviderRecord> CreateProviderAsync(string name, string region, long nowMs, IdempotencyClaim? once = null, CancellationToken ct = default) => Write(c =>
     {
         if (Query(c, "SELECT 1 FROM providers WHERE name = $n", r => 1, ("$n", name)).Count > 0)
         {
@@ -304,18 +326,18 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
             MapProvider, ("$n", name), ("$r", region), ("$t", nowMs))[0];
         Claim(c, once, p.Id, nowMs);
         return p;
-    });
+    }, ct);
 
-    public Task<ProviderRecord?> GetProviderAsync(long id) =>
-        Read(c => Query(c, $"SELECT {ProviderCols} FROM providers WHERE id = $id", MapProvider, ("$id", id)).FirstOrDefault());
+    public Task<ProviderRecord?> GetProviderAsync(long id, CancellationToken ct = default) =>
+        Read(c => Query(c, $"SELECT {ProviderCols} FROM providers WHERE id = $id", MapProvider, ("$id", id)).FirstOrDefault(), ct);
 
-    public Task<ProviderRecord?> FindProviderAsync(string name) =>
-        Read(c => Query(c, $"SELECT {ProviderCols} FROM providers WHERE name = $n", MapProvider, ("$n", name)).FirstOrDefault());
+    public Task<ProviderRecord?> FindProviderAsync(string name, CancellationToken ct = default) =>
+        Read(c => Query(c, $"SELECT {ProviderCols} FROM providers WHERE name = $n", MapProvider, ("$n", name)).FirstOrDefault(), ct);
 
-    public Task<IReadOnlyList<ProviderRecord>> ListProvidersAsync() =>
-        Read<IReadOnlyList<ProviderRecord>>(c => Query(c, $"SELECT {ProviderCols} FROM providers ORDER BY id", MapProvider));
+    public Task<IReadOnlyList<ProviderRecord>> ListProvidersAsync(CancellationToken ct = default) =>
+        Read<IReadOnlyList<ProviderRecord>>(c => Query(c, $"SELECT {ProviderCols} FROM providers ORDER BY id", MapProvider), ct);
 
-    public Task<(ProviderRecord Provider, IReadOnlyList<JobRecord> Orphans)> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups, long nowMs) => Write(c =>
+    public Task<(ProviderRecord Provider, IReadOnlyList<JobRecord> Orphans)> RegisterAsync(long providerId, string region, IReadOnlyList<GroupOffer> groups, long nowMs, CancellationToken ct = default) => Write(c =>
     {
         var p = Query(c, $"UPDATE providers SET region = $r, groups = $g, epoch = epoch + 1, state = 'ready', last_heartbeat = $t WHERE id = $id RETURNING {ProviderCols}",
             MapProvider, ("$r", region), ("$g", JsonSerializer.Serialize(groups, Json)), ("$t", nowMs), ("$id", providerId)).FirstOrDefault()
@@ -323,9 +345,9 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         var orphans = Query(c, $"SELECT {JobCols} FROM jobs WHERE provider_id = $p AND state IN ('leased','running') AND epoch < $e", MapJob,
             ("$p", providerId), ("$e", p.Epoch));
         return ((ProviderRecord, IReadOnlyList<JobRecord>))(p, orphans);
-    });
+    }, ct);
 
-    public Task HeartbeatAsync(long providerId, long epoch, long nowMs) => Write(c =>
+    public Task HeartbeatAsync(long providerId, long epoch, long nowMs, CancellationToken ct = default) => Write(c =>
     {
         using var cmd = Cmd(c, "UPDATE providers SET last_heartbeat = $t WHERE id = $id AND epoch = $e AND state = 'ready'", ("$t", nowMs), ("$id", providerId), ("$e", epoch));
         if (cmd.ExecuteNonQuery() != 1)
@@ -334,13 +356,13 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         }
 
         return 0;
-    });
+    }, ct);
 
-    public Task MarkProviderLostAsync(long providerId, long epoch, long nowMs) => Write(c =>
+    public Task MarkProviderLostAsync(long providerId, long epoch, long nowMs, CancellationToken ct = default) => Write(c =>
     {
         using var cmd = Cmd(c, "UPDATE providers SET state = 'lost' WHERE id = $id AND epoch = $e", ("$id", providerId), ("$e", epoch));
         return cmd.ExecuteNonQuery();
-    });
+    }, ct);
 
     // ---- jobs ----
     private const string JobCols = "id, tenant_id, name, spec, state, attempt, max_attempts, priority, submitted, provider_id, group_id, epoch, allocation, started, ended, exit_code, reason";
@@ -348,7 +370,7 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
     private static JobRecord MapJob(SqliteDataReader r) => new(r.GetInt64(0), r.GetInt64(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt32(5), r.GetInt32(6),
         r.GetInt32(7), r.GetInt64(8), NLong(r, 9), NStr(r, 10), NLong(r, 11), NStr(r, 12), NLong(r, 13), NLong(r, 14), r.IsDBNull(15) ? null : r.GetInt32(15), NStr(r, 16));
 
-    public Task<(JobRecord Job, bool Replayed)> SubmitAsync(NewJob job) => Write(c =>
+    public Task<(JobRecord Job, bool Replayed)> SubmitAsync(NewJob job, CancellationToken ct = default) => Write(c =>
     {
         if (job.IdempotencyKey is not null)
         {
@@ -368,7 +390,7 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
             MapJob, ("$t", job.TenantId), ("$n", job.Name), ("$s", job.Spec), ("$m", job.MaxAttempts), ("$p", job.PriorityClass), ("$at", job.SubmittedMs), ("$k", job.IdempotencyKey))[0];
         AddEvent(c, rec.Id, job.SubmittedMs, JobStates.Queued, "submitted");
         return (rec, false);
-    });
+    }, ct);
 
     private static void AddEvent(SqliteConnection c, long jobId, long atMs, string state, string message)
     {
@@ -377,10 +399,10 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         cmd.ExecuteNonQuery();
     }
 
-    public Task<JobRecord?> GetJobAsync(long id) =>
-        Read(c => Query(c, $"SELECT {JobCols} FROM jobs WHERE id = $id", MapJob, ("$id", id)).FirstOrDefault());
+    public Task<JobRecord?> GetJobAsync(long id, CancellationToken ct = default) =>
+        Read(c => Query(c, $"SELECT {JobCols} FROM jobs WHERE id = $id", MapJob, ("$id", id)).FirstOrDefault(), ct);
 
-    public Task<Page<JobRecord>> ListJobsAsync(JobQuery query) => Read(c =>
+    public Task<Page<JobRecord>> ListJobsAsync(JobQuery query, CancellationToken ct = default) => Read(c =>
     {
         var q = query;
         var where = new List<string> { "id > $after" };
@@ -398,21 +420,21 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
             ("$after", q.After ?? 0), ("$t", q.TenantId), ("$s", q.State), ("$l", q.Limit + 1));
         var next = items.Count > q.Limit ? items[q.Limit - 1].Id.ToString(System.Globalization.CultureInfo.InvariantCulture) : null;
         return new Page<JobRecord>(items.Count > q.Limit ? items.GetRange(0, q.Limit) : items, next);
-    });
+    }, ct);
 
-    public Task<IReadOnlyList<JobRecord>> ActiveJobsAsync() =>
-        Read<IReadOnlyList<JobRecord>>(c => Query(c, $"SELECT {JobCols} FROM jobs WHERE state IN ('queued','leased','running') ORDER BY id", MapJob));
+    public Task<IReadOnlyList<JobRecord>> ActiveJobsAsync(CancellationToken ct = default) =>
+        Read<IReadOnlyList<JobRecord>>(c => Query(c, $"SELECT {JobCols} FROM jobs WHERE state IN ('queued','leased','running') ORDER BY id", MapJob), ct);
 
-    public Task<IReadOnlyList<JobRecord>> RecentFinishedJobsAsync(int perTenant)
+    public Task<IReadOnlyList<JobRecord>> RecentFinishedJobsAsync(int perTenant, CancellationToken ct = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(perTenant);
         const string Finished = "state IN ('succeeded','failed') AND started IS NOT NULL AND ended IS NOT NULL";
         return Read<IReadOnlyList<JobRecord>>(c => Query(c,
             $"SELECT {JobCols} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant_id ORDER BY ended DESC, id DESC) AS rn FROM jobs WHERE {Finished}) WHERE rn <= $n ORDER BY ended, id",
-            MapJob, ("$n", perTenant)));
+            MapJob, ("$n", perTenant)), ct);
     }
 
-    public Task<JobRecord> ApplyAsync(Transition transition) => Write(c => ApplyOne(c, transition));
+    public Task<JobRecord> ApplyAsync(Transition transition, CancellationToken ct = default) => Write(c => ApplyOne(c, transition), ct);
 
     private static JobRecord ApplyOne(SqliteConnection c, Transition t)
     {
@@ -508,7 +530,7 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         return rec;
     }
 
-    public Task AppendLogAsync(long jobId, int attempt, long? offset, string data, long capBytes = LogLimits.DefaultCapBytes) => Write(c =>
+    public Task AppendLogAsync(long jobId, int attempt, long? offset, string data, long capBytes = LogLimits.DefaultCapBytes, CancellationToken ct = default) => Write(c =>
     {
         var totals = Query(c, "SELECT stored_bytes, dropped_bytes, dropped_end, marker_seq FROM log_totals WHERE job_id = $j AND attempt = $a",
             r => (Stored: r.GetInt64(0), Dropped: r.GetInt64(1), DroppedEnd: r.GetInt64(2), Marker: NLong(r, 3)), ("$j", jobId), ("$a", attempt)).FirstOrDefault();
@@ -579,24 +601,24 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
         }
 
         return stored;
-    });
+    }, ct);
 
-    public Task<int> PurgeLogsAsync(long endedBeforeMs) => Write(c =>
+    public Task<int> PurgeLogsAsync(long endedBeforeMs, CancellationToken ct = default) => Write(c =>
     {
         const string Finished = "SELECT id FROM jobs WHERE state IN ('succeeded','failed','cancelled','lost') AND ended IS NOT NULL AND ended < $t";
         using var totals = Cmd(c, $"DELETE FROM log_totals WHERE job_id IN ({Finished})", ("$t", endedBeforeMs));
         totals.ExecuteNonQuery();
         using var logs = Cmd(c, $"DELETE FROM job_logs WHERE job_id IN ({Finished})", ("$t", endedBeforeMs));
         return logs.ExecuteNonQuery();
-    });
+    }, ct);
 
-    public Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit, int? attempt = null) => Read<IReadOnlyList<LogChunk>>(c =>
+    public Task<IReadOnlyList<LogChunk>> ReadLogsAsync(long jobId, long after, int limit, int? attempt = null, CancellationToken ct = default) => Read<IReadOnlyList<LogChunk>>(c =>
         Query(c, "SELECT seq, data, COALESCE(attempt, 1) FROM job_logs WHERE job_id = $j AND seq > $a AND ($t IS NULL OR COALESCE(attempt, 1) = $t) ORDER BY seq LIMIT $l",
-            r => new LogChunk(r.GetInt64(0), r.GetString(1), r.GetInt32(2)), ("$j", jobId), ("$a", after), ("$t", attempt), ("$l", limit)));
+            r => new LogChunk(r.GetInt64(0), r.GetString(1), r.GetInt32(2)), ("$j", jobId), ("$a", after), ("$t", attempt), ("$l", limit)), ct);
 
-    public Task<IReadOnlyList<JobEvent>> EventsAsync(long jobId) => Read<IReadOnlyList<JobEvent>>(c =>
+    public Task<IReadOnlyList<JobEvent>> EventsAsync(long jobId, CancellationToken ct = default) => Read<IReadOnlyList<JobEvent>>(c =>
         Query(c, "SELECT job_id, seq, at, state, message FROM job_events WHERE job_id = $j ORDER BY seq",
-            r => new JobEvent(r.GetInt64(0), r.GetInt32(1), r.GetInt64(2), r.GetString(3), r.GetString(4)), ("$j", jobId)));
+            r => new JobEvent(r.GetInt64(0), r.GetInt32(1), r.GetInt64(2), r.GetString(3), r.GetString(4)), ("$j", jobId)), ct);
 
     private const string UsageCols = "job_id, attempt, tenant_id, provider_id, group_id, model, cards, gpu_milli, milli_cpu, memory_mib, started, ended, backend_elapsed, backend_tres";
 
@@ -606,19 +628,19 @@ public sealed partial class SqliteStore : IControlStore, ILedgerStore
             BackendElapsedSeconds = NLong(r, 12), BackendTres = NStr(r, 13),
         };
 
-    public Task<IReadOnlyList<UsageRecord>> UsageAsync(long? tenantId, long fromMs, long toMs) => Read<IReadOnlyList<UsageRecord>>(c =>
+    public Task<IReadOnlyList<UsageRecord>> UsageAsync(long? tenantId, long fromMs, long toMs, CancellationToken ct = default) => Read<IReadOnlyList<UsageRecord>>(c =>
         Query(c, $"SELECT {UsageCols} FROM usage WHERE ended > $f AND started < $to AND ($t IS NULL OR tenant_id = $t) ORDER BY job_id, attempt", MapUsage,
-            ("$f", fromMs), ("$to", toMs), ("$t", tenantId)));
+            ("$f", fromMs), ("$to", toMs), ("$t", tenantId)), ct);
 
-    public Task<IReadOnlyList<UsageRecord>> JobUsageAsync(long jobId) => Read<IReadOnlyList<UsageRecord>>(c =>
-        Query(c, $"SELECT {UsageCols} FROM usage WHERE job_id = $j ORDER BY attempt", MapUsage, ("$j", jobId)));
+    public Task<IReadOnlyList<UsageRecord>> JobUsageAsync(long jobId, CancellationToken ct = default) => Read<IReadOnlyList<UsageRecord>>(c =>
+        Query(c, $"SELECT {UsageCols} FROM usage WHERE job_id = $j ORDER BY attempt", MapUsage, ("$j", jobId)), ct);
 
-    public Task<(string Resource, string? RequestHash)?> IdempotentGetAsync(string scope, string key) =>
+    public Task<(string Resource, string? RequestHash)?> IdempotentGetAsync(string scope, string key, CancellationToken ct = default) =>
         Read(c => Query(c, "SELECT resource, request_hash FROM idempotency WHERE scope = $s AND key = $k", r => ((string Resource, string? RequestHash)?)(r.GetString(0), NStr(r, 1)),
-            ("$s", scope), ("$k", key)).FirstOrDefault());
+            ("$s", scope), ("$k", key)).FirstOrDefault(), ct);
 
-    public Task<IReadOnlyDictionary<string, long>> CountJobsByStateAsync() => Read<IReadOnlyDictionary<string, long>>(c =>
-        Query(c, "SELECT state, COUNT(*) FROM jobs GROUP BY state", r => (r.GetString(0), r.GetInt64(1))).ToDictionary(x => x.Item1, x => x.Item2));
+    public Task<IReadOnlyDictionary<string, long>> CountJobsByStateAsync(CancellationToken ct = default) => Read<IReadOnlyDictionary<string, long>>(c =>
+        Query(c, "SELECT state, COUNT(*) FROM jobs GROUP BY state", r => (r.GetString(0), r.GetInt64(1))).ToDictionary(x => x.Item1, x => x.Item2), ct);
 
     /// <summary>Stops accepting writes, finishes the queued ones and closes the database.</summary>
     public async ValueTask DisposeAsync()
