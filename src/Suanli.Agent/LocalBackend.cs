@@ -311,12 +311,56 @@ public sealed class LocalBackend(ResourceLimiter limiter, JobSandbox sandbox, st
                 await f.WriteAsync(Encoding.UTF8.GetBytes(IJobBackend.NoticeText(seconds, reason)));
             }
 
-            return Native.kill(-rp.Process.Id, Native.SIGUSR1) == 0;
+            return SignalJob(rp.Process.Id, Native.SIGUSR1) > 0;
         }
         catch (Exception e) when (e is IOException or InvalidOperationException or UnauthorizedAccessException)
         {
             return false;
         }
+    }
+
+    /// <summary>
+    /// Sends <paramref name="signal"/> to the job's own processes: every member of its process group except the sandbox's
+    /// bubblewrap processes. bubblewrap does not pass signals on, and its default action for SIGUSR1 is to die — which
+    /// ended the job at once instead of giving it its notice. Returns how many processes were signalled.
+    /// </summary>
+    private static int SignalJob(int pgid, int signal)
+    {
+        var sent = 0;
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
+            {
+                continue;
+            }
+
+            string stat;
+            try
+            {
+                stat = File.ReadAllText(Path.Combine(dir, "stat"));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                continue; // ended meanwhile
+            }
+
+            // "pid (comm) state ppid pgrp …": comm may hold spaces and parentheses, so fields count from the last ')'.
+            var open = stat.IndexOf('(', StringComparison.Ordinal);
+            var close = stat.LastIndexOf(')');
+            if (open < 0 || close < open)
+            {
+                continue;
+            }
+
+            var fields = stat[(close + 2)..].Split(' ');
+            if (fields.Length > 2 && int.TryParse(fields[2], NumberStyles.None, CultureInfo.InvariantCulture, out var group) && group == pgid
+                && stat[(open + 1)..close] != "bwrap" && Native.kill(pid, signal) == 0)
+            {
+                sent++;
+            }
+        }
+
+        return sent;
     }
 
     /// <summary>Stops a job's whole process tree (process group and control group).</summary>
