@@ -31,6 +31,9 @@ public sealed class JobSandbox
     private readonly SandboxOptions _options;
     private readonly string? _bwrap;
 
+    /// <summary>The bubblewrap binary jobs run under (its real path), or null when the sandbox does not use it.</summary>
+    public string? Bubblewrap => _bwrap is null ? null : Path.GetFullPath(new FileInfo(_bwrap).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? _bwrap);
+
     private JobSandbox(SandboxOptions options, string? bwrap, bool isolated, string describe)
     {
         _options = options;

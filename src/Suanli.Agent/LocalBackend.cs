@@ -311,7 +311,7 @@ public sealed class LocalBackend(ResourceLimiter limiter, JobSandbox sandbox, st
                 await f.WriteAsync(Encoding.UTF8.GetBytes(IJobBackend.NoticeText(seconds, reason)));
             }
 
-            return SignalJob(rp.Process.Id, Native.SIGUSR1) > 0;
+            return SignalJob(rp.Process.Id, Native.SIGUSR1, Sandbox.Bubblewrap) > 0;
         }
         catch (Exception e) when (e is IOException or InvalidOperationException or UnauthorizedAccessException)
         {
@@ -320,11 +320,13 @@ public sealed class LocalBackend(ResourceLimiter limiter, JobSandbox sandbox, st
     }
 
     /// <summary>
-    /// Sends <paramref name="signal"/> to the job's own processes: every member of its process group except the sandbox's
-    /// bubblewrap processes. bubblewrap does not pass signals on, and its default action for SIGUSR1 is to die — which
-    /// ended the job at once instead of giving it its notice. Returns how many processes were signalled.
+    /// Sends <paramref name="signal"/> to the job's own processes: every member of its process group except those running
+    /// the sandbox's bubblewrap binary (<paramref name="bubblewrap"/>, recognised by the executable, whatever it is
+    /// called). bubblewrap does not pass signals on, and its default action for SIGUSR1 is to die — which ended the job
+    /// at once instead of giving it its notice. A process forked during the scan may miss the signal (the notice file
+    /// tells it too). Returns how many processes were signalled.
     /// </summary>
-    private static int SignalJob(int pgid, int signal)
+    private static int SignalJob(int pgid, int signal, string? bubblewrap)
     {
         var sent = 0;
         foreach (var dir in Directory.EnumerateDirectories("/proc"))
@@ -354,13 +356,30 @@ public sealed class LocalBackend(ResourceLimiter limiter, JobSandbox sandbox, st
 
             var fields = stat[(close + 2)..].Split(' ');
             if (fields.Length > 2 && int.TryParse(fields[2], NumberStyles.None, CultureInfo.InvariantCulture, out var group) && group == pgid
-                && stat[(open + 1)..close] != "bwrap" && Native.kill(pid, signal) == 0)
+                && !RunsBinary(dir, bubblewrap) && Native.kill(pid, signal) == 0)
             {
                 sent++;
             }
         }
 
         return sent;
+    }
+
+    private static bool RunsBinary(string procDir, string? binary)
+    {
+        if (binary is null)
+        {
+            return false;
+        }
+
+        try
+        {
+            return new FileInfo(Path.Combine(procDir, "exe")).LinkTarget is { } exe && exe == binary;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false; // ended meanwhile
+        }
     }
 
     /// <summary>Stops a job's whole process tree (process group and control group).</summary>

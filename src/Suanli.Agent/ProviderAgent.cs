@@ -128,7 +128,8 @@ public sealed class ProviderAgent : IAsyncDisposable
         Interlocked.Exchange(ref _epoch, r.Epoch);
         _heartbeat = TimeSpan.FromSeconds(r.HeartbeatSeconds);
         _leaseTimeout = TimeSpan.FromSeconds(r.LeaseTimeoutSeconds);
-        _lastRenewed = DateTimeOffset.UtcNow;
+        _outageGrace = TimeSpan.FromSeconds(Math.Clamp(r.OutageGraceSeconds, 0, ShipPatience.TotalSeconds));
+        _lastRenewed = _lastAccepted = DateTimeOffset.UtcNow;
         _log($"registered as provider {r.Name} (epoch {r.Epoch}) with {groups.Count} node group(s); backend: {_backend.Describe}");
     }
 
@@ -156,7 +157,7 @@ public sealed class ProviderAgent : IAsyncDisposable
 
                     if (resp.IsSuccessStatusCode)
                     {
-                        _lastRenewed = DateTimeOffset.UtcNow;
+                        _lastRenewed = _lastAccepted = DateTimeOffset.UtcNow;
                         _downSince = null;
                         var reply = await resp.Content.ReadFromJsonAsync<AgentHeartbeatReply>(Web, ct);
                         foreach (var n in reply?.Notices ?? [])
@@ -177,14 +178,18 @@ public sealed class ProviderAgent : IAsyncDisposable
                         }
                     }
                 }
-                catch (HttpRequestException e) when (IsControlPlaneDown(e))
+                catch (HttpRequestException e) when (_outageGrace > TimeSpan.Zero && IsControlPlaneDown(e))
                 {
-                    // Nothing listens at the control plane's address: it is not running, so nobody can declare this
-                    // provider lost meanwhile (a restarted control plane gives every provider a full lease from its
-                    // start). The jobs keep running, as slurmd's do while slurmctld restarts; the lease clock waits.
+                    // Nothing listens at the control plane's address: it is restarting. The jobs keep running, as slurmd's
+                    // do while slurmctld restarts, for the grace the control plane granted at registration: it requeues
+                    // a lost provider's jobs only after its lease plus that grace (and a restarted control plane gives
+                    // every provider a full lease from its start), so they never run twice.
+                    // Counted from the last heartbeat the control plane accepted (its own clock for the lease starts
+                    // there), less one heartbeat for the check's cadence: the agent self-fences by that heartbeat plus
+                    // grace plus lease, before the control plane would requeue.
                     var now = DateTimeOffset.UtcNow;
                     _downSince ??= now;
-                    if (now - _downSince.Value <= OutageGrace)
+                    if (now - _lastAccepted <= _outageGrace - _heartbeat)
                     {
                         _lastRenewed = now;
                     }
@@ -371,13 +376,12 @@ public sealed class ProviderAgent : IAsyncDisposable
         _log($"job {id}: output at offset {offset} could not be delivered within {ShipPatience.TotalMinutes:F0} min; dropped");
     }
 
-    /// <summary>
-    /// How long jobs keep running while the control plane is down (its address refuses connections); past it the agent
-    /// self-fences. Reports and output wait as long (<see cref="ShipPatience"/>).
-    /// </summary>
-    internal static readonly TimeSpan OutageGrace = ShipPatience;
+    // How long jobs keep running while the control plane refuses connections (granted at registration, at most
+    // ShipPatience: reports and output wait as long); past it and one more lease the agent self-fences.
+    private TimeSpan _outageGrace;
 
     private DateTimeOffset? _downSince;
+    private DateTimeOffset _lastAccepted;
 
     /// <summary>
     /// True when the request found nothing listening (connection refused): the control plane's host answered, its

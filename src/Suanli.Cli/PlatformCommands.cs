@@ -127,6 +127,11 @@ internal static partial class PlatformCommands
         var latency = new Option<string?>("--latency") { Description = "Region latency file: \"FROM TO MS\" per line / 区域时延文件" };
         var localRegion = new Option<string>("--local-region") { Description = "Region of the local provider / 本地提供方区域", DefaultValueFactory = _ => "local" };
         var fee = new Option<decimal>("--fee") { Description = "Platform fee as a fraction of each settlement / 平台费率", DefaultValueFactory = _ => 0.05m };
+        var outageGrace = new Option<double>("--agent-outage-grace")
+        {
+            Description = "Seconds agents keep their jobs running while this control plane restarts; a lost provider's running jobs are requeued only after --lost-after plus this (0: fastest failover) / 控制面重启期间代理保持作业运行的秒数",
+            DefaultValueFactory = _ => 0,
+        };
         var notice = new Option<double>("--spot-notice") { Description = "Seconds of warning before a spot job is preempted / 抢占通知秒数", DefaultValueFactory = _ => 120 };
         var auction = new Option<double>("--auction-interval") { Description = "Seconds between spot auction rounds / 竞价间隔秒数", DefaultValueFactory = _ => 60 };
         var logCap = new Option<long>("--log-cap-mib") { Description = "Most output stored per job attempt, MiB / 每次作业尝试保存的最大输出", DefaultValueFactory = _ => 64 };
@@ -139,7 +144,7 @@ internal static partial class PlatformCommands
         var logDays = new Option<double?>("--log-retention-days") { Description = "Delete output of jobs finished this many days ago (default: keep) / 作业输出保留天数" };
         var cmd = new Command("up", "Start the platform: control plane + local provider / 启动平台")
         {
-            urls, data, noLocal, lostAfter, policy, placement, latency, localRegion, fee, notice, auction, SingleUserOpt, UidBaseOpt, WorkDirOpt, logCap, logDays, preempt, logLevel,
+            urls, data, noLocal, lostAfter, policy, placement, latency, localRegion, fee, notice, auction, SingleUserOpt, UidBaseOpt, WorkDirOpt, logCap, logDays, preempt, logLevel, outageGrace,
         };
         cmd.SetAction(r => SimulateCommand.Guard(() =>
         {
@@ -169,7 +174,7 @@ internal static partial class PlatformCommands
             return RunUp(r.GetValue(urls)!, dataDir, local,
                 new ControlPlaneOptions
                 {
-                    LostAfter = Seconds(r.GetValue(lostAfter), "--lost-after"), Policy = r.GetValue(policy)!, Placement = r.GetValue(placement)!,
+                    LostAfter = Seconds(r.GetValue(lostAfter), "--lost-after"), AgentOutageGrace = Seconds(r.GetValue(outageGrace), "--agent-outage-grace"), Policy = r.GetValue(policy)!, Placement = r.GetValue(placement)!,
                     Latency = r.GetValue(latency) is { } file ? ControlPlaneOptions.ReadLatency(file) : [],
                     LogCapBytes = r.GetValue(logCap) << 20, LogRetention = r.GetValue(logDays) is { } days ? TimeSpan.FromDays(days) : null,
                     FeeBps = (int)(r.GetValue(fee) * 10000), SpotNotice = Seconds(r.GetValue(notice), "--spot-notice"), AuctionInterval = Seconds(r.GetValue(auction), "--auction-interval"),

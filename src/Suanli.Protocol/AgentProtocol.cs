@@ -44,8 +44,11 @@ public sealed record GroupOffer(string Id, long MilliCpu, long MemoryMiB, string
 /// <summary>Registration: the agent's node groups, how it isolates jobs, and whether it replaces a live agent of its provider.</summary>
 public sealed record AgentRegister(string? Region, IReadOnlyList<GroupOffer> Groups, string? Isolation = null, bool TakeOver = false);
 
-/// <summary>The registration's answer: the new fencing epoch and the cadence the agent must keep.</summary>
-public sealed record AgentRegistered(long ProviderId, string Name, long Epoch, double HeartbeatSeconds, double LeaseTimeoutSeconds);
+/// <summary>
+/// The registration's answer: the new fencing epoch and the cadence the agent must keep. <c>OutageGraceSeconds</c>: how
+/// long the agent may keep its jobs running while the control plane refuses connections (0: self-fence after the lease).
+/// </summary>
+public sealed record AgentRegistered(long ProviderId, string Name, long Epoch, double HeartbeatSeconds, double LeaseTimeoutSeconds, double OutageGraceSeconds = 0);
 
 /// <summary>A heartbeat: the epoch and the jobs whose processes run now.</summary>
 public sealed record AgentHeartbeat(long Epoch, IReadOnlyList<long>? Running);

@@ -98,6 +98,7 @@ public sealed partial class ControlPlane : IDisposable
         foreach (var j in await _store.ActiveJobsAsync())
         {
             var live = ToLive(j);
+            live.HandedOut = j.State == JobStates.Leased; // leased before this process: its agent may have started it
             if (j.Allocation is not null)
             {
                 (live.PoolGroup, _, _) = PoolPartition.Decode(j.Allocation);

@@ -168,6 +168,50 @@ public sealed class ControlPlaneRaceTests : IDisposable
     }
 
     [Fact]
+    public async Task ALostProvidersRunningJob_IsRequeuedOnlyAfterTheAgentsOutageGrace_OneNoAgentHad_AtOnce()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
+        await using var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
+        var cp = new ControlPlane(store, store, clock, new ServerMetrics(),
+            new ControlPlaneOptions { LostAfter = TimeSpan.FromSeconds(10), AgentOutageGrace = TimeSpan.FromSeconds(30) }, NullLogger<ControlPlane>.Instance);
+        await cp.RecoverAsync();
+        var t = await store.CreateTenantAsync("a", "research", 1, Now());
+        cp.TenantCreated(t);
+        var p = await store.CreateProviderAsync("p", "r", Now());
+        cp.ProviderCreated(p);
+        var reg = await cp.RegisterAsync(p.Id, "r", [new GroupOffer("g", 1000, 4096, null, 0, 2, null)]);
+        var doc = JobDocument.Parse("""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600,"retry":{"maxAttempts":3}}""", cp.Catalogue);
+
+        var (running, _) = await cp.SubmitAsync(t.Id, doc, null);
+        await cp.CycleAsync();
+        Assert.Single(await cp.LeasesAsync(p.Id, reg.Epoch, TimeSpan.Zero, CancellationToken.None)); // the agent has it
+        await cp.ReportAsync(p.Id, reg.Epoch, running.Id, JobStates.Running, null, "started", observedMs: Now());
+        var (notYetFetched, _) = await cp.SubmitAsync(t.Id, doc, null);
+        await cp.CycleAsync();
+        Assert.Equal(JobStates.Leased, (await store.GetJobAsync(notYetFetched.Id))!.State);
+
+        // Lost after 10 s: nothing more is leased there; the job no agent had goes back at once.
+        clock.Advance(TimeSpan.FromSeconds(11));
+        await cp.TickAsync();
+        Assert.Equal(ProviderStates.Lost, (await store.GetProviderAsync(p.Id))!.State);
+        Assert.Equal(JobStates.Queued, (await store.GetJobAsync(notYetFetched.Id))!.State);
+        Assert.Equal(JobStates.Running, (await store.GetJobAsync(running.Id))!.State);
+
+        // The running one waits out the agent's grace (its agent may still run it while it cannot reach us) …
+        clock.Advance(TimeSpan.FromSeconds(25));
+        await cp.TickAsync();
+        Assert.Equal(JobStates.Running, (await store.GetJobAsync(running.Id))!.State);
+
+        // … and is requeued under its retry policy once lost-after plus the grace have passed.
+        clock.Advance(TimeSpan.FromSeconds(5));
+        await cp.TickAsync();
+        var back = (await store.GetJobAsync(running.Id))!;
+        Assert.Equal((JobStates.Queued, 2), (back.State, back.Attempt));
+        Assert.Contains(await store.EventsAsync(running.Id), e => e.Message.StartsWith("lost: provider p stopped heartbeating", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task APreemption_HoldsBackOnlyWhatNeedsTheVictimsNodes_TheRestOfTheQueueKeepsLeasing()
     {
         var (clock, store, cp, a, b, p, reg) = await PreemptingPlaneAsync([new GroupOffer("big", 1000, 8192, null, 0, 2, null), new GroupOffer("small", 1000, 1024, null, 0, 1, null)]);

@@ -81,8 +81,9 @@ public class LifecycleTests
     public async Task ARemoteJob_KeepsRunningThroughAControlPlaneOutageLongerThanTheLease_AndEndsOnce_WithAllItsOutput()
     {
         // Issue 13: a remote job was killed and rerun after ~35 s of downtime. The agent self-fenced after its lease
-        // (here 3 s) although nobody could have declared its provider lost: the control plane was not running.
-        using var s = new ServerProcess(localProvider: false, lostAfterSeconds: 3);
+        // (here 3 s) although nobody could have declared its provider lost: the control plane was not running. With an
+        // outage grace granted (here 60 s) it keeps its jobs while the control plane's address refuses connections.
+        using var s = new ServerProcess(localProvider: false, lostAfterSeconds: 3, extraArgs: ["--agent-outage-grace", "60"]);
         using var admin = s.Admin();
         var (_, key) = await admin.Tenant("steadfast");
         var (_, providerKey) = await admin.Provider("outage-agent");

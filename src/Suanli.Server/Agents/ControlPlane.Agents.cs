@@ -133,8 +133,15 @@ public sealed partial class ControlPlane
                     throw new StoreConflictException("stale_epoch", $"epoch: {epoch} is not the provider's current epoch; register again");
                 }
 
-                var leased = _jobs.Values.Where(j => j.Record.State == JobStates.Leased && j.Record.ProviderId == providerId && j.Record.Epoch == epoch)
-                    .OrderBy(j => j.Record.Id)
+                // A job told to give way (preempted, outbid) is no longer handed out; one handed out may have started.
+                var handed = _jobs.Values.Where(j => j.Record.State == JobStates.Leased && j.Record.ProviderId == providerId && j.Record.Epoch == epoch && j.Preempting is null)
+                    .OrderBy(j => j.Record.Id).ToList();
+                foreach (var j in handed)
+                {
+                    j.HandedOut = true;
+                }
+
+                var leased = handed
                     .Select(j => new LeasedJob(j.Record.Id, j.Record.Attempt, j.Record.Name, j.Doc.Command, j.Doc.Script, LeaseEnv(j), j.Doc.Resources.Cpu,
                         j.Doc.Resources.MemoryMiB, j.Doc.Tasks, j.Doc.TimeLimitSeconds, j.Record.GroupId!, epoch, j.Doc.Format, j.Record.TenantId)).ToList();
                 var left = deadline - _time.GetUtcNow();
@@ -153,7 +160,13 @@ public sealed partial class ControlPlane
 
             try
             {
-                await wake.WaitAsync(deadline - _time.GetUtcNow(), _time, ct);
+                var left = deadline - _time.GetUtcNow();
+                if (left <= TimeSpan.Zero)
+                {
+                    continue; // the deadline passed while the gate was released: answer with what there is
+                }
+
+                await wake.WaitAsync(left, _time, ct);
             }
             catch (TimeoutException)
             {
@@ -362,38 +375,78 @@ public sealed partial class ControlPlane
         }
     }
 
+    /// <summary>
+    /// Marks providers whose heartbeat is older than <see cref="ControlPlaneOptions.LostAfter"/> lost (nothing more is
+    /// leased to them) and hands their jobs to the lifecycle: a job no agent has yet at once; one its agent may be
+    /// running only once <see cref="ControlPlaneOptions.AgentOutageGrace"/> has passed too — the time that agent keeps
+    /// its jobs while it cannot reach the control plane — so a job never runs in two places.
+    /// </summary>
     private async Task DetectLostAsync()
     {
         var now = NowMs;
+        var lostAfter = (long)Options.LostAfter.TotalMilliseconds;
+        var grace = (long)Options.AgentOutageGrace.TotalMilliseconds;
         List<LiveProvider> lost;
         lock (_gate)
         {
             DrainInboxLocked();
-            lost = [.. _providers.Values.Where(p => p.Record.State == ProviderStates.Ready && now - p.LastHeartbeatMs > Options.LostAfter.TotalMilliseconds)];
+            lost = [.. _providers.Values.Where(p => p.Record.State == ProviderStates.Ready && now - p.LastHeartbeatMs > lostAfter)];
         }
 
         foreach (var p in lost)
         {
             await _store.MarkProviderLostAsync(p.Record.Id, p.Record.Epoch, now);
-            List<long> held;
+            int held;
             lock (_gate)
             {
                 p.Record = p.Record with { State = ProviderStates.Lost };
                 p.Wake.TrySetResult();
-                held = [.. _jobs.Values.Where(j => j.Record.ProviderId == p.Record.Id && j.Record.State is JobStates.Leased or JobStates.Running or JobStates.Cancelled).Select(j => j.Record.Id)];
-            }
-
-            ServerLog.ProviderLost(_log, p.Record.Name, (now - p.LastHeartbeatMs) / 1000.0, held.Count);
-
-            foreach (var id in held)
-            {
-                await HandleLostAsync(id, $"provider {p.Record.Name} stopped heartbeating");
-            }
-
-            lock (_gate)
-            {
+                held = _jobs.Values.Count(j => j.Record.ProviderId == p.Record.Id && j.Record.State is JobStates.Leased or JobStates.Running or JobStates.Cancelled);
                 _poolDirty = true;
+                _lostHolding = true;
             }
+
+            ServerLog.ProviderLost(_log, p.Record.Name, (now - p.LastHeartbeatMs) / 1000.0, held);
+        }
+
+        if (!_lostHolding)
+        {
+            return;
+        }
+
+        List<(LiveJob Job, string Provider)> due;
+        lock (_gate)
+        {
+            var waiting = false;
+            due = [];
+            foreach (var j in _jobs.Values)
+            {
+                if (j.LostHandled || j.Record.ProviderId is not { } pid || !_providers.TryGetValue(pid, out var p) || p.Record.State != ProviderStates.Lost
+                    || j.Record.State is not (JobStates.Leased or JobStates.Running or JobStates.Cancelled))
+                {
+                    continue;
+                }
+
+                if ((j.Record.State == JobStates.Leased && !j.HandedOut) || now - p.LastHeartbeatMs > lostAfter + grace)
+                {
+                    j.LostHandled = true;
+                    due.Add((j, p.Record.Name));
+                }
+                else
+                {
+                    waiting = true;
+                }
+            }
+
+            _lostHolding = waiting;
+        }
+
+        foreach (var (j, provider) in due)
+        {
+            await HandleLostAsync(j.Record.Id, $"provider {provider} stopped heartbeating");
         }
     }
+
+    // A lost provider still holds jobs its agent may be running (waiting out the agent's outage grace).
+    private bool _lostHolding;
 }

@@ -649,6 +649,6 @@ public static partial class Endpoints
         p = await cp.RegisterAsync(who.ProviderId!.Value, reg!.Region ?? current?.Region ?? "default", reg.Groups, reg.Isolation, reg.TakeOver);
 
         var lease = cp.Options.LostAfter.TotalSeconds;
-        return Results.Ok(new AgentRegistered(p.Id, p.Name, p.Epoch, Math.Max(0.2, lease / 6), lease));
+        return Results.Ok(new AgentRegistered(p.Id, p.Name, p.Epoch, Math.Max(0.2, lease / 6), lease, cp.Options.AgentOutageGrace.TotalSeconds));
     }
 }

@@ -9,6 +9,14 @@ public sealed record ControlPlaneOptions
     /// <summary>A provider whose heartbeat is older than this is marked lost and its jobs go back under their retry policy. Default: 30 s (1 s to 1 h).</summary>
     public TimeSpan LostAfter { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// How long a provider's agent keeps running its jobs while the control plane's address refuses connections (the
+    /// control plane restarting): told to agents at registration, and a lost provider's jobs its agent may be running
+    /// are requeued only after <see cref="LostAfter"/> plus this, so a job never runs twice. Zero: agents self-fence
+    /// after the lease as soon as they cannot renew it, and failover is fastest. Default: 0 (0 to 1 day).
+    /// </summary>
+    public TimeSpan AgentOutageGrace { get; init; }
+
     /// <summary>Longest pause between scheduling cycles (a submission or completion wakes the loop at once). Default: 500 ms (1 ms to 1 min).</summary>
     public TimeSpan CycleInterval { get; init; } = TimeSpan.FromMilliseconds(500);
 
@@ -90,6 +98,7 @@ public sealed record ControlPlaneOptions
         }
 
         Range(LostAfter >= TimeSpan.FromSeconds(1) && LostAfter <= TimeSpan.FromHours(1), "lost-after: must be from 1 to 3600 seconds");
+        Range(AgentOutageGrace >= TimeSpan.Zero && AgentOutageGrace <= TimeSpan.FromDays(1), "agent-outage-grace: must be from 0 to 86400 seconds");
         Range(CycleInterval >= TimeSpan.FromMilliseconds(1) && CycleInterval <= TimeSpan.FromMinutes(1), "cycle-interval: must be from 1 ms to 1 minute");
         Range(LogCapBytes is >= 1 << 20 and <= 1L << 40, "log-cap-mib: must be from 1 to 1048576");
         Range(LogRetention is null || (LogRetention >= TimeSpan.FromDays(0.001) && LogRetention <= TimeSpan.FromDays(36500)), "log-retention-days: must be from 0.001 to 36500");

@@ -161,8 +161,15 @@ public sealed partial class ControlPlane
 
             _spotWinners = winners;
             var deadline = now + (long)Options.SpotNotice.TotalMilliseconds;
-            unstarted.AddRange(spot.Where(j => j.Record.State == JobStates.Leased && !winners.Contains(j.Record.Id)));
-            foreach (var j in spot.Where(j => j.Record.State == JobStates.Running && !winners.Contains(j.Record.Id)))
+            // A loser no agent has yet goes straight back (marked, so no lease poll hands it out meanwhile); one an agent
+            // may have started (its running report may still be on the way) gets the notice as a running one does.
+            foreach (var j in spot.Where(j => j.Record.State == JobStates.Leased && !j.HandedOut && !winners.Contains(j.Record.Id)))
+            {
+                j.Preempting = (now, "outbid in the spot auction");
+                unstarted.Add(j);
+            }
+
+            foreach (var j in spot.Where(j => (j.Record.State == JobStates.Running || (j.Record.State == JobStates.Leased && j.HandedOut)) && !winners.Contains(j.Record.Id)))
             {
                 var i = InstrumentOf(j, askLots);
                 _metrics.Preempted();

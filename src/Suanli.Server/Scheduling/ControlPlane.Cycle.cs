@@ -391,9 +391,10 @@ public sealed partial class ControlPlane
                 {
                     _metrics.Preempted();
                     var why = $"preempted by job {placed.Job.Id} of priority class {placed.Job.PriorityClass} (this job's class is {v.Spec.PriorityClass})";
-                    if (v.Record.State == JobStates.Leased)
+                    if (v.Record.State == JobStates.Leased && !v.HandedOut)
                     {
-                        // Nothing ran yet: no notice to wait out, it goes straight back to the queue (as an outbid spot job).
+                        // No agent has it yet, so nothing ran: no notice to wait out, it goes straight back to the queue
+                        // (as an outbid spot job). Marked first, so no lease poll hands it out before the requeue.
                         unstarted.Add((v, why));
                         v.Preempting = (now, why);
                         continue;

@@ -28,6 +28,16 @@ internal sealed class LiveJob(JobRecord record, JobDocument doc, JobSpec spec)
     /// <summary>When the lease failed for want of funds: the wallet generation then, and why (retried once money moves).</summary>
     public (long Global, long Tenant, string Why)? Unfunded { get; set; }
 
+    /// <summary>
+    /// True once an agent may have the lease (its lease poll returned the job, or the lease is older than this process):
+    /// the job may be running although its running report has not arrived, so it is stopped with a notice, never
+    /// simply requeued.
+    /// </summary>
+    public bool HandedOut { get; set; }
+
+    /// <summary>Its provider was lost and the job was handed to the lifecycle (once).</summary>
+    public bool LostHandled { get; set; }
+
     /// <summary>When this process wrote the job's current lease (ms); null if leased before it started.</summary>
     public long? LeasedMs { get; set; }
 

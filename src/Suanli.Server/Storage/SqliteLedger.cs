@@ -410,7 +410,7 @@ public sealed partial class SqliteStore
     private static void HoldLocked(SqliteConnection c, JobRecord job, HoldPlan h, long now)
     {
         var provider = job.ProviderId!.Value;
-        var sector = Query(c, "SELECT sector FROM tenants WHERE id = $t", r => r.GetString(0), ("$t", job.TenantId))[0];
+        var sector = Query(c, "SELECT sector FROM tenants WHERE id = $t", r => r.GetString(0), ("$t", job.TenantId)).FirstOrDefault() ?? "";
         var related = Query(c, "SELECT 1 FROM relations WHERE tenant_id = $t AND provider_id = $p", r => 1, ("$t", job.TenantId), ("$p", provider)).Count > 0;
         var v = VoucherRules.Choose(VoucherTermsLocked(c, job.TenantId, now), sector, related, now);
         long voucherHold = 0;
