@@ -134,7 +134,8 @@ public class LifecycleTests
         var (tenantId, key) = await admin.Tenant("patient");
         using (var t = s.Client(key))
         {
-            var id = (await t.Post("/api/v1/jobs", Api.Job("through-a-restart", ["/bin/sh", "-c", "sleep 3; echo done"]), HttpStatusCode.Created))["id"]!.GetValue<long>();
+            // Long enough that it is still running when the stop arrives on a loaded machine (a 3 s job could end first).
+            var id = (await t.Post("/api/v1/jobs", Api.Job("through-a-restart", ["/bin/sh", "-c", "sleep 8; echo done"]), HttpStatusCode.Created))["id"]!.GetValue<long>();
             await t.WaitJob(id, j => j.State() == "running");
             using (var term = Process.Start("kill", ["-TERM", s.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
             {

@@ -371,8 +371,7 @@ public static partial class Endpoints
                 return null;
             }
 
-            var t = await s.CreateTenantAsync(name!, sector!, weight, time.GetUtcNow().ToUnixTimeMilliseconds(), once);
-            cp.TenantCreated(t);
+            var t = await cp.CreateTenantAsync(name!, sector!, weight, once, h.RequestAborted);
             return (t, t.Id);
         });
 
@@ -387,8 +386,7 @@ public static partial class Endpoints
                 return null;
             }
 
-            var p = await s.CreateProviderAsync(name!, region!, time.GetUtcNow().ToUnixTimeMilliseconds(), once);
-            cp.ProviderCreated(p);
+            var p = await cp.CreateProviderAsync(name!, region!, once, h.RequestAborted);
             return (p, p.Id);
         });
 

@@ -195,14 +195,7 @@ public static partial class Endpoints
         api.MapDelete("/offers/{id:long}", async (long id, HttpContext h, ILedgerStore l, ControlPlane cp, TimeProvider t) =>
         {
             var who = Who(h);
-            var o = await l.WithdrawOfferAsync(id, who.IsOperator ? null : who.ProviderId, NowMs(t));
-            if (o.ContractState is not null && await l.SettleContractsAsync(NowMs(t), cp.Options.FeeBps) > 0)
-            {
-                cp.MoneyMoved(o.TenantId);
-                o = (await l.OffersAsync()).First(x => x.Id == o.Id);
-            }
-
-            cp.OffersChanged(await l.OffersAsync());
+            var o = await cp.WithdrawOfferAsync(id, who.IsOperator ? null : who.ProviderId);
             return Results.Ok(OfferView.Of(o, NowMs(t)));
         }).AddEndpointFilter(opOrProvider).Produces<OfferView>().WithTags("market").WithSummary("Withdraw an offer (running jobs finish at their leased price)");
 
@@ -377,13 +370,7 @@ public static partial class Endpoints
     private static async Task<IResult> AnswerContract(long id, bool accept, HttpContext h, ILedgerStore l, ControlPlane cp, TimeProvider t)
     {
         var who = Who(h);
-        var o = await l.AnswerContractAsync(id, who.IsOperator ? null : who.TenantId, accept, NowMs(t));
-        if (accept)
-        {
-            cp.MoneyMoved(o.TenantId);
-        }
-
-        cp.OffersChanged(await l.OffersAsync());
+        var o = await cp.AnswerContractAsync(id, who.IsOperator ? null : who.TenantId, accept);
         return Results.Ok(OfferView.Of(o, NowMs(t)));
         
     }
@@ -496,9 +483,8 @@ public static partial class Endpoints
             return Problems.Validation(new ValidationException(errors));
         }
 
-        var o = await l.CreateOfferAsync(new OfferRecord(0, providerId!.Value, group!, tier!, unit!, price!.Value, (int)nodes!.Value, from.ToUnixTimeMilliseconds(),
+        var o = await cp.CreateOfferAsync(new OfferRecord(0, providerId!.Value, group!, tier!, unit!, price!.Value, (int)nodes!.Value, from.ToUnixTimeMilliseconds(),
             to.ToUnixTimeMilliseconds(), tenantId, NowMs(t), null) { ContractFen = contract });
-        cp.OffersChanged(await l.OffersAsync());
         return Results.Created($"/api/v1/offers/{o.Id}", OfferView.Of(o, NowMs(t)));
         
     }
@@ -541,16 +527,10 @@ public static partial class Endpoints
         var req = topUp
             ? new TransferRequest(transferId, TransferKinds.Posted, Accounts.Cash, account, amount!.Value, "topup") { Memo = reference }
             : new TransferRequest(transferId, TransferKinds.Posted, account, Accounts.Cash, amount!.Value, "payout") { Memo = reference };
-        var o = (await l.TransferAsync([req], false, NowMs(t)))[0];
+        var o = await cp.MoveMoneyAsync(req, topUp ? id : null, topUp);
         if (!o.Ok)
         {
             return Problems.Of(409, o.Result, o.Message ?? o.Result);
-        }
-
-        if (topUp)
-        {
-            cp.MoneyMoved(id);
-            cp.Wake();
         }
 
         var balance = (await l.AccountAsync(account))?.Posted ?? 0;
@@ -642,8 +622,7 @@ public static partial class Endpoints
             return Problems.NotFound($"programme {id}");
         }
 
-        var v = await l.IssueVoucherAsync(id, tenant!.Value, amount!.Value, until?.ToUnixTimeMilliseconds() ?? programme.ValidToMs, NowMs(t));
-        cp.MoneyMoved(tenant);
+        var v = await cp.IssueVoucherAsync(id, tenant!.Value, amount!.Value, until?.ToUnixTimeMilliseconds() ?? programme.ValidToMs);
         return Results.Created($"/api/v1/vouchers?tenant={tenant}", v);
         
     }
