@@ -127,6 +127,7 @@ public sealed partial class ControlPlane : IDisposable
         _usageToReplay = await _store.UsageAsync(null, now - (FairShareReplayHalfLives * _fairShare.HalfLifeSeconds * 1000), now);
         _metrics.SetStateCounts(await _store.CountJobsByStateAsync());
         _poolDirty = true;
+        _lostHolding = true; // a provider lost before the restart may still hold jobs: the first tick looks
         ServerLog.Recovered(_log, _jobs.Count, _providers.Count);
     }
 

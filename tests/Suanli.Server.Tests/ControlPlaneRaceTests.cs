@@ -212,6 +212,36 @@ public sealed class ControlPlaneRaceTests : IDisposable
     }
 
     [Fact]
+    public async Task AProviderMarkedLostJustBeforeACrash_HasItsJobsHandledAfterTheRestart()
+    {
+        // The control plane marked the provider lost and died before handing its running job to the lifecycle: the
+        // restarted one must not leave that job running on a provider nobody hears from.
+        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
+        var options = new ControlPlaneOptions { LostAfter = TimeSpan.FromSeconds(10) };
+        await using var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
+        var before = new ControlPlane(store, store, clock, new ServerMetrics(), options, NullLogger<ControlPlane>.Instance);
+        await before.RecoverAsync();
+        var t = await store.CreateTenantAsync("a", "research", 1, Now());
+        before.TenantCreated(t);
+        var p = await store.CreateProviderAsync("p", "r", Now());
+        before.ProviderCreated(p);
+        var reg = await before.RegisterAsync(p.Id, "r", [new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
+        var doc = JobDocument.Parse("""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600,"retry":{"maxAttempts":3}}""", before.Catalogue);
+        var (job, _) = await before.SubmitAsync(t.Id, doc, null);
+        await before.CycleAsync();
+        await before.ReportAsync(p.Id, reg.Epoch, job.Id, JobStates.Running, null, "started", observedMs: Now());
+        await store.MarkProviderLostAsync(p.Id, reg.Epoch, Now()); // … and the process died here
+
+        var after = new ControlPlane(store, store, clock, new ServerMetrics(), options, NullLogger<ControlPlane>.Instance);
+        await after.RecoverAsync();
+        clock.Advance(TimeSpan.FromSeconds(11));
+        await after.TickAsync();
+        var back = (await store.GetJobAsync(job.Id))!;
+        Assert.Equal((JobStates.Queued, 2), (back.State, back.Attempt));
+    }
+
+    [Fact]
     public async Task APreemption_HoldsBackOnlyWhatNeedsTheVictimsNodes_TheRestOfTheQueueKeepsLeasing()
     {
         var (clock, store, cp, a, b, p, reg) = await PreemptingPlaneAsync([new GroupOffer("big", 1000, 8192, null, 0, 2, null), new GroupOffer("small", 1000, 1024, null, 0, 1, null)]);
