@@ -105,7 +105,7 @@ public sealed class ControlPlaneRaceTests : IDisposable
     [Fact]
     public async Task PriorityPreemption_DecidedByTheCore_IsCarriedOut_WithinTheTenant_AfterTheNotice()
     {
-        var (clock, store, cp, a, b, p, reg) = await PreemptingPlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
+        var (clock, store, cp, a, b, p, reg) = await PlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
         await using var _ = store;
         long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
         JobDocument Doc(string priority) => JobDocument.Parse($$$"""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600,"priority":"{{{priority}}}","retry":{"maxAttempts":1}}""", cp.Catalogue);
@@ -147,7 +147,7 @@ public sealed class ControlPlaneRaceTests : IDisposable
     [Fact]
     public async Task AVictimThatWasOnlyLeased_IsRequeuedAtOnce_WithoutANotice_AndThePreemptorStartsInTheNextCycle()
     {
-        var (_, store, cp, a, _, p, reg) = await PreemptingPlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
+        var (_, store, cp, a, _, p, reg) = await PlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
         await using var _ = store;
         JobDocument Doc(string priority) => JobDocument.Parse($$$"""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600,"priority":"{{{priority}}}","retry":{"maxAttempts":1}}""", cp.Catalogue);
 
@@ -170,17 +170,10 @@ public sealed class ControlPlaneRaceTests : IDisposable
     [Fact]
     public async Task ALostProvidersRunningJob_IsRequeuedOnlyAfterTheAgentsOutageGrace_OneNoAgentHad_AtOnce()
     {
-        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
+        var (clock, store, cp, t, _, p, reg) = await PlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 2, null)],
+            new ControlPlaneOptions { LostAfter = TimeSpan.FromSeconds(10), AgentOutageGrace = TimeSpan.FromSeconds(30) });
+        await using var _ = store;
         long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
-        await using var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
-        var cp = new ControlPlane(store, store, clock, new ServerMetrics(),
-            new ControlPlaneOptions { LostAfter = TimeSpan.FromSeconds(10), AgentOutageGrace = TimeSpan.FromSeconds(30) }, NullLogger<ControlPlane>.Instance);
-        await cp.RecoverAsync();
-        var t = await store.CreateTenantAsync("a", "research", 1, Now());
-        cp.TenantCreated(t);
-        var p = await store.CreateProviderAsync("p", "r", Now());
-        cp.ProviderCreated(p);
-        var reg = await cp.RegisterAsync(p.Id, "r", [new GroupOffer("g", 1000, 4096, null, 0, 2, null)]);
         var doc = JobDocument.Parse("""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600,"retry":{"maxAttempts":3}}""", cp.Catalogue);
 
         var (running, _) = await cp.SubmitAsync(t.Id, doc, null);
@@ -216,17 +209,10 @@ public sealed class ControlPlaneRaceTests : IDisposable
     {
         // The control plane marked the provider lost and died before handing its running job to the lifecycle: the
         // restarted one must not leave that job running on a provider nobody hears from.
-        var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
-        long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
         var options = new ControlPlaneOptions { LostAfter = TimeSpan.FromSeconds(10) };
-        await using var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
-        var before = new ControlPlane(store, store, clock, new ServerMetrics(), options, NullLogger<ControlPlane>.Instance);
-        await before.RecoverAsync();
-        var t = await store.CreateTenantAsync("a", "research", 1, Now());
-        before.TenantCreated(t);
-        var p = await store.CreateProviderAsync("p", "r", Now());
-        before.ProviderCreated(p);
-        var reg = await before.RegisterAsync(p.Id, "r", [new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
+        var (clock, store, before, t, _, p, reg) = await PlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)], options);
+        await using var _ = store;
+        long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
         var doc = JobDocument.Parse("""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600,"retry":{"maxAttempts":3}}""", before.Catalogue);
         var (job, _) = await before.SubmitAsync(t.Id, doc, null);
         await before.CycleAsync();
@@ -244,7 +230,7 @@ public sealed class ControlPlaneRaceTests : IDisposable
     [Fact]
     public async Task APreemption_HoldsBackOnlyWhatNeedsTheVictimsNodes_TheRestOfTheQueueKeepsLeasing()
     {
-        var (clock, store, cp, a, b, p, reg) = await PreemptingPlaneAsync([new GroupOffer("big", 1000, 8192, null, 0, 2, null), new GroupOffer("small", 1000, 1024, null, 0, 1, null)]);
+        var (clock, store, cp, a, b, p, reg) = await PlaneAsync([new GroupOffer("big", 1000, 8192, null, 0, 2, null), new GroupOffer("small", 1000, 1024, null, 0, 1, null)]);
         await using var _ = store;
         long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
         JobDocument Doc(string priority, int memory) => JobDocument.Parse($$$"""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":{{{memory}}}},"timeLimitSeconds":600,"priority":"{{{priority}}}"}""", cp.Catalogue);
@@ -278,7 +264,7 @@ public sealed class ControlPlaneRaceTests : IDisposable
     {
         // CI failure of stop 21: the cycle read the wallets only when the pool it had was priced, then rebuilt the pool
         // with a new offer and placed a broke tenant's job on it; the store refused the hold, not the core.
-        var (clock, store, cp, a, _, p, _) = await PreemptingPlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
+        var (clock, store, cp, a, _, p, _) = await PlaneAsync([new GroupOffer("g", 1000, 4096, null, 0, 1, null)]);
         await using var _ = store;
         long Now() => clock.GetUtcNow().ToUnixTimeMilliseconds();
         var doc = JobDocument.Parse("""{"name":"j","command":["true"],"resources":{"cpu":1,"memoryMiB":64},"timeLimitSeconds":600}""", cp.Catalogue);
@@ -295,13 +281,13 @@ public sealed class ControlPlaneRaceTests : IDisposable
         Assert.DoesNotContain("hold:", why, StringComparison.Ordinal);
     }
 
-    private async Task<(FakeTimeProvider Clock, SqliteStore Store, ControlPlane Cp, TenantRecord A, TenantRecord B, ProviderRecord P, ProviderRecord Reg)> PreemptingPlaneAsync(
-        IReadOnlyList<GroupOffer> groups)
+    private async Task<(FakeTimeProvider Clock, SqliteStore Store, ControlPlane Cp, TenantRecord A, TenantRecord B, ProviderRecord P, ProviderRecord Reg)> PlaneAsync(
+        IReadOnlyList<GroupOffer> groups, ControlPlaneOptions? options = null)
     {
         var clock = new FakeTimeProvider(DateTimeOffset.FromUnixTimeSeconds(1_800_000_000));
         var now = clock.GetUtcNow().ToUnixTimeMilliseconds();
         var store = SqliteStore.Open(Path.Combine(_dir, "suanli.db"));
-        var cp = new ControlPlane(store, store, clock, new ServerMetrics(), new ControlPlaneOptions { Preemption = true, SpotNotice = TimeSpan.FromSeconds(10) },
+        var cp = new ControlPlane(store, store, clock, new ServerMetrics(), options ?? new ControlPlaneOptions { Preemption = true, SpotNotice = TimeSpan.FromSeconds(10) },
             NullLogger<ControlPlane>.Instance);
         await cp.RecoverAsync();
         var a = await store.CreateTenantAsync("a", "research", 1, now);

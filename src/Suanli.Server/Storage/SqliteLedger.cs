@@ -410,8 +410,9 @@ public sealed partial class SqliteStore
     private static void HoldLocked(SqliteConnection c, JobRecord job, HoldPlan h, long now)
     {
         var provider = job.ProviderId!.Value;
-        var sector = Query(c, "SELECT sector FROM tenants WHERE id = $t", r => r.GetString(0), ("$t", job.TenantId)).FirstOrDefault() ?? "";
-        var related = Query(c, "SELECT 1 FROM relations WHERE tenant_id = $t AND provider_id = $p", r => 1, ("$t", job.TenantId), ("$p", provider)).Count > 0;
+        // The tenant's sector and whether it is a related party of the provider, in one point read.
+        var (sector, related) = Query(c, "SELECT sector, EXISTS (SELECT 1 FROM relations WHERE tenant_id = $t AND provider_id = $p) FROM tenants WHERE id = $t",
+            r => (r.GetString(0), r.GetInt64(1) != 0), ("$t", job.TenantId), ("$p", provider)).FirstOrDefault(("", false));
         var v = VoucherRules.Choose(VoucherTermsLocked(c, job.TenantId, now), sector, related, now);
         long voucherHold = 0;
         var share = v is null ? 0 : VoucherRules.ShareBps(v, h.Domestic);
